@@ -1,0 +1,29 @@
+# tptoken: Caddy plugin that injects Douyin open-platform tokens.
+GO          ?= go
+GOBIN       ?= $(shell $(GO) env GOPATH)/bin
+STATICCHECK ?= $(GOBIN)/staticcheck
+STATICCHECK_VERSION ?= v0.8.2
+
+.PHONY: test vet staticcheck tools build run fmt
+
+## test: vet, staticcheck and every test with the race detector
+test: vet staticcheck
+	$(GO) test -race -count=1 ./...
+
+vet:
+	@unformatted="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+staticcheck: tools
+	$(STATICCHECK) ./...
+
+tools:
+	@test -x $(STATICCHECK) || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+## build: Caddy with tptoken and the emulator, without xcaddy
+build:
+	$(GO) build -o bin/caddy ./cmd/caddy
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')

@@ -1,0 +1,13 @@
+// Command caddy is Caddy with the standard modules, tptoken and its platform emulator.
+// It lets `go build ./cmd/caddy` produce a working binary without xcaddy.
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func main() {
+	caddycmd.Main()
+}

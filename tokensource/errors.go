@@ -1,0 +1,245 @@
+package tokensource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+)
+
+// PlatformError is an error answered by the platform, in either envelope
+// (v1 errno/message, v2 err_no/err_msg/log_id), or an HTTP failure of a platform
+// call. The platform code is kept so callers can classify it.
+type PlatformError struct {
+	Op         string // what was called: "component_token", "exchange", "refresh", "retrieve", "app_list"
+	Code       int    // errno / err_no; 0 for an HTTP-level failure
+	Message    string // the platform's message (never holds a secret)
+	LogID      string // v2 log_id, for support tickets
+	HTTPStatus int    // HTTP status of the answer
+}
+
+func (e *PlatformError) Error() string {
+	s := fmt.Sprintf("platform %s: ", e.Op)
+	if e.Code != 0 {
+		s += fmt.Sprintf("code %d", e.Code)
+	} else {
+		s += fmt.Sprintf("HTTP %d", e.HTTPStatus)
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	if e.LogID != "" {
+		s += " (log_id " + e.LogID + ")"
+	}
+	return s
+}
+
+// Class is what a platform error means for the token engine.
+type Class int
+
+const (
+	ClassOther                  Class = iota // not classified: fail the operation, do not retry
+	ClassRetryable                           // transient: retry with backoff (40045, 40000, 28001005, 28001006, 5xx, timeouts)
+	ClassComponentToken                      // the component token is expired or wrong: refetch it once (40009, 40010)
+	ClassRefreshTokenDead                    // the refresh token is wrong or used: recover (40021)
+	ClassAuthorizationGone                   // the authorizer revoked us or is banned (40004, 40022, 28001016)
+	ClassCodeExpired                         // the authorization code expired or was used (40018)
+	ClassInvalidAuthorizerToken              // a downstream API rejected the authorizer token (40020, 28001003, 28001008)
+)
+
+func (c Class) String() string {
+	switch c {
+	case ClassRetryable:
+		return "retryable"
+	case ClassComponentToken:
+		return "component_token"
+	case ClassRefreshTokenDead:
+		return "refresh_token_dead"
+	case ClassAuthorizationGone:
+		return "authorization_gone"
+	case ClassCodeExpired:
+		return "code_expired"
+	case ClassInvalidAuthorizerToken:
+		return "invalid_authorizer_token"
+	}
+	return "other"
+}
+
+// codeClasses is the one table of platform codes the engine acts on
+// (reference: protocol.md §1d and §2).
+var codeClasses = map[int]Class{
+	40000:    ClassRetryable, // 系统错误
+	40045:    ClassRetryable, // 生成 token 失败,请重试
+	28001005: ClassRetryable, // 系统内部错误,请重试
+	28001006: ClassRetryable, // 网络调用错误,请重试
+	40009:    ClassComponentToken,
+	40010:    ClassComponentToken,
+	40021:    ClassRefreshTokenDead,
+	40004:    ClassAuthorizationGone,
+	40022:    ClassAuthorizationGone,
+	28001016: ClassAuthorizationGone,
+	40018:    ClassCodeExpired,
+	40020:    ClassInvalidAuthorizerToken,
+	28001003: ClassInvalidAuthorizerToken,
+	28001008: ClassInvalidAuthorizerToken,
+}
+
+// ClassifyCode classifies a platform errno / err_no.
+func ClassifyCode(code int) Class { return codeClasses[code] }
+
+// Classify tells what err means for the engine. Platform codes go through the
+// table; HTTP 5xx, timeouts and broken connections are retryable.
+func Classify(err error) Class {
+	if err == nil {
+		return ClassOther
+	}
+	var pe *PlatformError
+	if errors.As(err, &pe) {
+		if pe.Code != 0 {
+			return ClassifyCode(pe.Code)
+		}
+		if pe.HTTPStatus >= 500 || pe.HTTPStatus == http.StatusTooManyRequests {
+			return ClassRetryable
+		}
+		return ClassOther
+	}
+	if IsTimeout(err) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return ClassRetryable
+	}
+	var ne net.Error
+	var oe *net.OpError
+	if errors.As(err, &ne) || errors.As(err, &oe) {
+		return ClassRetryable
+	}
+	return ClassOther
+}
+
+// IsTimeout reports whether err is a timeout of a platform call.
+func IsTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// IsRetryable reports a transient platform failure.
+func IsRetryable(err error) bool { return Classify(err) == ClassRetryable }
+
+// IsComponentTokenError reports 40009 / 40010.
+func IsComponentTokenError(err error) bool { return Classify(err) == ClassComponentToken }
+
+// IsRefreshTokenDead reports 40021.
+func IsRefreshTokenDead(err error) bool { return Classify(err) == ClassRefreshTokenDead }
+
+// NeedsReauthorization reports that the authorization is gone (40004, 40022, 28001016).
+func NeedsReauthorization(err error) bool { return Classify(err) == ClassAuthorizationGone }
+
+// IsCodeExpired reports 40018.
+func IsCodeExpired(err error) bool { return Classify(err) == ClassCodeExpired }
+
+// IsInvalidAuthorizerToken reports 40020, 28001003, 28001008.
+func IsInvalidAuthorizerToken(err error) bool {
+	return Classify(err) == ClassInvalidAuthorizerToken
+}
+
+// Kind is what went wrong for a caller of the engine; the Caddy handler maps it to
+// an HTTP status.
+type Kind int
+
+const (
+	KindInternal          Kind = iota // a bug or an unexpected failure
+	KindBadAppID                      // the appid is malformed (400)
+	KindUnknownAuthorizer             // no record for the appid: authorize it or seed a code (403)
+	KindUnauthorized                  // the authorization is gone (403)
+	KindUnavailable                   // no usable token right now; try again after RetryAfter (503)
+	KindPlatform                      // the platform refused (502)
+	KindTimeout                       // the platform did not answer in time (504)
+	KindNoTicket                      // no component_ticket has been received yet (503)
+	KindFamilyMismatch                // the record belongs to the other token family (403)
+	KindBadInput                      // a caller-supplied value is invalid (400)
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindBadAppID:
+		return "bad_appid"
+	case KindUnknownAuthorizer:
+		return "unknown_authorizer"
+	case KindUnauthorized:
+		return "unauthorized"
+	case KindUnavailable:
+		return "unavailable"
+	case KindPlatform:
+		return "platform_error"
+	case KindTimeout:
+		return "platform_timeout"
+	case KindNoTicket:
+		return "no_ticket"
+	case KindFamilyMismatch:
+		return "family_mismatch"
+	case KindBadInput:
+		return "bad_input"
+	}
+	return "internal"
+}
+
+// Error is what the engine returns. Its message names the appid and what to do;
+// it never holds a secret.
+type Error struct {
+	Kind       Kind
+	AppID      string
+	Msg        string        // what happened and what to do
+	RetryAfter time.Duration // for KindUnavailable / KindNoTicket: when trying again makes sense
+	Err        error         // the cause, often a *PlatformError
+}
+
+func (e *Error) Error() string {
+	s := e.Msg
+	if e.AppID != "" {
+		s = "authorizer " + e.AppID + ": " + s
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrUnauthorized) and friends match by kind.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Msg == "" && t.AppID == "" && t.Err == nil && t.Kind == e.Kind
+}
+
+// Sentinels for errors.Is.
+var (
+	ErrBadAppID          = &Error{Kind: KindBadAppID}
+	ErrUnknownAuthorizer = &Error{Kind: KindUnknownAuthorizer}
+	ErrUnauthorized      = &Error{Kind: KindUnauthorized}
+	ErrUnavailable       = &Error{Kind: KindUnavailable}
+	ErrNoTicket          = &Error{Kind: KindNoTicket}
+	ErrFamilyMismatch    = &Error{Kind: KindFamilyMismatch}
+)
+
+// KindOf returns the Kind of an engine error (KindInternal for others).
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return KindInternal
+}
+
+// PlatformCode returns the platform code carried by err, or 0.
+func PlatformCode(err error) int {
+	var pe *PlatformError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return 0
+}

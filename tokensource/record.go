@@ -1,0 +1,123 @@
+package tokensource
+
+import "time"
+
+// State of an authorizer record.
+type State string
+
+const (
+	// StateActive: the record holds a refresh token the engine believes valid.
+	StateActive State = "active"
+	// StateUnauthorized: the authorization is gone (UNAUTHORIZED push, 40004,
+	// 40022, 28001016). No platform call is made for it until a new code arrives.
+	StateUnauthorized State = "unauthorized"
+	// StateNeedsRecovery: the refresh token was lost or rejected (40021) and the
+	// retrieve-code recovery has not succeeded yet.
+	StateNeedsRecovery State = "needs_recovery"
+)
+
+// Permission is one entry of authorize_permission.
+type Permission struct {
+	ID          int    `json:"id"`
+	Category    string `json:"category,omitempty"`
+	Description string `json:"description,omitempty"`
+}
+
+// LastError is the last failure recorded for an authorizer. It never holds a secret.
+type LastError struct {
+	Op      string    `json:"op"`
+	Code    int       `json:"code,omitempty"`
+	Message string    `json:"message"`
+	LogID   string    `json:"log_id,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// Record is the durable state of one authorizer. Token fields are Secrets, so
+// printing or marshalling a Record redacts them; the storage encoding is diskRecord.
+type Record struct {
+	AppID         string
+	Family        Family
+	State         State
+	AccessToken   Secret
+	AccessIssued  time.Time
+	AccessExpiry  time.Time
+	RefreshToken  Secret
+	RefreshExpiry time.Time
+	Permissions   []Permission
+	LastError     *LastError
+	LastRefresh   time.Time // last successful refresh or exchange
+	AuthorizedAt  time.Time // last successful exchange of a code
+	UpdatedAt     time.Time
+	Generation    uint64 // bumped on every stored change; orders writes across instances
+	LastCode      string // fingerprint of the last code exchanged: pushes are retried
+	LastEventAt   time.Time
+}
+
+// diskRecord is the stored JSON of a Record. Only encodeRecord/decodeRecord use it.
+type diskRecord struct {
+	V             int          `json:"v"`
+	AppID         string       `json:"appid"`
+	Family        Family       `json:"family"`
+	State         State        `json:"state"`
+	AccessToken   string       `json:"access_token,omitempty"`
+	AccessIssued  time.Time    `json:"access_issued,omitzero"`
+	AccessExpiry  time.Time    `json:"access_expiry,omitzero"`
+	RefreshToken  string       `json:"refresh_token,omitempty"`
+	RefreshExpiry time.Time    `json:"refresh_expiry,omitzero"`
+	Permissions   []Permission `json:"permissions,omitempty"`
+	LastError     *LastError   `json:"last_error,omitempty"`
+	LastRefresh   time.Time    `json:"last_refresh,omitzero"`
+	AuthorizedAt  time.Time    `json:"authorized_at,omitzero"`
+	UpdatedAt     time.Time    `json:"updated_at"`
+	Generation    uint64       `json:"generation"`
+	LastCode      string       `json:"last_code,omitempty"`
+	LastEventAt   time.Time    `json:"last_event_at,omitzero"`
+}
+
+func (r *Record) disk() diskRecord {
+	return diskRecord{
+		V: 1, AppID: r.AppID, Family: r.Family, State: r.State,
+		AccessToken: r.AccessToken.Reveal(), AccessIssued: r.AccessIssued, AccessExpiry: r.AccessExpiry,
+		RefreshToken: r.RefreshToken.Reveal(), RefreshExpiry: r.RefreshExpiry,
+		Permissions: r.Permissions, LastError: r.LastError, LastRefresh: r.LastRefresh,
+		AuthorizedAt: r.AuthorizedAt, UpdatedAt: r.UpdatedAt, Generation: r.Generation,
+		LastCode: r.LastCode, LastEventAt: r.LastEventAt,
+	}
+}
+
+func (d *diskRecord) record() *Record {
+	return &Record{
+		AppID: d.AppID, Family: d.Family, State: d.State,
+		AccessToken: Secret(d.AccessToken), AccessIssued: d.AccessIssued, AccessExpiry: d.AccessExpiry,
+		RefreshToken: Secret(d.RefreshToken), RefreshExpiry: d.RefreshExpiry,
+		Permissions: d.Permissions, LastError: d.LastError, LastRefresh: d.LastRefresh,
+		AuthorizedAt: d.AuthorizedAt, UpdatedAt: d.UpdatedAt, Generation: d.Generation,
+		LastCode: d.LastCode, LastEventAt: d.LastEventAt,
+	}
+}
+
+// clone returns a copy safe to modify.
+func (r *Record) clone() *Record {
+	c := *r
+	c.Permissions = append([]Permission(nil), r.Permissions...)
+	if r.LastError != nil {
+		le := *r.LastError
+		c.LastError = &le
+	}
+	return &c
+}
+
+// ticketRecord is the stored component_ticket (diskTicket on disk).
+type diskTicket struct {
+	Ticket     string    `json:"ticket"`
+	CreateTime time.Time `json:"create_time,omitzero"` // as pushed (CreateTime)
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+// diskComponentToken is the stored component token of one family.
+type diskComponentToken struct {
+	Token      string    `json:"token"`
+	Issued     time.Time `json:"issued"`
+	Expiry     time.Time `json:"expiry"`
+	Generation uint64    `json:"generation"`
+}
