@@ -1,0 +1,405 @@
+package tokensource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// defaultRefreshLife is assumed when the platform omits refresh_expires_in.
+const defaultRefreshLife = 30 * 24 * time.Hour
+
+func (e *Engine) loadRecord(ctx context.Context, appid string) (*Record, error) {
+	key := e.keys.authorizer(appid)
+	b, err := e.store.Load(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	var d diskRecord
+	if err := e.codec.decode(key, b, &d); err != nil {
+		return nil, err
+	}
+	if d.AppID != appid {
+		return nil, fmt.Errorf("record %s holds appid %q", key, d.AppID)
+	}
+	return d.record(), nil
+}
+
+// saveRecord writes rec, retrying a failing write twice.
+func (e *Engine) saveRecord(ctx context.Context, rec *Record) error {
+	key := e.keys.authorizer(rec.AppID)
+	b, err := e.codec.encode(key, rec.disk())
+	if err != nil {
+		return err
+	}
+	for n := 0; ; n++ {
+		err = e.store.Store(ctx, key, b)
+		if err == nil || n == 2 {
+			return err
+		}
+		if sleep(ctx, time.Duration(100<<n)*time.Millisecond) != nil {
+			return err
+		}
+	}
+}
+
+// loadInto reads the stored record of appid into its slot. A storage failure is
+// returned; a missing record installs a "missing" entry.
+func (e *Engine) loadInto(ctx context.Context, appid string, s *slot) (*entry, error) {
+	rec, err := e.loadRecord(ctx, appid)
+	if err != nil && !isNotExist(err) {
+		return s.cur.Load(), err
+	}
+	return e.adopt(s, rec, e.now()), nil
+}
+
+// obtain is the slow path of Token, run once per appid at a time: reload, lock,
+// reload again, and refresh only if the token is still not fresh. With force, it
+// refreshes unless another instance stored a newer generation while it waited.
+func (e *Engine) obtain(appid string, force bool) (any, error) {
+	ctx, done, err := e.begin()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	s := e.slotFor(appid)
+
+	cur, err := e.loadInto(ctx, appid, s)
+	if err != nil {
+		e.log.Error("reading the authorizer record from storage failed", zapApp(appid), zapErr(err))
+		if cur.usable(e.now()) {
+			return cur.tok, nil // serve from memory
+		}
+		return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
+	}
+	now := e.now()
+	if !force && cur.fresh(now) {
+		return cur.tok, nil
+	}
+	if err := e.stateError(appid, cur); err != nil {
+		return nil, err
+	}
+	if !force && now.Before(cur.retryAt) {
+		return e.duringBackoff(appid, cur, now)
+	}
+	seen := cur.rec.Generation
+
+	release, err := e.acquire(ctx, e.keys.authorizerLock(appid))
+	if err != nil {
+		if cur.usable(now) {
+			e.log.Warn("storage lock unavailable; serving the current token", zapApp(appid), zapErr(err))
+			return cur.tok, nil
+		}
+		e.log.Error("storage lock unavailable; refusing to refresh without it", zapApp(appid), zapErr(err))
+		return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock; refusing to refresh without it", RetryAfter: 2 * time.Second, Err: err}
+	}
+	defer release()
+
+	// Double check under the lock: another instance may have refreshed.
+	cur, err = e.loadInto(ctx, appid, s)
+	if err != nil {
+		// The lock is held, so no one else uses the refresh token now; the worst a
+		// stale cached record can cause is a 40021, which recovery handles.
+		e.log.Error("reading the authorizer record under the lock failed; continuing from memory", zapApp(appid), zapErr(err))
+		if cur == nil || cur.rec == nil {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
+		}
+	}
+	if cur.dirty {
+		e.flushLocked(ctx, appid, s, cur)
+		cur = s.cur.Load()
+	}
+	now = e.now()
+	if err := e.stateError(appid, cur); err != nil {
+		return nil, err
+	}
+	if force && cur.rec.Generation != seen && cur.usable(now) {
+		return cur.tok, nil
+	}
+	if !force && cur.fresh(now) {
+		return cur.tok, nil
+	}
+	return e.renewLocked(ctx, appid, s, cur)
+}
+
+// duringBackoff answers while the last attempt's backoff runs: the current token
+// if it may still be sent, else the last error with a Retry-After.
+func (e *Engine) duringBackoff(appid string, cur *entry, now time.Time) (any, error) {
+	if cur.usable(now) {
+		return cur.tok, nil
+	}
+	return nil, e.unavailable(appid, cur.lastErr, cur.retryAt.Sub(now))
+}
+
+// unavailable maps the cause of a failed renewal to the caller's error.
+func (e *Engine) unavailable(appid string, cause error, retryAfter time.Duration) error {
+	var ee *Error
+	if errors.As(cause, &ee) {
+		c := *ee
+		c.AppID = appid
+		if c.RetryAfter < retryAfter {
+			c.RetryAfter = retryAfter
+		}
+		return &c
+	}
+	retryAfter = max(retryAfter, time.Second)
+	switch {
+	case IsTimeout(cause):
+		return &Error{Kind: KindTimeout, AppID: appid, Msg: "the platform did not answer in time and the current token has expired", RetryAfter: retryAfter, Err: cause}
+	case IsRetryable(cause):
+		return &Error{Kind: KindUnavailable, AppID: appid, Msg: "the platform is failing and the current token has expired", RetryAfter: retryAfter, Err: cause}
+	default:
+		return &Error{Kind: KindPlatform, AppID: appid, Msg: "the platform refused to renew the token", RetryAfter: retryAfter, Err: cause}
+	}
+}
+
+// renewLocked refreshes the record (or recovers it) and commits the result.
+// The storage lock of appid is held.
+func (e *Engine) renewLocked(ctx context.Context, appid string, s *slot, cur *entry) (any, error) {
+	rec := cur.rec
+	now := e.now()
+	var next *Record
+	var err error
+	op := OpRefresh
+	if rec.State == StateNeedsRecovery || rec.RefreshToken == "" || (!rec.RefreshExpiry.IsZero() && !now.Before(rec.RefreshExpiry)) {
+		op = "recover"
+		next, err = e.recoverLocked(ctx, rec)
+	} else {
+		next, err = e.refreshLocked(ctx, rec)
+		if IsRefreshTokenDead(err) {
+			e.log.Warn("refresh token rejected (40021): recovering with retrieve code + exchange", zapApp(appid), zapErr(err))
+			op = "recover"
+			next, err = e.recoverLocked(ctx, rec)
+			if err != nil && !NeedsReauthorization(err) {
+				rec = rec.clone()
+				rec.State = StateNeedsRecovery
+				rec.RefreshToken = ""
+			}
+		}
+	}
+	if err != nil {
+		return e.failedLocked(ctx, appid, s, cur, rec, op, err)
+	}
+	return e.commitLocked(ctx, s, next), nil
+}
+
+// withComponentToken runs fn with the component token; if the platform says that
+// token is expired or wrong (40009/40010), it is invalidated (only if still the
+// one used) and fn runs once more with a fresh one.
+func (e *Engine) withComponentToken(ctx context.Context, fn func(ct Secret) error) error {
+	ct, err := e.componentToken(ctx)
+	if err != nil {
+		return err
+	}
+	err = fn(ct.Value)
+	if !IsComponentTokenError(err) {
+		return err
+	}
+	e.log.Warn("component token rejected; fetching a new one once", zapErr(err))
+	invalidateSlot(&e.comp, ct.Value)
+	ct2, err2 := e.componentToken(ctx)
+	if err2 != nil {
+		return err2
+	}
+	return fn(ct2.Value)
+}
+
+func (e *Engine) refreshLocked(ctx context.Context, rec *Record) (*Record, error) {
+	var g Grant
+	start := e.now()
+	err := e.withComponentToken(ctx, func(ct Secret) error {
+		return e.retry(ctx, func(ctx context.Context) error {
+			var err error
+			g, err = e.client.Refresh(ctx, ct, rec.RefreshToken)
+			e.logCall(OpRefresh, rec.AppID, start, err)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return e.fromGrant(rec, rec.AppID, g, start), nil
+}
+
+// recoverLocked gets a new authorization code with the retrieve API and
+// exchanges it: the way back when a refresh token is lost or rejected.
+func (e *Engine) recoverLocked(ctx context.Context, rec *Record) (*Record, error) {
+	appid := rec.AppID
+	var code Secret
+	start := e.now()
+	err := e.withComponentToken(ctx, func(ct Secret) error {
+		return e.retry(ctx, func(ctx context.Context) error {
+			var err error
+			code, _, err = e.client.RetrieveCode(ctx, ct, appid)
+			e.logCall(OpRetrieve, appid, start, err)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	next, err := e.exchangeLocked(ctx, rec, appid, code)
+	if err != nil {
+		return nil, err
+	}
+	e.log.Info("authorizer recovered with a retrieved authorization code", zapApp(appid), zap.Uint64("generation", next.Generation))
+	return next, nil
+}
+
+// exchangeLocked swaps code for a token pair. The storage lock of appid is held
+// (or appid is not known yet and the caller locks before storing).
+func (e *Engine) exchangeLocked(ctx context.Context, rec *Record, appid string, code Secret) (*Record, error) {
+	var g Grant
+	start := e.now()
+	err := e.withComponentToken(ctx, func(ct Secret) error {
+		return e.retry(ctx, func(ctx context.Context) error {
+			var err error
+			g, err = e.client.ExchangeCode(ctx, ct, code)
+			e.logCall(OpExchange, appid, start, err)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if appid != "" && g.AppID != "" && g.AppID != appid {
+		return nil, &Error{Kind: KindPlatform, AppID: appid, Msg: fmt.Sprintf("the code belongs to authorizer %s, not to this one", g.AppID)}
+	}
+	if appid == "" {
+		appid = g.AppID
+	}
+	next := e.fromGrant(rec, appid, g, start)
+	next.AuthorizedAt = next.LastRefresh
+	next.LastCode = code.Fingerprint()
+	return next, nil
+}
+
+// fromGrant builds the record that follows prev (nil for a first exchange).
+func (e *Engine) fromGrant(prev *Record, appid string, g Grant, issued time.Time) *Record {
+	now := e.now()
+	r := &Record{AppID: appid, Family: e.family, State: StateActive, UpdatedAt: now, LastRefresh: now,
+		AccessToken: g.AccessToken, AccessIssued: issued, AccessExpiry: issued.Add(g.ExpiresIn),
+		RefreshToken: g.RefreshToken, Permissions: g.Permissions}
+	life := g.RefreshExpiresIn
+	if life <= 0 {
+		life = defaultRefreshLife
+	}
+	r.RefreshExpiry = issued.Add(life)
+	if prev != nil {
+		r.Generation = prev.Generation
+		r.AuthorizedAt, r.LastCode, r.LastEventAt = prev.AuthorizedAt, prev.LastCode, prev.LastEventAt
+		if len(r.Permissions) == 0 {
+			r.Permissions = prev.Permissions
+		}
+	}
+	r.Generation++
+	return r
+}
+
+// commitLocked stores next and installs it. A failed write keeps next in memory,
+// marked dirty: it is written again before the next renewal and by Maintain.
+func (e *Engine) commitLocked(ctx context.Context, s *slot, next *Record) Token {
+	err := e.saveRecord(ctx, next)
+	en := e.newEntry(next, e.now())
+	if err != nil {
+		en.dirty = true
+		e.log.Error("STORING THE ROTATED TOKENS FAILED: the only valid refresh token is in this process's memory until a write succeeds",
+			zapApp(next.AppID), zap.Uint64("generation", next.Generation), zapErr(err))
+	} else {
+		e.log.Info("authorizer tokens stored", zapApp(next.AppID), zap.Uint64("generation", next.Generation),
+			zap.Time("access_expiry", next.AccessExpiry), zap.Time("refresh_expiry", next.RefreshExpiry))
+	}
+	s.cur.Store(en)
+	return en.tok
+}
+
+// flushLocked writes a dirty in-memory record unless storage moved on meanwhile.
+func (e *Engine) flushLocked(ctx context.Context, appid string, s *slot, cur *entry) {
+	stored, err := e.loadRecord(ctx, appid)
+	if err != nil && !isNotExist(err) {
+		return
+	}
+	if stored != nil && stored.Generation >= cur.rec.Generation {
+		e.log.Warn("dropping an unsaved in-memory record: storage holds a newer one", zapApp(appid))
+		s.cur.Store(e.newEntry(stored, e.now()))
+		return
+	}
+	if err := e.saveRecord(ctx, cur.rec); err != nil {
+		e.log.Error("storing the in-memory record still fails", zapApp(appid), zapErr(err))
+		return
+	}
+	e.log.Info("unsaved in-memory record stored", zapApp(appid), zap.Uint64("generation", cur.rec.Generation))
+	clean := *cur
+	clean.dirty = false
+	s.cur.CompareAndSwap(cur, &clean)
+}
+
+// failedLocked records a failed renewal: authorization gone → unauthorized;
+// otherwise the last error and a backoff. The current token keeps serving while
+// it may be sent.
+func (e *Engine) failedLocked(ctx context.Context, appid string, s *slot, cur *entry, rec *Record, op string, cause error) (any, error) {
+	now := e.now()
+	next := rec.clone()
+	next.LastError = lastErrorOf(op, cause, now)
+	next.UpdatedAt = now
+	next.Generation++
+	gone := NeedsReauthorization(cause)
+	if gone {
+		next.State = StateUnauthorized
+		next.AccessToken, next.RefreshToken = "", ""
+		e.log.Warn("authorization gone; requests for this authorizer now fail until it authorizes again",
+			zapApp(appid), zap.Int("code", PlatformCode(cause)))
+	}
+	if err := e.saveRecord(ctx, next); err != nil {
+		e.log.Error("storing the failure state failed", zapApp(appid), zapErr(err))
+	}
+	en := e.newEntry(next, now)
+	en.dirty = cur.dirty
+	if !gone {
+		en.failures = cur.failures + 1
+		en.retryAt = now.Add(e.backoff(en.failures))
+		en.lastErr = cause
+		if next.AccessToken == cur.tok.Value {
+			en.bad = cur.bad
+		}
+	}
+	s.cur.Store(en)
+	if gone {
+		return nil, &Error{Kind: KindUnauthorized, AppID: appid, Msg: "the authorization is gone: the mini-app must authorize the TP again", Err: cause}
+	}
+	e.log.Error("renewing the authorizer token failed", zapApp(appid), zap.String("op", op),
+		zap.Int("code", PlatformCode(cause)), zap.Duration("retry_in", en.retryAt.Sub(now)), zapErr(cause))
+	if en.usable(now) {
+		return en.tok, nil
+	}
+	return nil, e.unavailable(appid, cause, en.retryAt.Sub(now))
+}
+
+func lastErrorOf(op string, err error, now time.Time) *LastError {
+	le := &LastError{Op: op, Message: err.Error(), At: now}
+	var pe *PlatformError
+	if errors.As(err, &pe) {
+		le.Code, le.LogID = pe.Code, pe.LogID
+	}
+	le.Message = truncate(le.Message, 300)
+	return le
+}
+
+func (e *Engine) logCall(op, appid string, start time.Time, err error) {
+	fields := []zap.Field{zap.String("op", op), zap.Duration("duration", e.now().Sub(start))}
+	if appid != "" {
+		fields = append(fields, zapApp(appid))
+	}
+	var pe *PlatformError
+	if errors.As(err, &pe) {
+		fields = append(fields, zap.Int("code", pe.Code), zap.String("log_id", pe.LogID))
+	}
+	if err != nil {
+		e.log.Warn("platform call failed", append(fields, zapErr(err))...)
+		return
+	}
+	e.log.Info("platform call", fields...)
+}

@@ -1,0 +1,469 @@
+// Package tokensource is the token engine of tptoken: it gives any caller a valid
+// authorizer_access_token (or component_access_token) of the Douyin / ByteDance
+// open platform for an authorizer appid, exchanging codes and refreshing on demand.
+//
+// Its invariant: a refresh token is used at most once. The platform's refresh
+// token is single-use and rotated, and a second concurrent refresh loses the
+// authorizer, so every use of a refresh token happens under an in-process
+// single-flight AND the storage lock, after reloading the stored record, and the
+// rotated pair is stored before the lock is released or the new token is used.
+//
+// The package knows nothing of Caddy: it takes a Store (certmagic.Storage
+// satisfies it), an HTTP client, a clock and a zap logger.
+package tokensource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gocache "github.com/patrickmn/go-cache"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+)
+
+// Source is what a request handler needs: a token for an appid, and a way to
+// report that a token it sent was rejected.
+type Source interface {
+	Token(ctx context.Context, appid string) (Token, error)
+	Invalidate(appid string, sent Token) bool
+}
+
+// Token is an access token ready to be sent, with what is needed to send it.
+type Token struct {
+	Value      Secret
+	AppID      string // authorizer appid; "" for a component token
+	Family     Family
+	Expiry     time.Time
+	Generation uint64
+}
+
+// Config configures an Engine.
+type Config struct {
+	ComponentAppID string
+	Client         *Client // the platform client of the engine's family
+	Store          Store
+	EncryptionKey  []byte // optional: 32 bytes, records sealed with AES-256-GCM
+	Logger         *zap.Logger
+	Now            func() time.Time
+
+	// RefreshAhead: refresh an access token this long before it expires (capped at
+	// half its lifetime). Default 10m.
+	RefreshAhead time.Duration
+	// RefreshTokenMargin: renew a refresh token this long before it expires, even
+	// for an idle authorizer. Default 72h.
+	RefreshTokenMargin time.Duration
+	// LockTimeout bounds the wait for the storage lock. Default 15s (FileStorage
+	// declares a crashed holder's lock stale after 10s).
+	LockTimeout time.Duration
+	// OpTimeout bounds one whole operation (lock, refresh with retries, store). Default 45s.
+	OpTimeout time.Duration
+	// Attempts per platform operation for retryable failures. Default 3.
+	Attempts int
+	// RetryBase and RetryMax bound the backoff between attempts and, after an
+	// operation failed, before the next one for the same authorizer. Defaults 500ms and 30s.
+	RetryBase, RetryMax time.Duration
+	// AllowUnlocked lets a refresh proceed with the in-process lock only when the
+	// storage lock fails (not when it is merely held). Only for a single instance.
+	AllowUnlocked bool
+	// SyncInterval: a cached record older than this is reloaded from storage in
+	// the background on its next use, so pushes handled by other instances are
+	// seen. Default 30s.
+	SyncInterval time.Duration
+	// MaxConcurrentCalls caps platform calls in flight. Default 16.
+	MaxConcurrentCalls int
+}
+
+func (c *Config) setDefaults() error {
+	if !ValidAppID(c.ComponentAppID) {
+		return fmt.Errorf("component_appid %q: want 1-64 letters, digits, '_' or '-'", c.ComponentAppID)
+	}
+	if c.Client == nil {
+		return errors.New("tokensource: Config.Client is required")
+	}
+	if c.Store == nil {
+		return errors.New("tokensource: Config.Store is required")
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.RefreshAhead, 10*time.Minute)
+	def(&c.RefreshTokenMargin, 72*time.Hour)
+	def(&c.LockTimeout, 15*time.Second)
+	def(&c.OpTimeout, 45*time.Second)
+	def(&c.RetryBase, 500*time.Millisecond)
+	def(&c.RetryMax, 30*time.Second)
+	def(&c.SyncInterval, 30*time.Second)
+	if c.Attempts <= 0 {
+		c.Attempts = 3
+	}
+	if c.MaxConcurrentCalls <= 0 {
+		c.MaxConcurrentCalls = 16
+	}
+	return nil
+}
+
+// Engine hands out tokens for the authorizers of one component (TP) appid and one
+// token family. Several engines (instances) may share one Store.
+type Engine struct {
+	cfg    Config
+	family Family
+	client *Client
+	store  Store
+	keys   keys
+	codec  codec
+	log    *zap.Logger
+	now    func() time.Time
+
+	slots *gocache.Cache // appid -> *slot
+	comp  slot           // the component token
+	sf    singleflight.Group
+	local keyedMutex
+	calls chan struct{} // semaphore for platform calls
+
+	ticket atomic.Pointer[diskTicket]
+
+	mu     sync.Mutex // guards closed
+	closed bool
+	wg     sync.WaitGroup // operations in flight
+	done   chan struct{}
+}
+
+// New builds an Engine. It makes no I/O and starts no goroutine.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	cd, err := newCodec(cfg.EncryptionKey)
+	if err != nil {
+		return nil, err
+	}
+	return &Engine{
+		cfg:    cfg,
+		family: cfg.Client.Family(),
+		client: cfg.Client,
+		store:  cfg.Store,
+		keys:   newKeys(cfg.ComponentAppID),
+		codec:  cd,
+		log:    cfg.Logger,
+		now:    cfg.Now,
+		slots:  gocache.New(gocache.NoExpiration, 0), // no janitor goroutine: idle slots are swept by the engine
+		calls:  make(chan struct{}, cfg.MaxConcurrentCalls),
+		done:   make(chan struct{}),
+	}, nil
+}
+
+// ComponentAppID is the TP appid the engine serves.
+func (e *Engine) ComponentAppID() string { return e.cfg.ComponentAppID }
+
+// Family is the token family the engine serves.
+func (e *Engine) Family() Family { return e.family }
+
+// Close waits for operations in flight (each is bounded by OpTimeout) and makes
+// later operations fail. It never interrupts a refresh: that would lose its answer.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if !e.closed {
+		e.closed = true
+		close(e.done)
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+	return nil
+}
+
+var errClosed = &Error{Kind: KindUnavailable, Msg: "token engine is shut down", RetryAfter: time.Second}
+
+// begin registers an operation; it fails once the engine is closed.
+func (e *Engine) begin() (context.Context, func(), error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, nil, errClosed
+	}
+	e.wg.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.OpTimeout)
+	return ctx, func() { cancel(); e.wg.Done() }, nil
+}
+
+// slot is the in-memory state of one authorizer (or of the component token).
+// The entry is an immutable snapshot swapped atomically; used and syncing live
+// across snapshots.
+type slot struct {
+	cur     atomic.Pointer[entry]
+	used    atomic.Int64 // unix seconds of the last Token call
+	syncing atomic.Bool
+}
+
+// entry is a snapshot of what this instance knows of a record.
+type entry struct {
+	rec        *Record // nil when missing
+	tok        Token
+	refreshAt  time.Time // refresh from here on
+	unusableAt time.Time // never send the token from here on
+	bad        Secret    // a token reported invalid (compare-and-invalidate)
+	checkedAt  time.Time // when storage last confirmed rec
+	retryAt    time.Time // no platform attempt before this (backoff)
+	failures   int
+	lastErr    error // why the last attempt failed
+	dirty      bool  // rec is newer than what storage holds (a write failed)
+}
+
+// margins computes when a token should be refreshed and when it must no longer
+// be sent. The refresh point is RefreshAhead before expiry, but at most half the
+// lifetime; tokens are not sent in the last tenth of their life (at most 30s), so
+// a request in flight never carries an expired token.
+func margins(issued, expiry time.Time, ahead time.Duration) (refreshAt, unusableAt time.Time) {
+	life := expiry.Sub(issued)
+	if life <= 0 {
+		return expiry, expiry
+	}
+	skew := min(30*time.Second, life/10)
+	ahead = min(ahead, life/2)
+	return expiry.Add(-ahead), expiry.Add(-skew)
+}
+
+func (e *Engine) newEntry(rec *Record, now time.Time) *entry {
+	en := &entry{rec: rec, checkedAt: now}
+	if rec != nil && rec.State == StateActive && rec.AccessToken != "" {
+		en.refreshAt, en.unusableAt = margins(rec.AccessIssued, rec.AccessExpiry, e.cfg.RefreshAhead)
+		en.tok = Token{Value: rec.AccessToken, AppID: rec.AppID, Family: rec.Family, Expiry: rec.AccessExpiry, Generation: rec.Generation}
+	}
+	return en
+}
+
+// usable: the token may be sent now.
+func (en *entry) usable(now time.Time) bool {
+	return en != nil && en.tok.Value != "" && en.tok.Value != en.bad && now.Before(en.unusableAt)
+}
+
+// fresh: the token may be sent and needs no refresh yet.
+func (en *entry) fresh(now time.Time) bool {
+	return en.usable(now) && now.Before(en.refreshAt)
+}
+
+func (e *Engine) slotFor(appid string) *slot {
+	if v, ok := e.slots.Get(appid); ok {
+		return v.(*slot)
+	}
+	s := &slot{}
+	if err := e.slots.Add(appid, s, gocache.NoExpiration); err != nil {
+		v, _ := e.slots.Get(appid) // lost a race: use the winner's slot
+		return v.(*slot)
+	}
+	return s
+}
+
+// Token returns a valid access token for the authorizer appid. The hot path is a
+// cache read; a miss, an expiring token or an invalidated token goes through
+// the single-flight refresh path. Callers that give up (ctx) do not cancel the
+// refresh: its answer must be stored.
+func (e *Engine) Token(ctx context.Context, appid string) (Token, error) {
+	if !ValidAppID(appid) {
+		return Token{}, CheckAppID(appid)
+	}
+	now := e.now()
+	if v, ok := e.slots.Get(appid); ok {
+		s := v.(*slot)
+		en := s.cur.Load()
+		if en.fresh(now) {
+			s.touch(now)
+			if now.Sub(en.checkedAt) > e.cfg.SyncInterval {
+				e.syncInBackground(appid, s)
+			}
+			return en.tok, nil
+		}
+		if err := e.settledError(appid, en, now); err != nil {
+			return Token{}, err
+		}
+		s.touch(now)
+	}
+	return e.wait(ctx, appid, func() (any, error) { return e.obtain(appid, false) })
+}
+
+func (s *slot) touch(now time.Time) {
+	if sec := now.Unix(); s.used.Load() != sec {
+		s.used.Store(sec)
+	}
+}
+
+// settledError answers without I/O for authorizers whose state is known bad and
+// recently confirmed: unauthorized, unknown, or the other family.
+func (e *Engine) settledError(appid string, en *entry, now time.Time) error {
+	if en == nil {
+		return nil
+	}
+	recheck := 30 * time.Second
+	if en.rec == nil {
+		recheck = 5 * time.Second
+	}
+	if now.Sub(en.checkedAt) > recheck {
+		return nil
+	}
+	return e.stateError(appid, en)
+}
+
+// stateError is the error for a record that cannot give tokens, or nil.
+func (e *Engine) stateError(appid string, en *entry) error {
+	switch {
+	case en.rec == nil:
+		return &Error{Kind: KindUnknownAuthorizer, AppID: appid,
+			Msg: "no authorization on record for this appid: have it authorize the TP (the AUTHORIZED push reaches tptoken_events) or seed a code through the admin API"}
+	case en.rec.Family != e.family:
+		return &Error{Kind: KindFamilyMismatch, AppID: appid,
+			Msg: fmt.Sprintf("authorized under api %s but this instance uses api %s; tokens of the two families must not be mixed: seed a new code to move it", en.rec.Family, e.family)}
+	case en.rec.State == StateUnauthorized:
+		return &Error{Kind: KindUnauthorized, AppID: appid,
+			Msg: "the authorization is gone (unauthorized or revoked): the mini-app must authorize the TP again"}
+	}
+	return nil
+}
+
+// wait runs fn once per key and waits for it or for ctx.
+func (e *Engine) wait(ctx context.Context, key string, fn func() (any, error)) (Token, error) {
+	ch := e.sf.DoChan(key, fn)
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return Token{}, r.Err
+		}
+		return r.Val.(Token), nil
+	case <-ctx.Done():
+		return Token{}, &Error{Kind: KindUnavailable, Msg: "gave up waiting for a token", RetryAfter: time.Second, Err: ctx.Err()}
+	}
+}
+
+// syncInBackground reloads a cached record from storage once, without blocking
+// the caller, so that a push handled by another instance is seen.
+func (e *Engine) syncInBackground(appid string, s *slot) {
+	if !s.syncing.CompareAndSwap(false, true) {
+		return
+	}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		s.syncing.Store(false)
+		return
+	}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	go func() {
+		defer e.wg.Done()
+		defer s.syncing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		rec, err := e.loadRecord(ctx, appid)
+		if err != nil && !isNotExist(err) {
+			e.log.Warn("background sync of a cached record failed", zapApp(appid), zapErr(err))
+			return
+		}
+		e.adopt(s, rec, e.now())
+	}()
+}
+
+// adopt installs what storage holds into the slot, unless memory holds a newer
+// record that storage lacks (a failed write). It returns the entry in effect.
+func (e *Engine) adopt(s *slot, rec *Record, now time.Time) *entry {
+	for {
+		old := s.cur.Load()
+		if old != nil && old.dirty && (rec == nil || rec.Generation < old.rec.Generation) {
+			return old
+		}
+		en := e.newEntry(rec, now)
+		if old != nil && old.rec != nil && rec != nil &&
+			(old.rec.Generation == rec.Generation || (en.tok.Value != "" && en.tok.Value == old.tok.Value)) {
+			// same token: keep what this instance learned about it
+			en.bad, en.retryAt, en.failures, en.lastErr = old.bad, old.retryAt, old.failures, old.lastErr
+		}
+		if s.cur.CompareAndSwap(old, en) {
+			return en
+		}
+	}
+}
+
+// Invalidate drops the cached token of appid if it is still the one sent
+// (compare-and-invalidate), so a token refreshed meanwhile is not thrown away.
+// It reports whether the token was dropped.
+func (e *Engine) Invalidate(appid string, sent Token) bool {
+	v, ok := e.slots.Get(appid)
+	if !ok {
+		return false
+	}
+	return invalidateSlot(v.(*slot), sent.Value)
+}
+
+func invalidateSlot(s *slot, sent Secret) bool {
+	for {
+		old := s.cur.Load()
+		if old == nil || old.tok.Value == "" || old.tok.Value != sent || old.bad == sent {
+			return false
+		}
+		en := *old
+		en.bad = sent
+		en.retryAt = time.Time{}
+		if s.cur.CompareAndSwap(old, &en) {
+			return true
+		}
+	}
+}
+
+// backoff is the delay before attempt n (1-based), jittered ±20%.
+func (e *Engine) backoff(n int) time.Duration {
+	d := e.cfg.RetryBase
+	for i := 1; i < n && d < e.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, e.cfg.RetryMax)
+	j := time.Duration(rand.Int64N(int64(d)/5+1)) * 2
+	return d - d/5 + j
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// call runs one platform call inside the concurrency cap.
+func (e *Engine) call(ctx context.Context, fn func(context.Context) error) error {
+	select {
+	case e.calls <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-e.calls }()
+	return fn(ctx)
+}
+
+// retry runs fn up to Attempts times while it fails with a retryable error.
+func (e *Engine) retry(ctx context.Context, fn func(context.Context) error) error {
+	var err error
+	for n := 1; n <= e.cfg.Attempts; n++ {
+		err = e.call(ctx, fn)
+		if err == nil || !IsRetryable(err) || n == e.cfg.Attempts {
+			return err
+		}
+		if serr := sleep(ctx, e.backoff(n)); serr != nil {
+			return err
+		}
+	}
+	return err
+}

@@ -1,0 +1,187 @@
+package tokensource_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/tptoken/caddy-tptoken/emulator"
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+const (
+	testComponent = "tt0000component"
+	testSecret    = "component-secret-value-0001"
+	testMsgToken  = "message-token-0001"
+	testAESKey    = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+)
+
+// fakeClock is shared by the emulator and the engines, so lifetimes can be
+// crossed without waiting.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// harness is one emulated platform, one storage folder, and engines
+// ("instances") on it.
+type harness struct {
+	t      *testing.T
+	family tokensource.Family
+	clock  *fakeClock
+	emu    *emulator.Emulator
+	srv    *httptest.Server
+	dir    string
+	logs   *observer.ObservedLogs
+	logger *zap.Logger
+}
+
+func newHarness(t *testing.T, family tokensource.Family) *harness {
+	t.Helper()
+	h := &harness{t: t, family: family, clock: &fakeClock{t: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)}, dir: t.TempDir()}
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logs, h.logger = logs, zap.New(core)
+	emu, err := emulator.New(emulator.Config{
+		ComponentAppID: testComponent, ComponentAppSecret: testSecret,
+		MessageToken: testMsgToken, EncodingAESKey: testAESKey,
+		Now: h.clock.Now, Seed: 7,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.emu = emu
+	h.srv = httptest.NewServer(emu)
+	t.Cleanup(func() {
+		h.srv.Close()
+		_ = emu.Close()
+	})
+	if err := emu.PushTicket(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// store is a fresh FileStorage object on the shared folder: engines built with
+// different objects share nothing in memory, like separate processes.
+func (h *harness) store() *certmagic.FileStorage { return &certmagic.FileStorage{Path: h.dir} }
+
+type engineOpt func(*tokensource.Config)
+
+// engine builds an instance with the ticket already received.
+func (h *harness) engine(opts ...engineOpt) *tokensource.Engine {
+	h.t.Helper()
+	client, err := tokensource.NewClient(tokensource.ClientConfig{
+		Family: h.family, Endpoint: h.srv.URL, ComponentAppID: testComponent,
+		ComponentSecret: testSecret, Timeout: 5 * time.Second,
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	cfg := tokensource.Config{
+		ComponentAppID: testComponent, Client: client, Store: h.store(), Logger: h.logger,
+		Now: h.clock.Now, RetryBase: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond,
+		LockTimeout: 20 * time.Second,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	e, err := tokensource.New(cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { _ = e.Close() })
+	if err := e.StoreTicket(context.Background(), tokensource.Secret(h.emu.Ticket()), h.clock.Now()); err != nil {
+		h.t.Fatal(err)
+	}
+	return e
+}
+
+// authorize authorizes appid on the platform and exchanges its code in e.
+func (h *harness) authorize(e *tokensource.Engine, appid string) tokensource.Info {
+	h.t.Helper()
+	code, err := h.emu.Authorize(appid, false)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, err := e.ExchangeCode(context.Background(), appid, tokensource.Secret(code), h.clock.Now())
+	if err != nil {
+		h.t.Fatalf("exchange %s: %v", appid, err)
+	}
+	return info
+}
+
+// downstream calls the family's sample API with tok, as reverse_proxy would
+// after injection, and returns the appid owning the token (or the error code).
+func (h *harness) downstream(tok tokensource.Token) (owner string, code int) {
+	h.t.Helper()
+	var req *http.Request
+	if h.family == tokensource.V2 {
+		req, _ = http.NewRequest(http.MethodGet, h.srv.URL+"/api/apps/v2/basic_info/get_info/", nil)
+		req.Header.Set("access-token", tok.Value.Reveal())
+	} else {
+		req, _ = http.NewRequest(http.MethodGet, h.srv.URL+"/openapi/v1/microapp/app/info?component_appid="+testComponent+
+			"&authorizer_access_token="+tok.Value.Reveal(), nil)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Errno int `json:"errno"`
+		ErrNo int `json:"err_no"`
+		Data  struct {
+			AppID string `json:"appid"`
+		} `json:"data"`
+	}
+	if err := decodeJSON(resp, &body); err != nil {
+		h.t.Fatal(err)
+	}
+	return body.Data.AppID, body.Errno + body.ErrNo
+}
+
+// assertNoSecretsLogged fails if any captured log line holds a value the
+// emulator issued (tokens, refresh tokens, tickets, codes) or a configured secret.
+func (h *harness) assertNoSecretsLogged() {
+	h.t.Helper()
+	secrets := append(h.emu.IssuedSecrets(), testSecret, testMsgToken, testAESKey)
+	for _, entry := range h.logs.All() {
+		line := entry.Message
+		enc := zapcore.NewMapObjectEncoder()
+		for _, f := range entry.Context {
+			f.AddTo(enc)
+		}
+		for k, v := range enc.Fields {
+			line += " " + k + "=" + toString(v)
+		}
+		for _, s := range secrets {
+			if s != "" && strings.Contains(line, s) {
+				h.t.Errorf("log line leaks a secret: %q", entry.Message)
+			}
+		}
+	}
+	if h.logs.Len() == 0 {
+		h.t.Error("no log line captured: the leak check checked nothing")
+	}
+}

@@ -1,0 +1,96 @@
+package tokensource
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// keyedMutex serializes work on one name inside this engine, ahead of the storage
+// lock: callers of one process then queue on a channel instead of polling the
+// storage lock (FileStorage polls once a second).
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	ch   chan struct{}
+	refs int
+}
+
+// lock waits for name until ctx ends. The returned func releases it.
+func (k *keyedMutex) lock(ctx context.Context, name string) (func(), error) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = make(map[string]*keyedEntry)
+	}
+	e := k.m[name]
+	if e == nil {
+		e = &keyedEntry{ch: make(chan struct{}, 1)}
+		k.m[name] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+
+	select {
+	case e.ch <- struct{}{}:
+		return func() { <-e.ch; k.drop(name, e) }, nil
+	case <-ctx.Done():
+		k.drop(name, e)
+		return nil, ctx.Err()
+	}
+}
+
+func (k *keyedMutex) drop(name string, e *keyedEntry) {
+	k.mu.Lock()
+	e.refs--
+	if e.refs == 0 {
+		delete(k.m, name)
+	}
+	k.mu.Unlock()
+}
+
+// errLockTimeout means another holder kept the lock longer than LockTimeout.
+var errLockTimeout = errors.New("timed out waiting for the storage lock (another instance holds it)")
+
+// acquire takes the in-process lock, then the storage lock, each bounded by
+// LockTimeout. release never fails the caller; a failed Unlock is logged (the
+// storage expires stale locks: FileStorage after 10 s).
+//
+// In single-instance mode (AllowUnlocked), a storage lock that fails for a
+// reason other than contention is skipped: the in-process lock alone then
+// guarantees one refresh at a time, which holds only if no other instance shares
+// the storage.
+func (e *Engine) acquire(ctx context.Context, name string) (release func(), err error) {
+	lctx, cancel := context.WithTimeout(ctx, e.cfg.LockTimeout)
+	defer cancel()
+	unlocal, err := e.local.lock(lctx, name)
+	if err != nil {
+		return nil, errLockTimeout
+	}
+	err = e.store.Lock(lctx, name)
+	if err != nil {
+		timedOut := lctx.Err() != nil
+		if timedOut {
+			unlocal()
+			return nil, errLockTimeout
+		}
+		if !e.cfg.AllowUnlocked {
+			unlocal()
+			return nil, err
+		}
+		e.log.Error("storage lock failed; continuing with the in-process lock only (single-instance mode)",
+			zapLock(name), zapErr(err))
+		return unlocal, nil
+	}
+	return func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := e.store.Unlock(uctx, name); err != nil {
+			e.log.Error("releasing storage lock failed; it expires when stale", zapLock(name), zapErr(err))
+		}
+		unlocal()
+	}, nil
+}
