@@ -41,7 +41,7 @@ func newVecCrypto(t testing.TB) *PushCrypto {
 	return p
 }
 
-func TestSignatureMatchesPublicVector(t *testing.T) {
+func TestPushSignatureMatchesPublicVector(t *testing.T) {
 	if got := Signature(vecToken, vecTimeStamp, vecNonce, vecEncrypt); got != vecSignature {
 		t.Fatalf("Signature = %s, want %s", got, vecSignature)
 	}
@@ -51,7 +51,7 @@ func TestSignatureMatchesPublicVector(t *testing.T) {
 	}
 }
 
-func TestOpenDecryptsPublicVectorTicket(t *testing.T) {
+func TestPushOpenDecryptsPublicVectorTicket(t *testing.T) {
 	m, err := newVecCrypto(t).Open(vecBody())
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +66,7 @@ func TestOpenDecryptsPublicVectorTicket(t *testing.T) {
 	}
 }
 
-func TestOpenAcceptsUppercaseSignatureAndNumericTimestamp(t *testing.T) {
+func TestPushOpenAcceptsUppercaseSignatureAndNumericTimestamp(t *testing.T) {
 	p := newVecCrypto(t)
 	body := fmt.Appendf(nil, `{"Nonce":%s,"TimeStamp":%s,"Encrypt":%q,"MsgSignature":%q}`,
 		vecNonce, vecTimeStamp, vecEncrypt, strings.ToUpper(vecSignature))
@@ -111,7 +111,7 @@ func (r fixedRand) Read(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func TestSealOpenRoundTrip(t *testing.T) {
+func TestPushSealOpenRoundTrip(t *testing.T) {
 	cst := time.FixedZone("CST", 8*3600)
 	evtTime := time.Date(2024, 5, 6, 7, 8, 9, 0, cst)
 	tests := []struct {
@@ -191,7 +191,7 @@ func TestSealOpenRoundTrip(t *testing.T) {
 	}
 }
 
-func TestSealPadsEveryLengthTo32ByteBlocks(t *testing.T) {
+func TestPushSealPadsEveryLengthTo32ByteBlocks(t *testing.T) {
 	p := newVecCrypto(t)
 	for n := range 70 {
 		msg := fmt.Appendf(nil, `{"Ticket":"%s","MsgType":"Ticket"}`, strings.Repeat("x", n+1))
@@ -213,7 +213,7 @@ func TestSealPadsEveryLengthTo32ByteBlocks(t *testing.T) {
 	}
 }
 
-func TestSealIsDeterministicWithRand(t *testing.T) {
+func TestPushSealIsDeterministicWithRand(t *testing.T) {
 	p := newVecCrypto(t)
 	p.Rand = fixedRand(7)
 	a, err := p.Seal([]byte(`{"Ticket":"x","MsgType":"Ticket"}`), "1", "2")
@@ -275,7 +275,7 @@ func pkcs32(b []byte) []byte {
 
 const ticketMsg = `{"Ticket":"SECRET-TICKET-VALUE","MsgType":"Ticket","Event":"PUSH"}`
 
-func TestOpenRejectsMalformedPushes(t *testing.T) {
+func TestPushOpenRejectsMalformedPushes(t *testing.T) {
 	p := newVecCrypto(t)
 	good, err := p.Seal([]byte(ticketMsg), "1700000000", "n1")
 	if err != nil {
@@ -367,7 +367,7 @@ func TestOpenRejectsMalformedPushes(t *testing.T) {
 	}
 }
 
-func TestOpenErrorsNeverContainTicketOrCode(t *testing.T) {
+func TestPushOpenErrorsNeverContainTicketOrCode(t *testing.T) {
 	p := newVecCrypto(t)
 	// A length field one short of the real message leaves part of the JSON,
 	// ticket included, in the "suffix": the error must not show it.
