@@ -1,0 +1,508 @@
+// Package tptoken is a Caddy v2 plugin for service providers (服务商) on the
+// Douyin / ByteDance open platform: legacy apps send open-API requests through
+// Caddy naming an authorizer appid, and tptoken injects a valid
+// authorizer_access_token (or component token) before reverse_proxy forwards them.
+//
+// The token engine lives in package tokensource; this package is the Caddy glue:
+// the `tptoken` app (one engine per component appid, surviving config reloads),
+// the `tptoken` handler, the `tptoken` reverse_proxy transport that puts the
+// token on the outgoing request only, and the `tptoken_events` push receiver.
+package tptoken
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the `tptoken` Caddy app: it owns one token engine per component (TP)
+// appid, shared by every handler and kept across config reloads.
+type App struct {
+	// Components are the TPs served; each `tptoken` global option block adds one.
+	Components []*Component `json:"components,omitempty"`
+
+	// StorageRaw overrides Caddy's configured storage for tptoken records.
+	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
+
+	comps   map[string]*component
+	order   []string
+	storage certmagic.Storage
+	logger  *zap.Logger
+}
+
+// Component configures one TP (component appid). Secret fields accept {env.*}
+// and {file.*} placeholders, resolved at provision so the adapted JSON never
+// holds the secret itself.
+type Component struct {
+	ComponentAppID     string `json:"component_appid"`
+	ComponentAppSecret string `json:"component_appsecret"`
+	// MessageToken (消息验证 TOKEN) verifies push signatures; needed by tptoken_events.
+	MessageToken string `json:"message_token,omitempty"`
+	// EncodingAESKey (消息加密解密 KEY, 43 characters) decrypts pushes; needed by tptoken_events.
+	EncodingAESKey string `json:"encoding_aes_key,omitempty"`
+	// API is the token family: v1 (default) or v2. v1 and v2 tokens are never mixed.
+	API string `json:"api,omitempty"`
+	// Endpoint is the platform base URL; default https://open.microapp.bytedance.com (v1)
+	// or https://open.douyin.com (v2).
+	Endpoint string `json:"endpoint,omitempty"`
+	// RefreshAhead: access tokens are refreshed this long before they expire. Default 10m.
+	RefreshAhead caddy.Duration `json:"refresh_ahead,omitempty"`
+	// RefreshTokenMargin: refresh tokens are renewed this long before they
+	// expire, even for idle authorizers. Default 72h.
+	RefreshTokenMargin caddy.Duration `json:"refresh_token_margin,omitempty"`
+	// EncryptionKey seals records at rest with AES-256-GCM (32 bytes: raw, hex or base64).
+	EncryptionKey string `json:"encryption_key,omitempty"`
+	// Timeout bounds one platform call. Default 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// LockTimeout bounds the wait for the storage lock. Default 15s.
+	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
+	// SingleInstance allows refreshing with the in-process lock only when the
+	// storage lock fails. Set it only when no other instance shares the storage.
+	SingleInstance bool `json:"single_instance,omitempty"`
+	// MaxConcurrentCalls caps platform calls in flight. Default 16.
+	MaxConcurrentCalls int `json:"max_concurrent_calls,omitempty"`
+}
+
+// component is the runtime side of a Component.
+type component struct {
+	appID   string
+	family  tokensource.Family
+	engine  *tokensource.Engine
+	push    *tokensource.PushCrypto // nil without message_token / encoding_aes_key
+	poolKey string
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "tptoken", New: func() caddy.Module { return new(App) }}
+}
+
+// engines keeps engines across config reloads, so a reload neither drops the
+// token cache nor starts a second refresher.
+var engines = caddy.NewUsagePool()
+
+type pooledEngine struct{ *tokensource.Engine }
+
+func (p pooledEngine) Destruct() error { return p.Close() }
+
+// Provision resolves secrets, checks the configuration and gets (or builds) the
+// engines. It makes no network call.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.comps = make(map[string]*component)
+	if a.StorageRaw != nil {
+		mod, err := ctx.LoadModule(a, "StorageRaw")
+		if err != nil {
+			return fmt.Errorf("loading tptoken storage: %v", err)
+		}
+		st, err := mod.(caddy.StorageConverter).CertMagicStorage()
+		if err != nil {
+			return fmt.Errorf("tptoken storage: %v", err)
+		}
+		a.storage = st
+	} else {
+		a.storage = ctx.Storage()
+	}
+	repl := caddy.NewReplacer()
+	for i, c := range a.Components {
+		rc, err := a.provisionComponent(repl, c)
+		if err != nil {
+			a.release()
+			return fmt.Errorf("tptoken component %d (%s): %w", i+1, c.ComponentAppID, err)
+		}
+		a.comps[rc.appID] = rc
+		a.order = append(a.order, rc.appID)
+	}
+	return nil
+}
+
+// secretValue resolves placeholders in a secret field. The error names the field,
+// never the value.
+func secretValue(repl *caddy.Replacer, field, raw string, required bool) (string, error) {
+	if raw == "" {
+		if required {
+			return "", fmt.Errorf("%s is required", field)
+		}
+		return "", nil
+	}
+	v, err := repl.ReplaceOrErr(raw, true, true)
+	if err != nil {
+		return "", fmt.Errorf("%s: a placeholder in it did not resolve (is the environment variable or file there?)", field)
+	}
+	return strings.TrimSpace(v), nil
+}
+
+func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component, error) {
+	appID, err := secretValue(repl, "component_appid", c.ComponentAppID, true)
+	if err != nil {
+		return nil, err
+	}
+	if !tokensource.ValidAppID(appID) {
+		return nil, fmt.Errorf("component_appid %q: want 1-64 letters, digits, '_' or '-'", appID)
+	}
+	if _, dup := a.comps[appID]; dup {
+		return nil, fmt.Errorf("component_appid %s is configured twice", appID)
+	}
+	secret, err := secretValue(repl, "component_appsecret", c.ComponentAppSecret, true)
+	if err != nil {
+		return nil, err
+	}
+	family, err := tokensource.ParseFamily(c.API)
+	if err != nil {
+		return nil, err
+	}
+	msgToken, err := secretValue(repl, "message_token", c.MessageToken, false)
+	if err != nil {
+		return nil, err
+	}
+	aesKey, err := secretValue(repl, "encoding_aes_key", c.EncodingAESKey, false)
+	if err != nil {
+		return nil, err
+	}
+	encKeyRaw, err := secretValue(repl, "encryption_key", c.EncryptionKey, false)
+	if err != nil {
+		return nil, err
+	}
+	var encKey []byte
+	if encKeyRaw != "" {
+		if encKey, err = tokensource.ParseEncryptionKey(encKeyRaw); err != nil {
+			return nil, err
+		}
+	}
+	rc := &component{appID: appID, family: family}
+	if msgToken != "" || aesKey != "" {
+		if msgToken == "" || aesKey == "" {
+			return nil, errors.New("message_token and encoding_aes_key go together: set both to receive pushes")
+		}
+		if rc.push, err = tokensource.NewPushCrypto(msgToken, aesKey, appID); err != nil {
+			return nil, err
+		}
+	}
+	client, err := tokensource.NewClient(tokensource.ClientConfig{
+		Family: family, Endpoint: c.Endpoint, ComponentAppID: appID,
+		ComponentSecret: tokensource.Secret(secret), Timeout: time.Duration(c.Timeout),
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The pool key covers everything the engine is built from, so a changed
+	// config gets a new engine while an unchanged one keeps its cache.
+	h := sha256.New()
+	for _, s := range []string{appID, secret, string(family), c.Endpoint, encKeyRaw, storageIdentity(a.storage),
+		time.Duration(c.RefreshAhead).String(), time.Duration(c.RefreshTokenMargin).String(), time.Duration(c.Timeout).String(), time.Duration(c.LockTimeout).String(),
+		fmt.Sprint(c.SingleInstance, c.MaxConcurrentCalls)} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	rc.poolKey = "tptoken/" + appID + "/" + hex.EncodeToString(h.Sum(nil))
+	logger := a.logger.With(zap.String("component_appid", appID), zap.String("api", string(family)))
+	val, loaded, err := engines.LoadOrNew(rc.poolKey, func() (caddy.Destructor, error) {
+		e, err := tokensource.New(tokensource.Config{
+			ComponentAppID: appID, Client: client, Store: a.storage, EncryptionKey: encKey, Logger: logger,
+			RefreshAhead: time.Duration(c.RefreshAhead), RefreshTokenMargin: time.Duration(c.RefreshTokenMargin),
+			LockTimeout: time.Duration(c.LockTimeout), AllowUnlocked: c.SingleInstance,
+			MaxConcurrentCalls: c.MaxConcurrentCalls,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return pooledEngine{e}, nil
+	})
+	if err != nil {
+		if loaded {
+			_, _ = engines.Delete(rc.poolKey)
+		}
+		return nil, err
+	}
+	rc.engine = val.(pooledEngine).Engine
+	return rc, nil
+}
+
+// storageIdentity names the storage for the pool key (hashed, never logged).
+func storageIdentity(s certmagic.Storage) string {
+	if st, ok := s.(fmt.Stringer); ok {
+		return fmt.Sprintf("%T:%s", s, st.String())
+	}
+	return fmt.Sprintf("%T:%p", s, s)
+}
+
+// Start starts nothing yet: the engines work on demand.
+func (a *App) Start() error { return nil }
+
+// Stop stops nothing: engines are released in Cleanup, after the next config
+// (if any) has taken its references.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's references to the engines; the last one closes
+// an engine, waiting for its operations in flight.
+func (a *App) Cleanup() error {
+	a.release()
+	return nil
+}
+
+func (a *App) release() {
+	for _, c := range a.comps {
+		if _, err := engines.Delete(c.poolKey); err != nil {
+			a.logger.Error("closing a token engine", zap.String("component_appid", c.appID), zap.Error(err))
+		}
+	}
+	a.comps = nil
+}
+
+// component returns the named component, or the only one when appid is "".
+func (a *App) component(appid string) (*component, error) {
+	if appid == "" {
+		switch len(a.order) {
+		case 0:
+			return nil, errors.New("the tptoken app has no component: add a `tptoken { component_appid ... }` global option")
+		case 1:
+			return a.comps[a.order[0]], nil
+		default:
+			return nil, fmt.Errorf("several components are configured (%s): name one with `component <appid>`", strings.Join(a.order, ", "))
+		}
+	}
+	c, ok := a.comps[appid]
+	if !ok {
+		return nil, fmt.Errorf("component %s is not configured in the tptoken app", appid)
+	}
+	return c, nil
+}
+
+// appFrom gets the configured tptoken app for a handler.
+func appFrom(ctx caddy.Context) (*App, error) {
+	v, err := ctx.AppIfConfigured("tptoken")
+	if err != nil {
+		if errors.Is(err, caddy.ErrNotConfigured) {
+			return nil, errors.New("the tptoken app is not configured: add a `tptoken { ... }` global option (or apps.tptoken in JSON)")
+		}
+		return nil, err
+	}
+	return v.(*App), nil
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is the `tptoken` HTTP handler. It resolves the authorizer appid of a
+// request, gets its token (failing early, in the family's error envelope, when
+// there is none) and hands the token to the `tptoken` reverse_proxy transport,
+// which puts it on the outgoing request only, so no log ever sees it.
+type Handler struct {
+	// Component selects the TP when the app has several; "" means the only one.
+	Component string `json:"component,omitempty"`
+	// AppID says where the authorizer appid comes from. Default: header X-Authorizer-Appid.
+	AppID *AppIDSource `json:"appid,omitempty"`
+	// Token is the kind of token injected: authorizer (default) or component.
+	Token string `json:"token,omitempty"`
+	// Allow, when set, lists the only authorizer appids served.
+	Allow []string `json:"allow,omitempty"`
+	// MaxReplayBody bounds the request body buffered to replay a request once
+	// after the platform rejected its token. Default 1 MiB; -1 disables replay.
+	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
+	// ErrorResponse: envelope (default) answers failures in the family's JSON
+	// envelope; handle_errors returns them to Caddy for handle_errors routes.
+	ErrorResponse string `json:"error_response,omitempty"`
+
+	comp        *component
+	allow       map[string]struct{}
+	component   bool // inject the component token
+	takeCarrier bool // read (and remove) the appid carrier
+	logger      *zap.Logger
+	noTransport *sync.Once // logs the missing-transport error once
+}
+
+// AppIDSource is where the appid comes from.
+type AppIDSource struct {
+	// From: header, query, path or placeholder.
+	From string `json:"from"`
+	// Name: the header or query parameter name, or the placeholder (for example
+	// {http.request.uri.query.appid}). Unused for path.
+	Name string `json:"name,omitempty"`
+}
+
+const (
+	defaultAppIDHeader   = "X-Authorizer-Appid"
+	defaultMaxReplayBody = 1 << 20
+)
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.tptoken", New: func() caddy.Module { return new(Handler) }}
+}
+
+// Provision finds the component and checks the configuration.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.noTransport = new(sync.Once)
+	h.component = h.Token == "component"
+	// A component token needs no appid: its carrier is read only when configured.
+	h.takeCarrier = !h.component || h.AppID != nil
+	if h.AppID == nil {
+		h.AppID = &AppIDSource{From: "header", Name: defaultAppIDHeader}
+	}
+	switch h.AppID.From {
+	case "header", "query", "placeholder":
+		if h.AppID.Name == "" {
+			return fmt.Errorf("appid %s needs a name", h.AppID.From)
+		}
+	case "path":
+	default:
+		return fmt.Errorf("appid from %q: use header, query, path or placeholder", h.AppID.From)
+	}
+	switch h.Token {
+	case "", "authorizer", "component":
+	default:
+		return fmt.Errorf("token %q: use authorizer or component", h.Token)
+	}
+	switch h.ErrorResponse {
+	case "", "envelope", "handle_errors":
+	default:
+		return fmt.Errorf("error_response %q: use envelope or handle_errors", h.ErrorResponse)
+	}
+	if h.MaxReplayBody == 0 {
+		h.MaxReplayBody = defaultMaxReplayBody
+	}
+	if len(h.Allow) > 0 {
+		h.allow = make(map[string]struct{}, len(h.Allow))
+		for _, a := range h.Allow {
+			if !tokensource.ValidAppID(a) {
+				return fmt.Errorf("allow: %q is not a valid appid", a)
+			}
+			h.allow[a] = struct{}{}
+		}
+	}
+	app, err := appFrom(ctx)
+	if err != nil {
+		return err
+	}
+	h.comp, err = app.component(h.Component)
+	return err
+}
+
+// ServeHTTP resolves the appid and token, then calls the next handler with the
+// token in the request context for the transport.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	inj := &injection{engine: h.comp.engine, family: h.comp.family, componentAppID: h.comp.appID,
+		component: h.component, maxReplayBody: h.MaxReplayBody}
+
+	if h.takeCarrier {
+		inj.appid = h.takeAppID(r, repl)
+		if repl != nil {
+			repl.Set("http.tptoken.appid", inj.appid)
+		}
+	}
+	var err error
+	if h.component {
+		inj.tok, err = h.comp.engine.ComponentToken(r.Context())
+	} else {
+		switch {
+		case inj.appid == "":
+			return h.fail(w, r, repl, &tokensource.Error{Kind: tokensource.KindBadAppID,
+				Msg: "no authorizer appid in the request: send it " + h.carrierHint()})
+		case !tokensource.ValidAppID(inj.appid):
+			return h.fail(w, r, repl, tokensource.CheckAppID(inj.appid))
+		}
+		if h.allow != nil {
+			if _, ok := h.allow[inj.appid]; !ok {
+				return h.fail(w, r, repl, errNotAllowed(inj.appid))
+			}
+		}
+		inj.tok, err = h.comp.engine.Token(r.Context(), inj.appid)
+	}
+	if err != nil {
+		return h.fail(w, r, repl, err)
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "token resolved"); c != nil {
+		c.Write(zap.String("appid", inj.appid), zap.Uint64("generation", inj.tok.Generation), zap.Time("expiry", inj.tok.Expiry))
+	}
+	err = next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), injectionKey{}, inj)))
+	if !inj.used.Load() {
+		h.noTransport.Do(func() {
+			h.logger.Error("the token was not injected: no `transport tptoken` handled this request; " +
+				"add it to the reverse_proxy after the tptoken handler (reverse_proxy ... { transport tptoken })")
+		})
+	}
+	return err
+}
+
+// takeAppID reads the appid from its carrier and removes the carrier (header,
+// query parameter or first path segment) from the request.
+func (h *Handler) takeAppID(r *http.Request, repl *caddy.Replacer) string {
+	switch h.AppID.From {
+	case "header":
+		v := r.Header.Get(h.AppID.Name)
+		r.Header.Del(h.AppID.Name)
+		return strings.TrimSpace(v)
+	case "query":
+		v, rest, found := takeQueryParam(r.URL.RawQuery, h.AppID.Name)
+		if found {
+			r.URL.RawQuery = rest
+			r.RequestURI = r.URL.RequestURI()
+		}
+		return v
+	case "path":
+		v, ok := stripFirstSegment(r.URL)
+		if ok {
+			r.RequestURI = r.URL.RequestURI()
+		}
+		return v
+	default: // placeholder
+		if repl == nil {
+			return ""
+		}
+		return repl.ReplaceAll(h.AppID.Name, "")
+	}
+}
+
+func (h *Handler) carrierHint() string {
+	switch h.AppID.From {
+	case "header":
+		return "in the " + h.AppID.Name + " header"
+	case "query":
+		return "in the " + h.AppID.Name + " query parameter"
+	case "path":
+		return "as the first path segment (/<appid>/openapi/...)"
+	}
+	return "where " + h.AppID.Name + " finds it"
+}
+
+// errNotAllowed answers an appid outside the allow list.
+type errNotAllowed string
+
+func (e errNotAllowed) Error() string {
+	return "authorizer " + string(e) + ": not in this route's allow list"
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,150 @@
+package tptoken
+
+import (
+	"net/url"
+	"strings"
+)
+
+// The query is edited as bytes: the client's parameters keep their order and
+// their exact escaping (url.Values.Encode would sort and re-escape them, which
+// breaks upstreams that sign the query).
+
+// takeQueryParam removes every occurrence of name from the raw query and returns
+// the first value (unescaped), the rest of the query, and whether name was there.
+func takeQueryParam(raw, name string) (value, rest string, found bool) {
+	// Without the name in plain text, only an escaped key can match: %XX, or
+	// '+' for a space (url.Values.Encode writes "a b" as a+b).
+	if raw == "" || !strings.Contains(raw, name) && !strings.Contains(raw, "%") &&
+		!(strings.Contains(raw, "+") && strings.Contains(name, " ")) {
+		return "", raw, false
+	}
+	var b strings.Builder
+	for seg := range strings.SplitSeq(raw, "&") {
+		k, v, _ := strings.Cut(seg, "=")
+		if queryKeyIs(k, name) {
+			if !found {
+				var err error
+				if value, err = url.QueryUnescape(v); err != nil {
+					// Keep the malformed value: the appid check then reports it,
+					// rather than a misleading "no appid".
+					value = v
+				}
+				found = true
+			}
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(seg)
+	}
+	if !found {
+		return "", raw, false
+	}
+	return value, b.String(), true
+}
+
+// queryKeyIs compares a raw (possibly escaped) query key with name.
+func queryKeyIs(rawKey, name string) bool {
+	if rawKey == name {
+		return true
+	}
+	if !strings.ContainsAny(rawKey, "%+") {
+		return false
+	}
+	k, err := url.QueryUnescape(rawKey)
+	return err == nil && k == name
+}
+
+// v1 query parameters that carry credentials; client-sent copies are removed.
+var v1CredentialParams = [...]string{"component_appid", "authorizer_access_token", "component_access_token"}
+
+// injectV1 returns raw without any client-sent credential parameter, followed by
+// component_appid and the token parameter.
+func injectV1(raw, componentAppID, tokenParam, token string) string {
+	var b strings.Builder
+	b.Grow(len(raw) + len(componentAppID) + len(tokenParam) + len(token) + 20)
+	kept := 0 // client segments written, empty ones included: raw is kept byte for byte
+	if raw != "" {
+		if !hasCredentialParam(raw) {
+			b.WriteString(raw)
+			kept = 1
+		} else {
+			for seg := range strings.SplitSeq(raw, "&") {
+				k, _, _ := strings.Cut(seg, "=")
+				if isCredentialKey(k) {
+					continue
+				}
+				if kept > 0 {
+					b.WriteByte('&')
+				}
+				b.WriteString(seg)
+				kept++
+			}
+		}
+	}
+	if kept > 0 {
+		b.WriteByte('&')
+	}
+	b.WriteString("component_appid=")
+	b.WriteString(url.QueryEscape(componentAppID))
+	b.WriteByte('&')
+	b.WriteString(tokenParam)
+	b.WriteByte('=')
+	b.WriteString(url.QueryEscape(token))
+	return b.String()
+}
+
+func hasCredentialParam(raw string) bool {
+	if strings.Contains(raw, "%") {
+		return true // an escaped key may hide one: check each key
+	}
+	for _, p := range v1CredentialParams {
+		if strings.Contains(raw, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func isCredentialKey(rawKey string) bool {
+	for _, p := range v1CredentialParams {
+		if queryKeyIs(rawKey, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// stripFirstSegment takes the first path segment as the appid and removes it:
+// /tt0123/openapi/v1/x → appid tt0123, path /openapi/v1/x.
+//
+// Segments are those of the escaped path, so an escaped slash (%2F) stays in its
+// segment: /tt%2F01/openapi gives the (invalid) appid "tt/01" and /openapi, never
+// the appid "tt" and /01/openapi. The rest keeps the client's escaping.
+func stripFirstSegment(u *url.URL) (string, bool) {
+	if u.RawPath == "" {
+		// Path has the default escaping, so it has no escaped slash either.
+		seg, rest, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+		if seg == "" {
+			return "", false
+		}
+		u.Path = "/" + rest
+		return seg, true
+	}
+	rawSeg, rawRest, _ := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
+	seg, err := url.PathUnescape(rawSeg)
+	if err != nil || seg == "" {
+		return "", false
+	}
+	rawRest = "/" + rawRest
+	rest, err := url.PathUnescape(rawRest)
+	if err != nil {
+		return "", false
+	}
+	u.Path, u.RawPath = rest, ""
+	if u.EscapedPath() != rawRest {
+		u.RawPath = rawRest // escaping the default would change
+	}
+	return seg, true
+}

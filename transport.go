@@ -1,0 +1,247 @@
+package tptoken
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+func init() {
+	caddy.RegisterModule(Transport{})
+}
+
+// Transport is the `tptoken` reverse_proxy transport: Caddy's standard HTTP
+// transport (every `transport http` option works) that puts the token resolved
+// by the tptoken handler on the outgoing request only. The request reverse_proxy
+// logs never carries the token, so neither does any log line.
+//
+// When the platform answers that the token is invalid (HTTP 200 with v1 errno
+// 40020 or v2 err_no 28001003 / 28001008), the transport invalidates that token
+// (only if it is still the current one), gets a fresh one and replays the request
+// once with the identical body.
+type Transport struct {
+	reverseproxy.HTTPTransport
+
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Transport) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.reverse_proxy.transport.tptoken", New: func() caddy.Module { return new(Transport) }}
+}
+
+// Provision provisions the embedded HTTP transport.
+func (t *Transport) Provision(ctx caddy.Context) error {
+	t.logger = ctx.Logger()
+	return t.HTTPTransport.Provision(ctx)
+}
+
+// injectionKey is the request-context key of the handler's *injection. Context
+// values are invisible to placeholders and logs.
+type injectionKey struct{}
+
+// injection is what the handler resolved for one request.
+type injection struct {
+	engine         *tokensource.Engine
+	family         tokensource.Family
+	componentAppID string
+	component      bool // component token instead of authorizer token
+	appid          string
+	tok            tokensource.Token
+	maxReplayBody  int64 // < 0: no replay
+	used           atomic.Bool
+}
+
+// Maximum response size inspected for an invalid-token code; larger or
+// streaming answers pass through untouched.
+const maxInspect = 64 << 10
+
+// RoundTrip injects the token and forwards the request, replaying it once if
+// the platform rejects the token.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	inj, _ := req.Context().Value(injectionKey{}).(*injection)
+	if inj == nil {
+		return t.HTTPTransport.RoundTrip(req)
+	}
+	inj.used.Store(true)
+
+	replay := inj.maxReplayBody >= 0
+	var body []byte
+	if replay && req.Body != nil && req.Body != http.NoBody {
+		var ok bool
+		body, ok = bufferBody(req, inj.maxReplayBody)
+		replay = ok
+	}
+	resp, err := t.send(req, inj, inj.tok, body)
+	if err != nil || !replay {
+		return resp, err
+	}
+	code := inspect(resp, inj.component)
+	if code == 0 {
+		return resp, nil
+	}
+	fresh, ferr := inj.refetch(req.Context())
+	if ferr != nil || fresh.Value == inj.tok.Value {
+		t.logger.Warn("the platform rejected the token and no other token is available; not replaying",
+			zap.String("appid", inj.appid), zap.Int("code", code), zap.Error(ferr))
+		return resp, nil
+	}
+	_ = resp.Body.Close()
+	t.logger.Info("the platform rejected the token; replaying once with a fresh one",
+		zap.String("appid", inj.appid), zap.Int("code", code), zap.Uint64("generation", fresh.Generation))
+	if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("http.tptoken.replayed", true)
+	}
+	return t.send(req, inj, fresh, body)
+}
+
+// send forwards a copy of req carrying tok. req itself is never modified: it is
+// what reverse_proxy logs.
+func (t *Transport) send(req *http.Request, inj *injection, tok tokensource.Token, body []byte) (*http.Response, error) {
+	out := req.WithContext(req.Context()) // shallow copy
+	secret := tok.Value.Reveal()
+	if inj.family == tokensource.V2 {
+		out.Header = req.Header.Clone()
+		out.Header.Set("Access-Token", secret)
+	} else {
+		u := *req.URL
+		param := "authorizer_access_token"
+		if inj.component {
+			param = "component_access_token"
+		}
+		u.RawQuery = injectV1(u.RawQuery, inj.componentAppID, param, secret)
+		out.URL = &u
+	}
+	if body != nil {
+		out.Body = io.NopCloser(bytes.NewReader(body))
+		out.ContentLength = int64(len(body))
+		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	resp, err := t.HTTPTransport.RoundTrip(out)
+	if err != nil && strings.Contains(err.Error(), secret) {
+		err = errors.New("upstream round trip failed (error text withheld: it quoted the token)")
+	}
+	return resp, err
+}
+
+// refetch invalidates the token sent (only if still current) and gets a fresh one.
+func (inj *injection) refetch(ctx context.Context) (tokensource.Token, error) {
+	if inj.component {
+		inj.engine.InvalidateComponent(inj.tok)
+		return inj.engine.ComponentToken(ctx)
+	}
+	inj.engine.Invalidate(inj.appid, inj.tok)
+	return inj.engine.Token(ctx, inj.appid)
+}
+
+// bufferBody reads up to limit bytes of the request body for a replay. If the
+// body is larger, the part read is put back in front of the rest and the
+// request is not replayable.
+func bufferBody(req *http.Request, limit int64) ([]byte, bool) {
+	if req.ContentLength > limit {
+		return nil, false
+	}
+	buf, err := io.ReadAll(io.LimitReader(req.Body, limit+1))
+	if err != nil || int64(len(buf)) > limit {
+		req.Body = readCloser{io.MultiReader(bytes.NewReader(buf), req.Body), req.Body}
+		return nil, false
+	}
+	_ = req.Body.Close()
+	if buf == nil {
+		buf = []byte{}
+	}
+	return buf, true
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// inspect returns the platform code of a small JSON answer that reports an
+// invalid token, or 0. Only answers with a JSON media type and at most
+// maxInspect bytes are read (the body is then put back); others are untouched.
+func inspect(resp *http.Response, component bool) int {
+	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
+		return 0
+	}
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if mt != "application/json" && mt != "text/json" && !strings.HasSuffix(mt, "+json") {
+		return 0
+	}
+	enc := resp.Header.Get("Content-Encoding")
+	if enc != "" && enc != "gzip" && enc != "identity" {
+		return 0
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxInspect+1))
+	if err != nil || len(raw) > maxInspect {
+		// too large after all (unknown length): hand back what was read, unbuffered
+		resp.Body = readCloser{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
+		return 0
+	}
+	_ = resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(raw))
+	plain := raw
+	if enc == "gzip" {
+		zr, err := gzip.NewReader(bytes.NewReader(raw))
+		if err != nil {
+			return 0
+		}
+		plain, err = io.ReadAll(io.LimitReader(zr, 4*maxInspect))
+		if err != nil {
+			return 0
+		}
+	}
+	return invalidTokenCode(plain, component)
+}
+
+// invalidTokenCode reads errno / err_no of a JSON answer and returns it if it
+// means the token sent was rejected.
+func invalidTokenCode(b []byte, component bool) int {
+	if !bytes.Contains(b, []byte(`"errno"`)) && !bytes.Contains(b, []byte(`"err_no"`)) {
+		return 0
+	}
+	var env struct {
+		Errno json.Number `json:"errno"`
+		ErrNo json.Number `json:"err_no"`
+	}
+	if json.Unmarshal(b, &env) != nil {
+		return 0
+	}
+	for _, n := range []json.Number{env.ErrNo, env.Errno} {
+		code, err := n.Int64()
+		if err != nil || code == 0 {
+			continue
+		}
+		switch tokensource.ClassifyCode(int(code)) {
+		case tokensource.ClassInvalidAuthorizerToken:
+			return int(code)
+		case tokensource.ClassComponentToken:
+			if component {
+				return int(code)
+			}
+		}
+	}
+	return 0
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner         = (*Transport)(nil)
+	_ caddy.CleanerUpper        = (*Transport)(nil)
+	_ http.RoundTripper         = (*Transport)(nil)
+	_ reverseproxy.TLSTransport = (*Transport)(nil)
+)
