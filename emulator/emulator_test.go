@@ -615,7 +615,8 @@ func TestEmulatorRetrieveGivesACodeThatExchanges(t *testing.T) {
 		if a := retrieve(appA); a.code != ErrnoNotAuthorized {
 			t.Fatalf("after unauthorize: %+v, want 40022", a.raw)
 		}
-		h.e.Close() // waits for the background push to be counted
+		// The receiver got the push before the emulator read its "success".
+		waitFor(t, func() bool { return h.e.Stats().App(appA).PushesSent == 1 })
 		if s := h.e.Stats(); s.App(appA).Retrieves != 1 || s.App(appA).PushesSent != 1 {
 			t.Fatalf("stats %+v", s.App(appA))
 		}
@@ -769,7 +770,7 @@ func TestEmulatorDownstreamReportsWhatItReceived(t *testing.T) {
 	}
 }
 
-func TestMaskQueryKeepsOrderAndEscaping(t *testing.T) {
+func TestEmulatorMaskQueryKeepsOrderAndEscaping(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"", ""},
 		{"a=1&b=2", "a=1&b=2"},
@@ -927,6 +928,18 @@ func TestEmulatorFaultLimitedToOneAppID(t *testing.T) {
 	}
 	if err := h.e.SetFaults(OpRefresh, Faults{HTTP5xx: -1}); err == nil {
 		t.Fatal("negative count accepted")
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond) // polling interval, not a wait for the condition
 	}
 }
 
@@ -1126,7 +1139,7 @@ func TestEmulatorNeverLogsASecret(t *testing.T) {
 	rcv.next(t)
 	h.e.SetFaults(OpAll, Faults{Errno40045: 1})
 	h.downstream(v1, access)
-	h.e.Close() // waits for background pushes, so every line is in
+	h.e.Close() // ends and waits for background pushes, so every line is in
 
 	secrets := h.e.IssuedSecrets()
 	if len(secrets) < 10 || !slices.Contains(secrets, tpSecret) || !slices.Contains(secrets, rt) || !slices.Contains(secrets, comp) {
@@ -1145,7 +1158,7 @@ func TestEmulatorNeverLogsASecret(t *testing.T) {
 	}
 }
 
-func TestNewRejectsBadConfig(t *testing.T) {
+func TestEmulatorNewRejectsBadConfig(t *testing.T) {
 	tests := []struct {
 		name string
 		cfg  Config
