@@ -46,18 +46,13 @@ func (e *Engine) ExchangeCode(ctx context.Context, appid string, code Secret, ev
 	if appid != "" && !ValidAppID(appid) {
 		return Info{}, CheckAppID(appid)
 	}
-	ch := e.sf.DoChan("\x00code:"+code.Fingerprint(), func() (any, error) {
+	v, err := e.await(ctx, "\x00code:"+code.Fingerprint(), func() (any, error) {
 		return e.exchange(appid, code, eventAt)
 	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return Info{}, r.Err
-		}
-		return r.Val.(Info), nil
-	case <-ctx.Done():
-		return Info{}, &Error{Kind: KindUnavailable, AppID: appid, Msg: "gave up waiting for the code exchange (it continues)", RetryAfter: time.Second, Err: ctx.Err()}
+	if err != nil {
+		return Info{}, err
 	}
+	return v.(Info), nil
 }
 
 func (e *Engine) exchange(appid string, code Secret, eventAt time.Time) (any, error) {

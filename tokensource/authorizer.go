@@ -56,10 +56,70 @@ func (e *Engine) loadInto(ctx context.Context, appid string, s *slot) (*entry, e
 	return e.adopt(s, rec, e.now()), nil
 }
 
-// obtain is the slow path of Token, run once per appid at a time: reload, lock,
-// reload again, and refresh only if the token is still not fresh. With force, it
-// refreshes unless another instance stored a newer generation while it waited.
-func (e *Engine) obtain(appid string, force bool) (any, error) {
+// mode says when an obtain renews the token.
+type mode int
+
+const (
+	onDemand     mode = iota // a request: renew when the token is not fresh
+	ahead                    // background: renew a little before the refresh point
+	renewRefresh             // background: renew when the refresh token nears its expiry
+	forced                   // operator: renew unless another instance did meanwhile
+)
+
+func (m mode) key(appid string) string {
+	switch m {
+	case ahead:
+		return "\x00ahead:" + appid
+	case renewRefresh:
+		return "\x00renew:" + appid
+	case forced:
+		return "\x00force:" + appid
+	}
+	return appid
+}
+
+// due reports whether the entry needs renewing in mode m. seen is the
+// generation the caller saw before waiting (forced mode).
+func (e *Engine) due(m mode, en *entry, now time.Time, seen uint64) bool {
+	switch m {
+	case ahead:
+		return !en.fresh(now.Add(backgroundLead(en)))
+	case renewRefresh:
+		return !en.fresh(now) || e.refreshTokenDue(en.rec, now)
+	case forced:
+		return en.rec.Generation == seen || !en.usable(now)
+	}
+	return !en.fresh(now)
+}
+
+// backgroundLead: background refreshes start this long before the refresh point,
+// so requests never wait for one: a tenth of the token's life, at most a minute.
+func backgroundLead(en *entry) time.Duration {
+	if en == nil || en.rec == nil {
+		return 0
+	}
+	return min(time.Minute, en.rec.AccessExpiry.Sub(en.rec.AccessIssued)/10)
+}
+
+// refreshTokenDue: the refresh token must be used before RefreshTokenMargin
+// (at most half its life) is left, or the record waits for a recovery.
+func (e *Engine) refreshTokenDue(rec *Record, now time.Time) bool {
+	if rec == nil || rec.State == StateUnauthorized {
+		return false
+	}
+	if rec.State == StateNeedsRecovery || rec.RefreshToken == "" {
+		return true
+	}
+	if rec.RefreshExpiry.IsZero() {
+		return false
+	}
+	margin := min(e.cfg.RefreshTokenMargin, rec.RefreshExpiry.Sub(rec.AccessIssued)/2)
+	return !now.Before(rec.RefreshExpiry.Add(-margin))
+}
+
+// obtain is the slow path of Token, run once per appid and mode at a time:
+// reload, lock, reload again, and renew only if still due.
+func (e *Engine) obtain(appid string, m mode) (any, error) {
 	ctx, done, err := e.begin()
 	if err != nil {
 		return nil, err
@@ -76,16 +136,16 @@ func (e *Engine) obtain(appid string, force bool) (any, error) {
 		return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
 	}
 	now := e.now()
-	if !force && cur.fresh(now) {
-		return cur.tok, nil
-	}
 	if err := e.stateError(appid, cur); err != nil {
 		return nil, err
 	}
-	if !force && now.Before(cur.retryAt) {
+	seen := cur.rec.Generation
+	if m != forced && !e.due(m, cur, now, seen) {
+		return cur.tok, nil
+	}
+	if m != forced && now.Before(cur.retryAt) {
 		return e.duringBackoff(appid, cur, now)
 	}
-	seen := cur.rec.Generation
 
 	release, err := e.acquire(ctx, e.keys.authorizerLock(appid))
 	if err != nil {
@@ -116,10 +176,7 @@ func (e *Engine) obtain(appid string, force bool) (any, error) {
 	if err := e.stateError(appid, cur); err != nil {
 		return nil, err
 	}
-	if force && cur.rec.Generation != seen && cur.usable(now) {
-		return cur.tok, nil
-	}
-	if !force && cur.fresh(now) {
+	if !e.due(m, cur, now, seen) {
 		return cur.tok, nil
 	}
 	return e.renewLocked(ctx, appid, s, cur)

@@ -76,6 +76,13 @@ type Config struct {
 	SyncInterval time.Duration
 	// MaxConcurrentCalls caps platform calls in flight. Default 16.
 	MaxConcurrentCalls int
+
+	// Background work (Run).
+	MaintainInterval  time.Duration // how often cached authorizers are checked; default 15s
+	SweepInterval     time.Duration // how often every record in storage is checked; default 10m
+	ActiveWindow      time.Duration // authorizers used within this are refreshed ahead; default 1h
+	RenewRate         float64       // background renewals per second; default 2
+	BackgroundWorkers int           // background renewals in flight; default 2
 }
 
 func (c *Config) setDefaults() error {
@@ -112,6 +119,15 @@ func (c *Config) setDefaults() error {
 	if c.MaxConcurrentCalls <= 0 {
 		c.MaxConcurrentCalls = 16
 	}
+	def(&c.MaintainInterval, 15*time.Second)
+	def(&c.SweepInterval, 10*time.Minute)
+	def(&c.ActiveWindow, time.Hour)
+	if c.RenewRate <= 0 {
+		c.RenewRate = 2
+	}
+	if c.BackgroundWorkers <= 0 {
+		c.BackgroundWorkers = 2
+	}
 	return nil
 }
 
@@ -133,7 +149,8 @@ type Engine struct {
 	local keyedMutex
 	calls chan struct{} // semaphore for platform calls
 
-	ticket atomic.Pointer[diskTicket]
+	ticket  atomic.Pointer[diskTicket]
+	summary atomic.Pointer[Summary]
 
 	mu     sync.Mutex // guards closed
 	closed bool
@@ -290,7 +307,7 @@ func (e *Engine) Token(ctx context.Context, appid string) (Token, error) {
 		}
 		s.touch(now)
 	}
-	return e.wait(ctx, appid, func() (any, error) { return e.obtain(appid, false) })
+	return e.wait(ctx, appid, func() (any, error) { return e.obtain(appid, onDemand) })
 }
 
 func (s *slot) touch(now time.Time) {
@@ -331,17 +348,24 @@ func (e *Engine) stateError(appid string, en *entry) error {
 	return nil
 }
 
-// wait runs fn once per key and waits for it or for ctx.
+// wait runs fn once per key and waits for its token or for ctx.
 func (e *Engine) wait(ctx context.Context, key string, fn func() (any, error)) (Token, error) {
+	v, err := e.await(ctx, key, fn)
+	if err != nil {
+		return Token{}, err
+	}
+	return v.(Token), nil
+}
+
+// await runs fn once per key (single-flight) and waits for it or for ctx. fn
+// keeps running when ctx ends: a refresh must not lose its answer.
+func (e *Engine) await(ctx context.Context, key string, fn func() (any, error)) (any, error) {
 	ch := e.sf.DoChan(key, fn)
 	select {
 	case r := <-ch:
-		if r.Err != nil {
-			return Token{}, r.Err
-		}
-		return r.Val.(Token), nil
+		return r.Val, r.Err
 	case <-ctx.Done():
-		return Token{}, &Error{Kind: KindUnavailable, Msg: "gave up waiting for a token", RetryAfter: time.Second, Err: ctx.Err()}
+		return nil, &Error{Kind: KindUnavailable, Msg: "gave up waiting (the operation continues)", RetryAfter: time.Second, Err: ctx.Err()}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	_ "github.com/tptoken/caddy-tptoken"
 	_ "github.com/tptoken/caddy-tptoken/emulator"
 )
 

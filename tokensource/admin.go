@@ -1,0 +1,254 @@
+package tokensource
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Operations for operators (the admin API). None returns a token value.
+
+// Info returns what is on record for appid (storage first; memory when the
+// newest record could not be written).
+func (e *Engine) Info(ctx context.Context, appid string) (Info, error) {
+	if err := CheckAppID(appid); err != nil {
+		return Info{}, err
+	}
+	rec, err := e.loadRecord(ctx, appid)
+	mem := e.cachedEntry(appid)
+	if mem != nil && mem.dirty && mem.rec != nil && (rec == nil || mem.rec.Generation > rec.Generation) {
+		info := InfoOf(mem.rec)
+		info.Unsaved = true
+		return info, nil
+	}
+	if err != nil {
+		if isNotExist(err) {
+			return Info{}, &Error{Kind: KindUnknownAuthorizer, AppID: appid, Msg: "no record for this appid"}
+		}
+		return Info{}, err
+	}
+	return InfoOf(rec), nil
+}
+
+func (e *Engine) cachedEntry(appid string) *entry {
+	if v, ok := e.slots.Get(appid); ok {
+		return v.(*slot).cur.Load()
+	}
+	return nil
+}
+
+// List returns up to limit authorizers after the appid `after` (sorted), and the
+// appid to pass as `after` for the next page ("" on the last page).
+func (e *Engine) List(ctx context.Context, after string, limit int) ([]Info, string, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	ids, err := e.AppIDs(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]Info, 0, min(limit, len(ids)))
+	next := ""
+	for _, id := range ids {
+		if id <= after {
+			continue
+		}
+		if len(out) == limit {
+			next = out[len(out)-1].AppID
+			break
+		}
+		info, err := e.Info(ctx, id)
+		if err != nil {
+			info = Info{AppID: id, LastError: &LastError{Op: "read", Message: err.Error(), At: e.now()}}
+		}
+		out = append(out, info)
+	}
+	return out, next, nil
+}
+
+// Refresh renews the authorizer's tokens now (single-flight like any refresh),
+// unless another instance renewed them while this call waited for the lock.
+func (e *Engine) Refresh(ctx context.Context, appid string) (Info, error) {
+	if err := CheckAppID(appid); err != nil {
+		return Info{}, err
+	}
+	if _, err := e.wait(ctx, forced.key(appid), func() (any, error) { return e.obtain(appid, forced) }); err != nil {
+		return Info{}, err
+	}
+	return e.Info(ctx, appid)
+}
+
+// Recover gets a new code with the retrieve API and exchanges it, under the
+// authorizer's lock: for a record whose refresh token is lost.
+func (e *Engine) Recover(ctx context.Context, appid string) (Info, error) {
+	if err := CheckAppID(appid); err != nil {
+		return Info{}, err
+	}
+	_, err := e.await(ctx, "\x00recover:"+appid, func() (any, error) {
+		octx, done, err := e.begin()
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+		release, err := e.acquire(octx, e.keys.authorizerLock(appid))
+		if err != nil {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock", RetryAfter: 2 * time.Second, Err: err}
+		}
+		defer release()
+		s := e.slotFor(appid)
+		prev, err := e.loadRecord(octx, appid)
+		if err != nil && !isNotExist(err) {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record", RetryAfter: 5 * time.Second, Err: err}
+		}
+		if prev == nil {
+			prev = &Record{AppID: appid, Family: e.family}
+		}
+		next, err := e.recoverLocked(octx, prev)
+		if err != nil {
+			cur := s.cur.Load()
+			if cur == nil || cur.rec == nil {
+				cur = e.newEntry(prev, e.now())
+			}
+			return e.failedLocked(octx, appid, s, cur, prev, "recover", err)
+		}
+		return e.commitLocked(octx, s, next), nil
+	})
+	if err != nil {
+		return Info{}, err
+	}
+	return e.Info(ctx, appid)
+}
+
+// Forget deletes the authorizer's record. Its refresh token is lost for good:
+// only a new authorization (or a recovery) brings it back.
+func (e *Engine) Forget(ctx context.Context, appid string) error {
+	if err := CheckAppID(appid); err != nil {
+		return err
+	}
+	octx, done, err := e.begin()
+	if err != nil {
+		return err
+	}
+	defer done()
+	release, err := e.acquire(octx, e.keys.authorizerLock(appid))
+	if err != nil {
+		return &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock", RetryAfter: 2 * time.Second, Err: err}
+	}
+	defer release()
+	if err := e.store.Delete(octx, e.keys.authorizer(appid)); err != nil && !isNotExist(err) {
+		return err
+	}
+	e.slots.Delete(appid)
+	e.log.Warn("authorizer record deleted by an operator", zapApp(appid))
+	return nil
+}
+
+// ImportResult is the outcome of importing one legacy refresh token.
+type ImportResult struct {
+	AppID  string `json:"appid"`
+	Result string `json:"result"` // imported, recovered, unchanged, skipped, failed
+	Detail string `json:"detail,omitempty"`
+	Info   *Info  `json:"authorizer,omitempty"`
+}
+
+// Import takes over an authorizer from a legacy token store: the refresh token
+// is verified by one refresh under the lock and the rotated pair is stored.
+// A record that already serves is left alone (importing an older chain would
+// kill it); importing the same token twice is a no-op. A rejected token (40021)
+// is recovered with the retrieve API when the authorization still exists.
+func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, refreshExpiry time.Time) ImportResult {
+	res := ImportResult{AppID: appid}
+	if err := CheckAppID(appid); err != nil {
+		res.Result, res.Detail = "failed", err.Error()
+		return res
+	}
+	if refreshToken == "" {
+		res.Result, res.Detail = "failed", "authorizer_refresh_token is empty"
+		return res
+	}
+	v, err := e.await(ctx, "\x00import:"+appid, func() (any, error) {
+		octx, done, err := e.begin()
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+		release, err := e.acquire(octx, e.keys.authorizerLock(appid))
+		if err != nil {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock", RetryAfter: 2 * time.Second, Err: err}
+		}
+		defer release()
+		s := e.slotFor(appid)
+		prev, err := e.loadRecord(octx, appid)
+		if err != nil && !isNotExist(err) {
+			return nil, err
+		}
+		fp := "import:" + refreshToken.Fingerprint()
+		if prev != nil && prev.State == StateActive {
+			if prev.LastCode == fp {
+				return ImportResult{Result: "unchanged", Detail: "this refresh token was imported before"}, nil
+			}
+			if prev.Family == e.family && prev.RefreshToken != "" && e.now().Before(prev.RefreshExpiry) {
+				return ImportResult{Result: "skipped", Detail: fmt.Sprintf("already on record and active (generation %d); forget it first to import over it", prev.Generation)}, nil
+			}
+		}
+		base := &Record{AppID: appid, Family: e.family, State: StateActive, RefreshToken: refreshToken, RefreshExpiry: refreshExpiry}
+		if prev != nil {
+			base.Generation, base.AuthorizedAt, base.Permissions = prev.Generation, prev.AuthorizedAt, prev.Permissions
+		}
+		result := "imported"
+		next, err := e.refreshLocked(octx, base)
+		if IsRefreshTokenDead(err) {
+			result = "recovered"
+			next, err = e.recoverLocked(octx, base)
+		}
+		if err != nil {
+			return nil, err
+		}
+		next.LastCode = fp
+		e.commitLocked(octx, s, next)
+		e.log.Info("legacy refresh token imported", zapApp(appid), zap.String("result", result))
+		info := InfoOf(next)
+		return ImportResult{Result: result, Info: &info}, nil
+	})
+	if err != nil {
+		res.Result, res.Detail = "failed", err.Error()
+		return res
+	}
+	r := v.(ImportResult)
+	r.AppID = appid
+	return r
+}
+
+// ComponentInfo is what may be shown of the component token and ticket.
+type ComponentInfo struct {
+	ComponentAppID   string    `json:"component_appid"`
+	Family           Family    `json:"family"`
+	TicketReceivedAt time.Time `json:"ticket_received_at,omitzero"`
+	TicketCreatedAt  time.Time `json:"ticket_create_time,omitzero"`
+	TicketAgeSeconds float64   `json:"ticket_age_seconds,omitempty"`
+	TokenExpiry      time.Time `json:"component_token_expiry,omitzero"`
+	TokenGeneration  uint64    `json:"component_token_generation,omitempty"`
+}
+
+// ComponentInfo reports ticket and component-token state (storage first).
+func (e *Engine) ComponentInfo(ctx context.Context) ComponentInfo {
+	ci := ComponentInfo{ComponentAppID: e.cfg.ComponentAppID, Family: e.family}
+	t := e.ticket.Load()
+	if stored, err := e.loadTicket(ctx); err == nil && (t == nil || stored.ReceivedAt.After(t.ReceivedAt)) {
+		t = stored
+	}
+	if t != nil {
+		ci.TicketReceivedAt, ci.TicketCreatedAt = t.ReceivedAt, t.CreateTime
+		ci.TicketAgeSeconds = e.now().Sub(t.ReceivedAt).Seconds()
+	}
+	en := e.comp.cur.Load()
+	if r, err := e.loadComponent(ctx); err == nil && (en == nil || en.rec == nil || r.Generation > en.rec.Generation) {
+		en = e.newComponentEntry(r, e.now())
+	}
+	if en != nil && en.rec != nil {
+		ci.TokenExpiry, ci.TokenGeneration = en.rec.AccessExpiry, en.rec.Generation
+	}
+	return ci
+}

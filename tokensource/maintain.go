@@ -1,0 +1,192 @@
+package tokensource
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+// Background work. Run keeps, until its context ends:
+//   - the component token fresh while tickets arrive;
+//   - the access tokens of authorizers with recent traffic refreshed a little
+//     before their refresh point, so requests never wait for a refresh;
+//   - every refresh token renewed before RefreshTokenMargin, even for idle
+//     authorizers (an idle refresh token dies after 30 days), found by a periodic
+//     sweep of storage;
+//   - unsaved records (a failed write) written again.
+//
+// Renewals are rate-limited (RenewRate) and run on BackgroundWorkers workers,
+// and each one goes through the same lock-reload-recheck path as a request, so
+// in a cluster every instance may sweep while each authorizer renews once.
+
+// Summary is what the last sweep of storage found.
+type Summary struct {
+	At                  time.Time     `json:"at"`
+	ByState             map[State]int `json:"by_state"`
+	EarliestRefreshExp  time.Time     `json:"earliest_refresh_expiry,omitzero"`
+	EarliestRefreshApp  string        `json:"earliest_refresh_appid,omitempty"`
+	Unreadable          int           `json:"unreadable"`
+	RenewalsScheduled   int           `json:"renewals_scheduled"`
+	SweepDurationMillis int64         `json:"sweep_duration_ms"`
+}
+
+// LastSummary is the result of the last sweep (zero before the first).
+func (e *Engine) LastSummary() Summary {
+	if s := e.summary.Load(); s != nil {
+		return *s
+	}
+	return Summary{}
+}
+
+// job is one background renewal.
+type job struct {
+	appid string
+	m     mode
+}
+
+// Run does the background work until ctx ends, then waits for its workers.
+// Call it once per engine.
+func (e *Engine) Run(ctx context.Context) {
+	jobs := make(chan job, 1024)
+	queued := sync.Map{} // appid+mode → struct{}: at most one queued job each
+	limiter := rate.NewLimiter(rate.Limit(e.cfg.RenewRate), 1)
+	var wg sync.WaitGroup
+	for range e.cfg.BackgroundWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case j := <-jobs:
+					if limiter.Wait(ctx) != nil {
+						return
+					}
+					e.runJob(ctx, j)
+					queued.Delete(j.m.key(j.appid))
+				}
+			}
+		}()
+	}
+	enqueue := func(j job) bool {
+		if _, dup := queued.LoadOrStore(j.m.key(j.appid), struct{}{}); dup {
+			return false
+		}
+		select {
+		case jobs <- j:
+			return true
+		default: // full: the next pass schedules it again
+			queued.Delete(j.m.key(j.appid))
+			return false
+		}
+	}
+
+	tick := time.NewTicker(e.cfg.MaintainInterval)
+	defer tick.Stop()
+	// The first sweep comes after a random delay: instances started together do
+	// not sweep together.
+	sweep := time.NewTimer(time.Duration(rand.Int64N(int64(min(e.cfg.SweepInterval, time.Minute)) + 1)))
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		case <-tick.C:
+			e.maintain(ctx, enqueue)
+		case <-sweep.C:
+			e.sweep(ctx, enqueue)
+			jitter := time.Duration(rand.Int64N(int64(e.cfg.SweepInterval)/5 + 1))
+			sweep.Reset(e.cfg.SweepInterval - e.cfg.SweepInterval/10 + jitter)
+		}
+	}
+}
+
+func (e *Engine) runJob(ctx context.Context, j job) {
+	if ctx.Err() != nil {
+		return
+	}
+	ch := e.sf.DoChan(j.m.key(j.appid), func() (any, error) { return e.obtain(j.appid, j.m) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			e.log.Debug("background renewal did not complete", zapApp(j.appid), zapErr(r.Err))
+		}
+	case <-ctx.Done():
+	}
+}
+
+// maintain looks at what this instance holds in memory.
+func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
+	now := e.now()
+	if e.ticket.Load() != nil || e.comp.cur.Load() != nil {
+		if en := e.comp.cur.Load(); !en.fresh(now.Add(backgroundLead(en))) {
+			if _, err := e.ComponentToken(ctx); err != nil {
+				e.log.Warn("keeping the component token fresh failed", zapErr(err))
+			}
+		}
+	}
+	idle := max(e.cfg.ActiveWindow, time.Hour)
+	for appid, item := range e.slots.Items() {
+		s := item.Object.(*slot)
+		en := s.cur.Load()
+		if en == nil {
+			continue
+		}
+		used := time.Unix(s.used.Load(), 0)
+		switch {
+		case en.dirty:
+			enqueue(job{appid, ahead}) // obtain writes unsaved records first
+		case now.Sub(used) > idle:
+			// Idle: forget the cached copy (the sweep still renews its refresh token).
+			if !s.syncing.Load() {
+				e.slots.Delete(appid)
+			}
+		case en.rec != nil && en.rec.State == StateActive && now.Sub(used) <= e.cfg.ActiveWindow &&
+			e.due(ahead, en, now, 0) && !now.Before(en.retryAt):
+			enqueue(job{appid, ahead})
+		}
+	}
+}
+
+// sweep reads every record in storage: schedules refresh-token renewals and
+// recoveries, and summarizes states for metrics.
+func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
+	start := time.Now()
+	ids, err := e.AppIDs(ctx)
+	if err != nil {
+		e.log.Error("listing authorizer records failed", zapErr(err))
+		return
+	}
+	sum := Summary{At: e.now(), ByState: map[State]int{}}
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			return
+		}
+		rec, err := e.loadRecord(ctx, id)
+		if err != nil {
+			if !isNotExist(err) {
+				sum.Unreadable++
+				e.log.Error("reading an authorizer record failed", zapApp(id), zapErr(err))
+			}
+			continue
+		}
+		sum.ByState[rec.State]++
+		if rec.State == StateActive && !rec.RefreshExpiry.IsZero() &&
+			(sum.EarliestRefreshExp.IsZero() || rec.RefreshExpiry.Before(sum.EarliestRefreshExp)) {
+			sum.EarliestRefreshExp, sum.EarliestRefreshApp = rec.RefreshExpiry, id
+		}
+		if rec.Family == e.family && e.refreshTokenDue(rec, e.now()) && enqueue(job{id, renewRefresh}) {
+			sum.RenewalsScheduled++
+		}
+	}
+	sum.SweepDurationMillis = time.Since(start).Milliseconds()
+	e.summary.Store(&sum)
+	e.log.Info("authorizer sweep done", zap.Int("authorizers", len(ids)), zap.Int("renewals_scheduled", sum.RenewalsScheduled),
+		zap.Int("unreadable", sum.Unreadable), zap.Duration("took", time.Since(start)))
+}
