@@ -270,8 +270,9 @@ func (e *Engine) refreshLocked(ctx context.Context, rec *Record) (*Record, error
 	err := e.withComponentToken(ctx, func(ct Secret) error {
 		return e.retry(ctx, func(ctx context.Context) error {
 			var err error
+			t0 := time.Now()
 			g, err = e.client.Refresh(ctx, ct, rec.RefreshToken)
-			e.logCall(OpRefresh, rec.AppID, start, err)
+			e.logCall(OpRefresh, rec.AppID, t0, err)
 			return err
 		})
 	})
@@ -286,19 +287,21 @@ func (e *Engine) refreshLocked(ctx context.Context, rec *Record) (*Record, error
 func (e *Engine) recoverLocked(ctx context.Context, rec *Record) (*Record, error) {
 	appid := rec.AppID
 	var code Secret
-	start := e.now()
 	err := e.withComponentToken(ctx, func(ct Secret) error {
 		return e.retry(ctx, func(ctx context.Context) error {
 			var err error
+			t0 := time.Now()
 			code, _, err = e.client.RetrieveCode(ctx, ct, appid)
-			e.logCall(OpRetrieve, appid, start, err)
+			e.logCall(OpRetrieve, appid, t0, err)
 			return err
 		})
 	})
 	if err != nil {
+		e.obs.Recovery(appid, false)
 		return nil, err
 	}
 	next, err := e.exchangeLocked(ctx, rec, appid, code)
+	e.obs.Recovery(appid, err == nil)
 	if err != nil {
 		return nil, err
 	}
@@ -314,8 +317,9 @@ func (e *Engine) exchangeLocked(ctx context.Context, rec *Record, appid string, 
 	err := e.withComponentToken(ctx, func(ct Secret) error {
 		return e.retry(ctx, func(ctx context.Context) error {
 			var err error
+			t0 := time.Now()
 			g, err = e.client.ExchangeCode(ctx, ct, code)
-			e.logCall(OpExchange, appid, start, err)
+			e.logCall(OpExchange, appid, t0, err)
 			return err
 		})
 	})
@@ -445,8 +449,11 @@ func lastErrorOf(op string, err error, now time.Time) *LastError {
 	return le
 }
 
-func (e *Engine) logCall(op, appid string, start time.Time, err error) {
-	fields := []zap.Field{zap.String("op", op), zap.Duration("duration", e.now().Sub(start))}
+// logCall logs and observes one platform call that started at t0 (real time).
+func (e *Engine) logCall(op, appid string, t0 time.Time, err error) {
+	took := time.Since(t0)
+	e.obs.PlatformCall(op, appid, CallResult(err), took)
+	fields := []zap.Field{zap.String("op", op), zap.Duration("duration", took)}
 	if appid != "" {
 		fields = append(fields, zapApp(appid))
 	}

@@ -105,9 +105,16 @@ func (e *Engine) ComponentToken(ctx context.Context) (Token, error) {
 		if now.Sub(en.checkedAt) > e.cfg.SyncInterval {
 			e.syncComponentInBackground()
 		}
+		e.obs.Lookup("", "hit")
 		return en.tok, nil
 	}
-	return e.wait(ctx, componentKey, func() (any, error) { return e.obtainComponent() })
+	tok, err := e.wait(ctx, componentKey, func() (any, error) { return e.obtainComponent() })
+	if err != nil {
+		e.obs.Lookup("", "error")
+	} else {
+		e.obs.Lookup("", "obtained")
+	}
+	return tok, err
 }
 
 // InvalidateComponent drops the cached component token if it is still the one sent.
@@ -234,8 +241,9 @@ func (e *Engine) obtainComponent() (any, error) {
 	start := e.now()
 	err = e.retry(ctx, func(ctx context.Context) error {
 		var err error
+		t0 := time.Now()
 		ct, err = e.client.ComponentToken(ctx, ticket)
-		e.logCall(OpComponentToken, "", start, err)
+		e.logCall(OpComponentToken, "", t0, err)
 		return err
 	})
 	now = e.now()

@@ -50,6 +50,7 @@ type Config struct {
 	EncryptionKey  []byte // optional: 32 bytes, records sealed with AES-256-GCM
 	Logger         *zap.Logger
 	Now            func() time.Time
+	Observer       Observer // metrics hooks; optional
 
 	// RefreshAhead: refresh an access token this long before it expires (capped at
 	// half its lifetime). Default 10m.
@@ -101,6 +102,9 @@ func (c *Config) setDefaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
+	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
@@ -142,6 +146,7 @@ type Engine struct {
 	codec  codec
 	log    *zap.Logger
 	now    func() time.Time
+	obs    Observer
 
 	slots *gocache.Cache // appid -> *slot
 	comp  slot           // the component token
@@ -176,6 +181,7 @@ func New(cfg Config) (*Engine, error) {
 		codec:  cd,
 		log:    cfg.Logger,
 		now:    cfg.Now,
+		obs:    cfg.Observer,
 		slots:  gocache.New(gocache.NoExpiration, 0), // no janitor goroutine: idle slots are swept by the engine
 		calls:  make(chan struct{}, cfg.MaxConcurrentCalls),
 		done:   make(chan struct{}),
@@ -300,14 +306,22 @@ func (e *Engine) Token(ctx context.Context, appid string) (Token, error) {
 			if now.Sub(en.checkedAt) > e.cfg.SyncInterval {
 				e.syncInBackground(appid, s)
 			}
+			e.obs.Lookup(appid, "hit")
 			return en.tok, nil
 		}
 		if err := e.settledError(appid, en, now); err != nil {
+			e.obs.Lookup(appid, "error")
 			return Token{}, err
 		}
 		s.touch(now)
 	}
-	return e.wait(ctx, appid, func() (any, error) { return e.obtain(appid, onDemand) })
+	tok, err := e.wait(ctx, appid, func() (any, error) { return e.obtain(appid, onDemand) })
+	if err != nil {
+		e.obs.Lookup(appid, "error")
+	} else {
+		e.obs.Lookup(appid, "obtained")
+	}
+	return tok, err
 }
 
 func (s *slot) touch(now time.Time) {

@@ -1,0 +1,48 @@
+package tokensource
+
+import (
+	"errors"
+	"strconv"
+	"time"
+)
+
+// Observer receives the engine's events, for metrics. Lookup is called on the
+// request path: implementations must be cheap and must not block.
+type Observer interface {
+	// Lookup: a Token or ComponentToken call ended. result is "hit" (served from
+	// memory), "obtained" (through the slow path) or "error". appid is "" for the
+	// component token.
+	Lookup(appid, result string)
+	// PlatformCall: one call to the platform ended; result is CallResult(err).
+	PlatformCall(op, appid, result string, took time.Duration)
+	// Recovery: a retrieve-code recovery ended.
+	Recovery(appid string, ok bool)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Lookup(string, string)                              {}
+func (nopObserver) PlatformCall(string, string, string, time.Duration) {}
+func (nopObserver) Recovery(string, bool)                              {}
+
+// CallResult names the outcome of a platform call with bounded cardinality:
+// "ok", the platform code ("40021"), "http_<status>", "timeout" or "network".
+func CallResult(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	var pe *PlatformError
+	if errors.As(err, &pe) {
+		if pe.Code != 0 {
+			return strconv.Itoa(pe.Code)
+		}
+		if pe.HTTPStatus == 200 {
+			return "malformed"
+		}
+		return "http_" + strconv.Itoa(pe.HTTPStatus)
+	}
+	if IsTimeout(err) {
+		return "timeout"
+	}
+	return "network"
+}
