@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -88,12 +89,9 @@ func newE2E(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, opts
 	for _, o := range opts {
 		o(x)
 	}
-	eventsPort, proxyPort := freePort(t), freePort(t)
-	x.proxy = fmt.Sprintf("http://127.0.0.1:%d", proxyPort)
-	x.events = fmt.Sprintf("http://127.0.0.1:%d", eventsPort)
 	emu, err := emulator.New(emulator.Config{
 		ComponentAppID: e2eComponent, ComponentAppSecret: e2eSecret, MessageToken: e2eMsgToken, EncodingAESKey: e2eAESKey,
-		PushURL: x.events + "/", Seed: 42,
+		Seed: 42,
 		AccessTokenTTL: lt.AccessTokenTTL, RefreshTokenTTL: lt.RefreshTokenTTL, ComponentTokenTTL: lt.ComponentTokenTTL,
 		PushRetryBackoff: 50 * time.Millisecond,
 	})
@@ -118,7 +116,21 @@ func newE2E(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, opts
 		emuSrv.Close()
 		_ = emu.Close()
 	})
-	x.start()
+	// A port found free may be taken before Caddy binds it: try fresh ports.
+	for attempt := 1; ; attempt++ {
+		x.proxy = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		x.events = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		if err := emu.SetPushURL(x.events + "/"); err != nil {
+			t.Fatal(err)
+		}
+		err := x.load()
+		if err == nil {
+			break
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("loading config: %v", err)
+		}
+	}
 	if err := emu.PushTicket(context.Background()); err != nil {
 		t.Fatalf("ticket push to tptoken_events: %v", err)
 	}
@@ -179,6 +191,13 @@ func (x *e2e) caddyfile() string {
 // start adapts the Caddyfile and loads it (a reload when Caddy already runs).
 func (x *e2e) start() {
 	x.t.Helper()
+	if err := x.load(); err != nil {
+		x.t.Fatalf("loading config: %v", err)
+	}
+}
+
+func (x *e2e) load() error {
+	x.t.Helper()
 	x.caddyCfg = x.caddyfile()
 	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(x.caddyCfg), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
@@ -189,9 +208,7 @@ func (x *e2e) start() {
 			x.t.Logf("caddyfile warning: %s", w.String())
 		}
 	}
-	if err := caddy.Load(cfg, true); err != nil {
-		x.t.Fatalf("loading config: %v", err)
-	}
+	return caddy.Load(cfg, true)
 }
 
 // authorize authorizes appid on the platform, which pushes AUTHORIZED to
@@ -317,8 +334,11 @@ func (x *e2e) debugLog() string {
 
 func stopCaddy() error { return caddy.Stop() }
 
-// isDialError reports a failure to connect (before any request was sent).
-func isDialError(err error) bool {
+// isConnectionReset reports a connection refused, reset or closed before any answer:
+// what a client sees when Caddy hands its listener over on a reload or closes
+// an idle keep-alive connection just as a request is sent on it. No handler ran.
+func isConnectionReset(err error) bool {
 	var oe *net.OpError
-	return errors.As(err, &oe) && oe.Op == "dial"
+	return errors.As(err, &oe) && (oe.Op == "dial" || errors.Is(err, syscall.ECONNRESET)) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }

@@ -87,6 +87,7 @@ type component struct {
 	appID   string
 	family  tokensource.Family
 	engine  *tokensource.Engine
+	pooled  *pooledEngine
 	push    *tokensource.PushCrypto // nil without message_token / encoding_aes_key
 	poolKey string
 }
@@ -100,9 +101,40 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // token cache nor starts a second refresher.
 var engines = caddy.NewUsagePool()
 
-type pooledEngine struct{ *tokensource.Engine }
+// pooledEngine is an engine shared by the configs that use it. Its background
+// work starts with the first config's Start and ends when the last config lets go.
+type pooledEngine struct {
+	*tokensource.Engine
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
 
-func (p pooledEngine) Destruct() error { return p.Close() }
+func (p *pooledEngine) start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel, p.done = cancel, make(chan struct{})
+	go func() {
+		defer close(p.done)
+		p.Run(ctx)
+	}()
+}
+
+// Destruct ends the background work, then closes the engine (which waits for
+// operations in flight: a refresh is never cut off).
+func (p *pooledEngine) Destruct() error {
+	p.mu.Lock()
+	if p.cancel != nil {
+		p.cancel()
+		<-p.done
+	}
+	p.mu.Unlock()
+	return p.Close()
+}
 
 // Provision resolves secrets, checks the configuration and gets (or builds) the
 // engines. It makes no network call.
@@ -225,7 +257,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 		if err != nil {
 			return nil, err
 		}
-		return pooledEngine{e}, nil
+		return &pooledEngine{Engine: e}, nil
 	})
 	if err != nil {
 		if loaded {
@@ -233,7 +265,8 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 		}
 		return nil, err
 	}
-	rc.engine = val.(pooledEngine).Engine
+	rc.pooled = val.(*pooledEngine)
+	rc.engine = rc.pooled.Engine
 	return rc, nil
 }
 
@@ -245,8 +278,14 @@ func storageIdentity(s certmagic.Storage) string {
 	return fmt.Sprintf("%T:%p", s, s)
 }
 
-// Start starts nothing yet: the engines work on demand.
-func (a *App) Start() error { return nil }
+// Start starts the engines' background work (once per engine, however many
+// configs share it): component token upkeep, refresh-ahead and the renewal sweep.
+func (a *App) Start() error {
+	for _, id := range a.order {
+		a.comps[id].pooled.start()
+	}
+	return nil
+}
 
 // Stop stops nothing: engines are released in Cleanup, after the next config
 // (if any) has taken its references.
