@@ -248,8 +248,9 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneArg(d, &m.Component); err != nil {
 				return err
 			}
-			// Components are looked up by their appid, which is always a valid one.
-			if !tokensource.ValidAppID(m.Component) {
+			// Components are looked up by their appid (placeholders such as
+			// {env.TP_COMPONENT_APPID} are resolved at provision).
+			if !isPlaceholder(m.Component) && !tokensource.ValidAppID(m.Component) {
 				return d.Errf("component: %q is not a valid component appid", m.Component)
 			}
 		case "max_replay_body":
@@ -266,7 +267,7 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_replay_body %q: want a size such as 1MiB, or off", s)
 			}
 			if n == 0 {
-				n = 1 // 0 would mean the default: a bodyless-only replay is 1 byte
+				return d.Errf("max_replay_body 0: use off to disable the replay, or a size such as 1MiB")
 			}
 			m.MaxReplayBody = int64(n)
 		case "error_response":
@@ -300,7 +301,7 @@ func (m *Events) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
 		m.Component = d.Val()
-		if !tokensource.ValidAppID(m.Component) {
+		if !isPlaceholder(m.Component) && !tokensource.ValidAppID(m.Component) {
 			return d.Errf("tptoken_events: %q is not a valid component appid", m.Component)
 		}
 	}

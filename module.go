@@ -308,7 +308,15 @@ func (a *App) release() {
 }
 
 // component returns the named component, or the only one when appid is "".
+// appid may be a placeholder ({env.X}), resolved here.
 func (a *App) component(appid string) (*component, error) {
+	if appid != "" {
+		v, err := secretValue(caddy.NewReplacer(), "component", appid, true)
+		if err != nil {
+			return nil, err
+		}
+		appid = v
+	}
 	if appid == "" {
 		switch len(a.order) {
 		case 0:
@@ -427,6 +435,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxReplayBody == 0 {
 		h.MaxReplayBody = defaultMaxReplayBody
+	}
+	if len(h.Allow) > 0 && h.component {
+		return errors.New("allow lists authorizer appids: it has no effect with token component; remove it")
 	}
 	if len(h.Allow) > 0 {
 		h.allow = make(map[string]struct{}, len(h.Allow))
