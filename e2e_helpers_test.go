@@ -91,7 +91,7 @@ func newE2E(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, opts
 	}
 	emu, err := emulator.New(emulator.Config{
 		ComponentAppID: e2eComponent, ComponentAppSecret: e2eSecret, MessageToken: e2eMsgToken, EncodingAESKey: e2eAESKey,
-		Seed: 42,
+		Seed:           42,
 		AccessTokenTTL: lt.AccessTokenTTL, RefreshTokenTTL: lt.RefreshTokenTTL, ComponentTokenTTL: lt.ComponentTokenTTL,
 		PushRetryBackoff: 50 * time.Millisecond,
 	})
