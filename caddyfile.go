@@ -40,6 +40,8 @@ func init() {
 //		timeout              <duration>        # one platform call; default 10s
 //		lock_timeout         <duration>        # wait for the storage lock; default 15s
 //		max_concurrent_calls <n>               # platform calls in flight; default 16
+//		renew_rate           <per second>      # background renewals per second; default 2
+//		sweep_interval       <duration>        # how often all records are checked for renewal; default 10m
 //		single_instance                        # refresh without the storage lock if storage locking fails
 //		storage              <module> { ... }  # storage for tptoken records; default: Caddy's storage
 //	}
@@ -139,6 +141,17 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 				}
 				c.MaxConcurrentCalls = n
 			}
+		case "renew_rate":
+			var v string
+			if err = oneArg(d, &v); err == nil {
+				r, perr := strconv.ParseFloat(v, 64)
+				if perr != nil || r <= 0 {
+					err = d.Errf("renew_rate %q: want a positive number of renewals per second, such as 2 or 0.5", v)
+				}
+				c.RenewRate = r
+			}
+		case "sweep_interval":
+			err = durationArg(d, &c.SweepInterval)
 		case "single_instance":
 			if d.NextArg() {
 				err = d.Errf("single_instance takes no arguments (got %q)", d.Val())

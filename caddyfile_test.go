@@ -115,6 +115,8 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				timeout              3s
 				lock_timeout         20s
 				max_concurrent_calls 4
+				renew_rate           0.5
+				sweep_interval       5m
 				single_instance
 			}`,
 			want: &Component{
@@ -123,6 +125,7 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				API: "v2", Endpoint: "https://open.douyin.com",
 				RefreshAhead: dur("5m"), RefreshTokenMargin: dur("48h"), EncryptionKey: "{env.TP_STORAGE_KEY}",
 				Timeout: dur("3s"), LockTimeout: dur("20s"), MaxConcurrentCalls: 4, SingleInstance: true,
+				RenewRate: 0.5, SweepInterval: dur("5m"),
 			},
 		},
 		{
@@ -231,6 +234,9 @@ func TestCaddyfileGlobalOptionErrorsNameTheOptionAndLine(t *testing.T) {
 		{"encryption_key invalid", head + "encryption_key tooshort\n}", "encryption_key", 4},
 		{"encryption_key without value", head + "encryption_key\n}", "encryption_key", 4},
 		{"max_concurrent_calls zero", head + "max_concurrent_calls 0\n}", "max_concurrent_calls", 4},
+		{"renew_rate zero", head + "renew_rate 0\n}", "renew_rate", 4},
+		{"renew_rate not a number", head + "renew_rate fast\n}", "renew_rate", 4},
+		{"sweep_interval negative", head + "sweep_interval -1m\n}", "sweep_interval", 4},
 		{"max_concurrent_calls not a number", head + "max_concurrent_calls many\n}", "max_concurrent_calls", 4},
 		{"max_concurrent_calls with two values", head + "max_concurrent_calls 1 2\n}", "max_concurrent_calls", 4},
 		{"single_instance with a value", head + "single_instance yes\n}", "single_instance", 4},

@@ -80,6 +80,12 @@ type Component struct {
 	SingleInstance bool `json:"single_instance,omitempty"`
 	// MaxConcurrentCalls caps platform calls in flight. Default 16.
 	MaxConcurrentCalls int `json:"max_concurrent_calls,omitempty"`
+	// RenewRate caps background renewals per second (refresh-ahead, refresh-token
+	// renewal): a cluster renewing 100,000 authorizers never bursts. Default 2.
+	RenewRate float64 `json:"renew_rate,omitempty"`
+	// SweepInterval is how often every record in storage is checked for a refresh
+	// token nearing its expiry. Default 10m.
+	SweepInterval caddy.Duration `json:"sweep_interval,omitempty"`
 }
 
 // component is the runtime side of a Component.
@@ -241,7 +247,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 	h := sha256.New()
 	for _, s := range []string{appID, secret, string(family), c.Endpoint, encKeyRaw, storageIdentity(a.storage),
 		time.Duration(c.RefreshAhead).String(), time.Duration(c.RefreshTokenMargin).String(), time.Duration(c.Timeout).String(), time.Duration(c.LockTimeout).String(),
-		fmt.Sprint(c.SingleInstance, c.MaxConcurrentCalls)} {
+		fmt.Sprint(c.SingleInstance, c.MaxConcurrentCalls, c.RenewRate), time.Duration(c.SweepInterval).String()} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
@@ -252,7 +258,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 			ComponentAppID: appID, Client: client, Store: a.storage, EncryptionKey: encKey, Logger: logger,
 			RefreshAhead: time.Duration(c.RefreshAhead), RefreshTokenMargin: time.Duration(c.RefreshTokenMargin),
 			LockTimeout: time.Duration(c.LockTimeout), AllowUnlocked: c.SingleInstance,
-			MaxConcurrentCalls: c.MaxConcurrentCalls,
+			MaxConcurrentCalls: c.MaxConcurrentCalls, RenewRate: c.RenewRate, SweepInterval: time.Duration(c.SweepInterval),
 		})
 		if err != nil {
 			return nil, err
