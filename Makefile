@@ -4,7 +4,7 @@ GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK ?= $(GOBIN)/staticcheck
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: test vet staticcheck tools build run fmt
+.PHONY: test vet staticcheck tools build run run-check fmt
 
 ## test: vet, staticcheck and every test with the race detector
 test: vet staticcheck
@@ -24,6 +24,15 @@ tools:
 ## build: Caddy with tptoken and the emulator, without xcaddy
 build:
 	$(GO) build -o bin/caddy ./cmd/caddy
+
+## run: build Caddy and start the sandbox (examples/sandbox.Caddyfile): the platform
+## emulator, tptoken in front of it, a token injected end to end; Ctrl-C stops it
+run:
+	GO=$(GO) bash scripts/run-demo.sh
+
+## run-check: the same demo, stopped once it has shown an injected token (CI runs it)
+run-check:
+	GO=$(GO) bash scripts/run-demo.sh --check
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
