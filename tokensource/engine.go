@@ -61,7 +61,9 @@ type Config struct {
 	// LockTimeout bounds the wait for the storage lock. Default 15s (FileStorage
 	// declares a crashed holder's lock stale after 10s).
 	LockTimeout time.Duration
-	// OpTimeout bounds one whole operation (lock, refresh with retries, store). Default 45s.
+	// OpTimeout bounds one whole operation (lock wait, refresh with retries,
+	// store), and so how long any holder keeps a lock. Default: LockTimeout +
+	// Attempts × the client's call timeout + 5s (50s with the defaults).
 	OpTimeout time.Duration
 	// Attempts per platform operation for retryable failures. Default 3.
 	Attempts int
@@ -113,7 +115,6 @@ func (c *Config) setDefaults() error {
 	def(&c.RefreshAhead, 10*time.Minute)
 	def(&c.RefreshTokenMargin, 72*time.Hour)
 	def(&c.LockTimeout, 15*time.Second)
-	def(&c.OpTimeout, 45*time.Second)
 	def(&c.RetryBase, 500*time.Millisecond)
 	def(&c.RetryMax, 30*time.Second)
 	def(&c.SyncInterval, 30*time.Second)
@@ -123,6 +124,7 @@ func (c *Config) setDefaults() error {
 	if c.MaxConcurrentCalls <= 0 {
 		c.MaxConcurrentCalls = 16
 	}
+	def(&c.OpTimeout, c.LockTimeout+time.Duration(c.Attempts)*c.Client.timeout+5*time.Second)
 	def(&c.MaintainInterval, 15*time.Second)
 	def(&c.SweepInterval, 10*time.Minute)
 	def(&c.ActiveWindow, time.Hour)

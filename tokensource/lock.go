@@ -70,7 +70,7 @@ func (e *Engine) acquire(ctx context.Context, name string) (release func(), err 
 	if err != nil {
 		return nil, errLockTimeout
 	}
-	err = e.store.Lock(lctx, name)
+	err = e.lockStorage(lctx, name)
 	if err != nil {
 		timedOut := lctx.Err() != nil
 		if timedOut {
