@@ -58,11 +58,30 @@ func failureOf(err error) failure {
 	return f
 }
 
+// clientMessage is what the legacy app is told: what happened and what to do,
+// plus the platform's own answer when there is one. Other causes (storage
+// paths, lock errors) go to the log only.
+func clientMessage(err error) string {
+	var te *tokensource.Error
+	if !errors.As(err, &te) {
+		return err.Error()
+	}
+	msg := te.Msg
+	if te.AppID != "" {
+		msg = "authorizer " + te.AppID + ": " + msg
+	}
+	var pe *tokensource.PlatformError
+	if errors.As(te.Err, &pe) {
+		msg += ": " + pe.Error()
+	}
+	return msg
+}
+
 // fail answers a request the handler cannot serve: in the family's envelope, or
 // as a Caddy error for handle_errors. Placeholders carry the outcome for logs.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err error) error {
 	f := failureOf(err)
-	msg := err.Error()
+	msg := clientMessage(err)
 	if repl != nil {
 		repl.Set("http.tptoken.error", f.kind)
 		repl.Set("http.tptoken.errno", f.errno)

@@ -177,7 +177,7 @@ func (ev *Events) redirect(w http.ResponseWriter, r *http.Request) error {
 	status, title, detail := http.StatusOK, "Authorization received", ""
 	if err != nil {
 		f := failureOf(err)
-		status, title, detail = f.status, "Authorization not completed", err.Error()
+		status, title, detail = f.status, "Authorization not completed", clientMessage(err)
 		ev.logger.Warn("authorization redirect not completed", zap.Error(err))
 	} else {
 		detail = fmt.Sprintf("Mini-app %s is authorized to %s. Its tokens are stored; you can close this page.", info.AppID, comp.appID)
