@@ -47,7 +47,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 // harness is one emulated platform, one storage folder, and engines
 // ("instances") on it.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	family tokensource.Family
 	clock  *fakeClock
 	emu    *emulator.Emulator
@@ -57,7 +57,7 @@ type harness struct {
 	logger *zap.Logger
 }
 
-func newHarness(t *testing.T, family tokensource.Family) *harness {
+func newHarness(t testing.TB, family tokensource.Family) *harness {
 	t.Helper()
 	h := &harness{t: t, family: family, clock: &fakeClock{t: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)}, dir: t.TempDir()}
 	core, logs := observer.New(zapcore.DebugLevel)

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"regexp"
 )
 
 // Store is where records live and how instances coordinate. certmagic.Storage
@@ -36,10 +35,20 @@ type TryLocker interface {
 	TryLock(ctx context.Context, name string) (bool, error)
 }
 
-var appIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
-// ValidAppID reports whether s may be used as an appid (and so in a storage key).
-func ValidAppID(s string) bool { return appIDPattern.MatchString(s) }
+// ValidAppID reports whether s may be used as an appid (and so in a storage
+// key): ^[A-Za-z0-9_-]{1,64}$. It is on the request path, so no regexp.
+func ValidAppID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // CheckAppID returns a KindBadAppID error when appid is malformed.
 func CheckAppID(appid string) error {
