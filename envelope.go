@@ -90,7 +90,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 	if f.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(int((f.retryAfter+time.Second-1)/time.Second)))
 	}
-	lvl := h.logger.Info
+	lvl := h.logger.Debug // a client's mistake is request-path noise: the access log has the status
 	if f.status >= 500 {
 		lvl = h.logger.Warn
 	}

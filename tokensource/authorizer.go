@@ -452,8 +452,9 @@ func lastErrorOf(op string, err error, now time.Time) *LastError {
 // logCall logs and observes one platform call that started at t0 (real time).
 func (e *Engine) logCall(op, appid string, t0 time.Time, err error) {
 	took := time.Since(t0)
-	e.obs.PlatformCall(op, appid, CallResult(err), took)
-	fields := []zap.Field{zap.String("op", op), zap.Duration("duration", took)}
+	result := CallResult(err)
+	e.obs.PlatformCall(op, appid, result, took)
+	fields := []zap.Field{zap.String("op", op), zap.String("result", result), zap.Duration("duration", took)}
 	if appid != "" {
 		fields = append(fields, zapApp(appid))
 	}
