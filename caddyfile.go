@@ -44,6 +44,7 @@ func init() {
 //		sweep_interval       <duration>        # how often all records are checked for renewal; default 10m
 //		single_instance                        # refresh without the storage lock if storage locking fails
 //		storage              <module> { ... }  # storage for tptoken records; default: Caddy's storage
+//		metrics_per_appid                      # add metrics labelled by authorizer appid (whole app; opt-in)
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
@@ -157,6 +158,11 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 				err = d.Errf("single_instance takes no arguments (got %q)", d.Val())
 			}
 			c.SingleInstance = true
+		case "metrics_per_appid":
+			if d.NextArg() {
+				err = d.Errf("metrics_per_appid takes no arguments (got %q)", d.Val())
+			}
+			prev.MetricsPerAppID = true
 		case "storage":
 			if !d.NextArg() {
 				return nil, nil, d.Errf("storage: want a storage module name, such as file_system")

@@ -240,6 +240,7 @@ func TestCaddyfileGlobalOptionErrorsNameTheOptionAndLine(t *testing.T) {
 		{"max_concurrent_calls not a number", head + "max_concurrent_calls many\n}", "max_concurrent_calls", 4},
 		{"max_concurrent_calls with two values", head + "max_concurrent_calls 1 2\n}", "max_concurrent_calls", 4},
 		{"single_instance with a value", head + "single_instance yes\n}", "single_instance", 4},
+		{"metrics_per_appid with a value", head + "metrics_per_appid on\n}", "metrics_per_appid", 4},
 		{"storage without module", head + "storage\n}", "storage", 4},
 		{"storage unknown module", head + "storage nope\n}", "caddy.storage.nope", 4},
 		{"storage module option invalid", head + "storage file_system {\nroot /a /b\n}\n}", "", 5},
@@ -495,5 +496,31 @@ func TestCaddyfileGlobalOptionDurationsAcceptDays(t *testing.T) {
 	}
 	if got := time.Duration(app.Components[0].RefreshTokenMargin); got != 72*time.Hour {
 		t.Errorf("refresh_token_margin %v, want 72h", got)
+	}
+}
+
+// metrics_per_appid is an app-wide switch: set in one block, it stays on when
+// a later block (another component) leaves it out.
+func TestCaddyfileGlobalOptionMetricsPerAppIDIsAppWide(t *testing.T) {
+	app, first, err := parseGlobal(t, "tptoken {\ncomponent_appid tt_one\ncomponent_appsecret s\nmetrics_per_appid\n}", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !app.MetricsPerAppID {
+		t.Fatal("metrics_per_appid did not set the app's option")
+	}
+	app, _, err = parseGlobal(t, "tptoken {\ncomponent_appid tt_two\ncomponent_appsecret s\n}", first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !app.MetricsPerAppID || len(app.Components) != 2 {
+		t.Fatalf("after a second block: metrics_per_appid %v, %d components", app.MetricsPerAppID, len(app.Components))
+	}
+	app, _, err = parseGlobal(t, "tptoken {\ncomponent_appid tt_one\ncomponent_appsecret s\n}", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if app.MetricsPerAppID {
+		t.Fatal("metrics_per_appid is on without the option")
 	}
 }

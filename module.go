@@ -43,6 +43,10 @@ type App struct {
 	// StorageRaw overrides Caddy's configured storage for tptoken records.
 	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
 
+	// MetricsPerAppID adds the caddy_tptoken_authorizer_* metrics, labelled by
+	// authorizer appid (one series set per authorizer: mind the cardinality).
+	MetricsPerAppID bool `json:"metrics_per_appid,omitempty"`
+
 	comps   map[string]*component
 	order   []string
 	storage certmagic.Storage
@@ -170,6 +174,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.comps[rc.appID] = rc
 		a.order = append(a.order, rc.appID)
 	}
+	if err := a.registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		a.release()
+		return fmt.Errorf("registering tptoken metrics: %v", err)
+	}
 	return nil
 }
 
@@ -256,6 +264,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 	val, loaded, err := engines.LoadOrNew(rc.poolKey, func() (caddy.Destructor, error) {
 		e, err := tokensource.New(tokensource.Config{
 			ComponentAppID: appID, Client: client, Store: a.storage, EncryptionKey: encKey, Logger: logger,
+			Observer:     metricsFor(appID), // process-wide collectors: counts survive reloads
 			RefreshAhead: time.Duration(c.RefreshAhead), RefreshTokenMargin: time.Duration(c.RefreshTokenMargin),
 			LockTimeout: time.Duration(c.LockTimeout), AllowUnlocked: c.SingleInstance,
 			MaxConcurrentCalls: c.MaxConcurrentCalls, RenewRate: c.RenewRate, SweepInterval: time.Duration(c.SweepInterval),

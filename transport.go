@@ -95,11 +95,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	fresh, ferr := inj.refetch(req.Context())
 	if ferr != nil || fresh.Value == inj.tok.Value {
+		countReplay(inj.componentAppID, false)
 		t.logger.Warn("the platform rejected the token and no other token is available; not replaying",
 			zap.String("appid", inj.appid), zap.Int("code", code), zap.Error(ferr))
 		return resp, nil
 	}
 	_ = resp.Body.Close()
+	countReplay(inj.componentAppID, true)
 	t.logger.Info("the platform rejected the token; replaying once with a fresh one",
 		zap.String("appid", inj.appid), zap.Int("code", code), zap.Uint64("generation", fresh.Generation))
 	if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {

@@ -1,0 +1,338 @@
+package tptoken
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+// Metrics. The counters and the histogram are made once per process and
+// registered into each config's registry (ctx.GetMetricsRegistry()), so they
+// keep counting across reloads, as Caddy's reverse_proxy metrics do. Gauges of
+// state (authorizers by state, earliest refresh-token expiry, ticket age) are
+// read at scrape time by a collector bound to the config's components.
+//
+// Labels are bounded: component_appid, op, result, state. An appid label
+// exists only on the *_authorizer_* series, made only when the app sets
+// metrics_per_appid. No token or secret is ever a label value: the observer
+// is handed appids, operation names and result codes only.
+
+const (
+	metricsNamespace = "caddy"
+	metricsSubsystem = "tptoken"
+)
+
+// metricSet is every collector tptoken exports. The process has one
+// (defaultMetrics); tests make their own.
+type metricSet struct {
+	lookups          *prometheus.CounterVec   // component_appid, token, result
+	lookupsPerApp    *prometheus.CounterVec   // component_appid, appid, result
+	calls            *prometheus.CounterVec   // component_appid, op, result
+	callsPerApp      *prometheus.CounterVec   // component_appid, appid, op, result
+	callDuration     *prometheus.HistogramVec // component_appid, op
+	replays          *prometheus.CounterVec   // component_appid, result
+	recoveries       *prometheus.CounterVec   // component_appid, result
+	recoveriesPerApp *prometheus.CounterVec   // component_appid, appid, result
+
+	comps sync.Map // component appid -> *componentMetrics
+}
+
+// Lookup results (tokensource.Observer) and replay results.
+const (
+	lookupHit      = "hit"
+	lookupObtained = "obtained"
+	lookupError    = "error"
+
+	replayReplayed     = "replayed"
+	replayNoFreshToken = "no_fresh_token"
+)
+
+func newMetricSet() *metricSet {
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help,
+		}, labels)
+	}
+	return &metricSet{
+		lookups: counter("token_lookups_total",
+			"Token lookups by the tptoken handler and transport, by token kind (authorizer, component) and result (hit: from memory; obtained: through a storage read or a platform call; error).",
+			"component_appid", "token", "result"),
+		lookupsPerApp: counter("authorizer_token_lookups_total",
+			"Authorizer token lookups by appid and result (hit, obtained); only with metrics_per_appid.",
+			"component_appid", "appid", "result"),
+		calls: counter("platform_calls_total",
+			"Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list) and result (ok, a platform errno, http_<status>, timeout, network, malformed).",
+			"component_appid", "op", "result"),
+		callsPerApp: counter("authorizer_platform_calls_total",
+			"Calls to the platform's token endpoints about one authorizer, by appid, op and result; only with metrics_per_appid.",
+			"component_appid", "appid", "op", "result"),
+		callDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "platform_call_duration_seconds",
+			Help:    "Duration of one call to the platform's token endpoints, by op (each attempt of a retried call counts once).",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"component_appid", "op"}),
+		replays: counter("replays_total",
+			"Upstream answers that rejected the injected token, by result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).",
+			"component_appid", "result"),
+		recoveries: counter("recoveries_total",
+			"Recoveries of a lost or rejected refresh token (retrieve code + exchange), by result (ok, failed).",
+			"component_appid", "result"),
+		recoveriesPerApp: counter("authorizer_recoveries_total",
+			"Recoveries by appid and result; only with metrics_per_appid.",
+			"component_appid", "appid", "result"),
+	}
+}
+
+// collectors lists the set's collectors; the per-appid ones only when asked,
+// so a config without metrics_per_appid exports none of their past series.
+func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
+	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries}
+	if perAppID {
+		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
+	}
+	return cs
+}
+
+// defaultMetrics is the process's metric set, made on first use.
+var defaultMetrics = sync.OnceValue(newMetricSet)
+
+// metricsFor returns the observer of a component (one per component appid per
+// process; engines kept across reloads keep theirs).
+func metricsFor(componentAppID string) *componentMetrics {
+	return defaultMetrics().component(componentAppID)
+}
+
+func (s *metricSet) component(appid string) *componentMetrics {
+	if v, ok := s.comps.Load(appid); ok {
+		return v.(*componentMetrics)
+	}
+	m := &componentMetrics{set: s, appID: appid, durations: map[string]prometheus.Observer{}}
+	for i, kind := range []string{"authorizer", "component"} {
+		for j, res := range []string{lookupHit, lookupObtained, lookupError} {
+			m.lookup[i][j] = s.lookups.WithLabelValues(appid, kind, res)
+		}
+	}
+	for _, op := range []string{tokensource.OpComponentToken, tokensource.OpExchange, tokensource.OpRefresh,
+		tokensource.OpRetrieve, tokensource.OpAppList} {
+		m.durations[op] = s.callDuration.WithLabelValues(appid, op)
+	}
+	m.replayed = s.replays.WithLabelValues(appid, replayReplayed)
+	m.notReplayed = s.replays.WithLabelValues(appid, replayNoFreshToken)
+	m.recoveredOK = s.recoveries.WithLabelValues(appid, "ok")
+	m.recoveredFailed = s.recoveries.WithLabelValues(appid, "failed")
+	v, _ := s.comps.LoadOrStore(appid, m)
+	return v.(*componentMetrics)
+}
+
+// componentMetrics is the tokensource.Observer of one component. The series
+// the hot path touches are resolved once, so a cached-token lookup costs one
+// atomic add.
+type componentMetrics struct {
+	set      *metricSet
+	appID    string
+	perAppID atomic.Bool // metrics_per_appid of the latest config
+
+	lookup                       [2][3]prometheus.Counter // [authorizer, component][hit, obtained, error]
+	durations                    map[string]prometheus.Observer
+	replayed, notReplayed        prometheus.Counter
+	recoveredOK, recoveredFailed prometheus.Counter
+}
+
+// Lookup implements tokensource.Observer. It is on the request path.
+func (m *componentMetrics) Lookup(appid, result string) {
+	kind := 0
+	if appid == "" {
+		kind = 1
+	}
+	switch result {
+	case lookupHit:
+		m.lookup[kind][0].Inc()
+	case lookupObtained:
+		m.lookup[kind][1].Inc()
+	default:
+		m.lookup[kind][2].Inc()
+	}
+	// Errors are not counted per appid: any well-formed appid a client sends
+	// would make a series. Hits and obtained tokens exist for real authorizers only.
+	if kind == 0 && result != lookupError && m.perAppID.Load() {
+		m.set.lookupsPerApp.WithLabelValues(m.appID, appid, result).Inc()
+	}
+}
+
+// PlatformCall implements tokensource.Observer.
+func (m *componentMetrics) PlatformCall(op, appid, result string, took time.Duration) {
+	m.set.calls.WithLabelValues(m.appID, op, result).Inc()
+	d, ok := m.durations[op]
+	if !ok {
+		d = m.set.callDuration.WithLabelValues(m.appID, op)
+	}
+	d.Observe(took.Seconds())
+	if appid != "" && m.perAppID.Load() {
+		m.set.callsPerApp.WithLabelValues(m.appID, appid, op, result).Inc()
+	}
+}
+
+// Recovery implements tokensource.Observer.
+func (m *componentMetrics) Recovery(appid string, ok bool) {
+	res := "ok"
+	if ok {
+		m.recoveredOK.Inc()
+	} else {
+		res = "failed"
+		m.recoveredFailed.Inc()
+	}
+	if appid != "" && m.perAppID.Load() {
+		m.set.recoveriesPerApp.WithLabelValues(m.appID, appid, res).Inc()
+	}
+}
+
+// replay counts an upstream answer that rejected the injected token.
+func (m *componentMetrics) replay(replayed bool) {
+	if replayed {
+		m.replayed.Inc()
+	} else {
+		m.notReplayed.Inc()
+	}
+}
+
+// forget drops the per-appid series of an authorizer whose record was deleted.
+func (m *componentMetrics) forget(appid string) {
+	l := prometheus.Labels{"component_appid": m.appID, "appid": appid}
+	m.set.lookupsPerApp.DeletePartialMatch(l)
+	m.set.callsPerApp.DeletePartialMatch(l)
+	m.set.recoveriesPerApp.DeletePartialMatch(l)
+}
+
+// countReplay is the transport's hook: an upstream answer rejected the token
+// of a request for componentAppID; replayed says whether it was sent again.
+func countReplay(componentAppID string, replayed bool) {
+	metricsFor(componentAppID).replay(replayed)
+}
+
+// Scrape-time gauges.
+
+var (
+	descAuthorizers = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "authorizers"),
+		"Authorizer records by state (active, needs_recovery, unauthorized), as found by the last sweep of storage.",
+		[]string{"component_appid", "state"}, nil)
+	descUnreadable = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "unreadable_records"),
+		"Authorizer records the last sweep could not read or decrypt.",
+		[]string{"component_appid"}, nil)
+	descEarliestRefresh = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "earliest_refresh_expiry_seconds"),
+		"Seconds until the earliest refresh-token expiry among active authorizers (negative once passed), as of the last sweep.",
+		[]string{"component_appid"}, nil)
+	descLastSweep = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "last_sweep_timestamp_seconds"),
+		"Unix time of the last sweep of authorizer records.",
+		[]string{"component_appid"}, nil)
+	descTicketAge = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "ticket_age_seconds"),
+		"Seconds since the newest component_ticket was received (pushed every 10 minutes, valid 3 hours).",
+		[]string{"component_appid"}, nil)
+	descComponentExpiry = prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "component_token_expiry_seconds"),
+		"Seconds until the current component_access_token expires (negative once passed).",
+		[]string{"component_appid"}, nil)
+)
+
+// stateSource is what the state collector reads of an engine.
+type stateSource interface {
+	ComponentAppID() string
+	LastSummary() tokensource.Summary
+	ComponentInfo(ctx context.Context) tokensource.ComponentInfo
+}
+
+// stateCollector reports the state of a config's components at scrape time.
+type stateCollector struct {
+	sources []stateSource
+	now     func() time.Time
+	timeout time.Duration // bounds the storage reads of one scrape
+}
+
+var knownStates = []tokensource.State{tokensource.StateActive, tokensource.StateNeedsRecovery, tokensource.StateUnauthorized}
+
+// Describe implements prometheus.Collector.
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAuthorizers, descUnreadable, descEarliestRefresh, descLastSweep, descTicketAge, descComponentExpiry} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	now := c.now()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	for _, src := range c.sources {
+		id := src.ComponentAppID()
+		// Before the first sweep the counts are unknown: report nothing rather
+		// than zeros an alert would take for "no active authorizer".
+		if sum := src.LastSummary(); !sum.At.IsZero() {
+			for _, st := range knownStates {
+				gauge(descAuthorizers, float64(sum.ByState[st]), id, string(st))
+			}
+			for st, n := range sum.ByState {
+				if st != tokensource.StateActive && st != tokensource.StateNeedsRecovery && st != tokensource.StateUnauthorized {
+					gauge(descAuthorizers, float64(n), id, string(st))
+				}
+			}
+			gauge(descUnreadable, float64(sum.Unreadable), id)
+			gauge(descLastSweep, float64(sum.At.UnixNano())/1e9, id)
+			if !sum.EarliestRefreshExp.IsZero() {
+				gauge(descEarliestRefresh, sum.EarliestRefreshExp.Sub(now).Seconds(), id)
+			}
+		}
+		ci := src.ComponentInfo(ctx)
+		if !ci.TicketReceivedAt.IsZero() {
+			gauge(descTicketAge, now.Sub(ci.TicketReceivedAt).Seconds(), id)
+		}
+		if !ci.TokenExpiry.IsZero() {
+			gauge(descComponentExpiry, ci.TokenExpiry.Sub(now).Seconds(), id)
+		}
+	}
+}
+
+// registerMetrics registers the process's collectors and a state collector for
+// the app's components into the config's registry, and applies
+// metrics_per_appid. A nil registry (caddy validate, tests) means metrics off.
+func (a *App) registerMetrics(reg *prometheus.Registry) error {
+	set := defaultMetrics()
+	for _, id := range a.order {
+		set.component(id).perAppID.Store(a.MetricsPerAppID)
+	}
+	if reg == nil {
+		return nil
+	}
+	sc := &stateCollector{now: time.Now, timeout: 2 * time.Second}
+	for _, id := range a.order {
+		sc.sources = append(sc.sources, a.comps[id].engine)
+	}
+	return registerCollectors(reg, append(set.collectors(a.MetricsPerAppID), sc)...)
+}
+
+// registerCollectors registers cs, ignoring those already registered (the
+// process-wide collectors are registered again on every config load).
+func registerCollectors(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ tokensource.Observer = (*componentMetrics)(nil)
+	_ prometheus.Collector = (*stateCollector)(nil)
+	_ stateSource          = (*tokensource.Engine)(nil)
+)
