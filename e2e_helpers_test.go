@@ -51,6 +51,8 @@ type e2e struct {
 	site     string // extra site-block lines for the tptoken site, before reverse_proxy
 	handler  string // the tptoken handler block body
 	global   string // extra lines in the tptoken global block
+	admin    string // admin endpoint (host:port) with withAdmin; "" = admin off
+	adminOn  bool
 	client   *http.Client
 	caddyCfg string
 }
@@ -79,6 +81,9 @@ type e2eOpt func(*e2e)
 
 func withHandler(body string) e2eOpt { return func(e *e2e) { e.handler = body } }
 func withGlobal(lines string) e2eOpt { return func(e *e2e) { e.global = lines } }
+
+// withAdmin enables Caddy's admin endpoint on a free loopback port (x.admin).
+func withAdmin() e2eOpt { return func(e *e2e) { e.adminOn = true } }
 
 func newE2E(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, opts ...e2eOpt) *e2e {
 	t.Helper()
@@ -120,6 +125,9 @@ func newE2E(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, opts
 	for attempt := 1; ; attempt++ {
 		x.proxy = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
 		x.events = fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		if x.adminOn {
+			x.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		}
 		if err := emu.SetPushURL(x.events + "/"); err != nil {
 			t.Fatal(err)
 		}
@@ -154,8 +162,12 @@ func (x *e2e) caddyfile() string {
 	if handler == "" {
 		handler = "tptoken"
 	}
+	admin := "off"
+	if x.admin != "" {
+		admin = x.admin
+	}
 	return fmt.Sprintf(`{
-	admin off
+	admin %s
 	persist_config off
 	auto_https off
 	storage file_system %s
@@ -185,7 +197,7 @@ func (x *e2e) caddyfile() string {
 %s {
 	tptoken_events
 }
-`, x.storage, x.logFile, x.family, x.emuURL, x.global, x.proxy, x.site, handler, x.emuURL, x.events)
+`, admin, x.storage, x.logFile, x.family, x.emuURL, x.global, x.proxy, x.site, handler, x.emuURL, x.events)
 }
 
 // start adapts the Caddyfile and loads it (a reload when Caddy already runs).

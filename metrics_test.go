@@ -6,9 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
@@ -288,4 +290,114 @@ func BenchmarkObserverLookupHitPerAppID(b *testing.B) {
 			m.Lookup("tt01app", "hit")
 		}
 	})
+}
+
+// A real run through Caddy: the engine's observer, the transport's replay hook
+// and the state collector all reach the config's registry (and the admin
+// /metrics), counters survive a reload, and no token is ever exported.
+func TestMetricsOnCaddysRegistryFollowARealRunAndReloads(t *testing.T) {
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin(), withGlobal("sweep_interval 1s\n\t\tmetrics_per_appid"))
+	set := defaultMetrics()
+	series := map[string]prometheus.Collector{
+		"hit":       set.lookups.WithLabelValues(e2eComponent, "authorizer", "hit"),
+		"obtained":  set.lookups.WithLabelValues(e2eComponent, "authorizer", "obtained"),
+		"component": set.lookups.WithLabelValues(e2eComponent, "component", "hit"),
+		"exchange":  set.calls.WithLabelValues(e2eComponent, "exchange", "ok"),
+		"refresh":   set.calls.WithLabelValues(e2eComponent, "refresh", "ok"),
+		"retrieve":  set.calls.WithLabelValues(e2eComponent, "retrieve", "ok"),
+		"replayed":  set.replays.WithLabelValues(e2eComponent, "replayed"),
+		"recovered": set.recoveries.WithLabelValues(e2eComponent, "ok"),
+		"app_hit":   set.lookupsPerApp.WithLabelValues(e2eComponent, "tt01app", "hit"),
+	}
+	before := map[string]float64{}
+	for k, c := range series {
+		before[k] = testutil.ToFloat64(c)
+	}
+	delta := func(k string) float64 { return testutil.ToFloat64(series[k]) - before[k] }
+
+	x.authorize("tt01app")
+	for range 3 {
+		if a := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); a.Status != 200 {
+			t.Fatalf("call: %+v", a)
+		}
+	}
+	x.emu.RevokeAccessToken("tt01app", tokensource.V1) // the next call is rejected, refreshed and replayed
+	if a := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); a.Status != 200 || a.Errno != 0 {
+		t.Fatalf("replayed call: %+v", a)
+	}
+	x.adminJSON("POST", "/tptoken/authorizers/tt01app/recover", "", 200, nil)
+
+	// 4 hits: the rejected request's token came from memory too; the replay's was obtained.
+	for k, want := range map[string]float64{"hit": 4, "obtained": 1, "exchange": 2, "refresh": 1, "retrieve": 1,
+		"replayed": 1, "recovered": 1, "app_hit": 4} {
+		if got := delta(k); got != want {
+			t.Errorf("%s: +%v, want +%v", k, got, want)
+		}
+	}
+	if delta("component") < 1 {
+		t.Errorf("no component token lookup counted")
+	}
+
+	// The sweep (every second here) feeds the state gauges; a sweep that ran
+	// before the authorization counted none, so wait for one that sees it.
+	reg := activeRegistry()
+	const wantStates = `
+# HELP caddy_tptoken_authorizers Authorizer records by state (active, needs_recovery, unauthorized), as found by the last sweep of storage.
+# TYPE caddy_tptoken_authorizers gauge
+caddy_tptoken_authorizers{component_appid="tt00e2ecomponent",state="active"} 1
+caddy_tptoken_authorizers{component_appid="tt00e2ecomponent",state="needs_recovery"} 0
+caddy_tptoken_authorizers{component_appid="tt00e2ecomponent",state="unauthorized"} 0
+`
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := testutil.GatherAndCompare(reg, strings.NewReader(wantStates), "caddy_tptoken_authorizers")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s of 1s sweeps: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, name := range []string{"caddy_tptoken_ticket_age_seconds", "caddy_tptoken_component_token_expiry_seconds",
+		"caddy_tptoken_earliest_refresh_expiry_seconds", "caddy_tptoken_last_sweep_timestamp_seconds",
+		"caddy_tptoken_platform_call_duration_seconds", "caddy_tptoken_authorizer_token_lookups_total"} {
+		if n, err := testutil.GatherAndCount(reg, name); err != nil || n == 0 {
+			t.Errorf("%s: %d series (%v)", name, n, err)
+		}
+	}
+	ours := []string{"caddy_tptoken_token_lookups_total", "caddy_tptoken_platform_calls_total", "caddy_tptoken_replays_total",
+		"caddy_tptoken_recoveries_total", "caddy_tptoken_authorizers", "caddy_tptoken_ticket_age_seconds"}
+	if problems, err := testutil.GatherAndLint(reg, ours...); err != nil || len(problems) > 0 {
+		t.Fatalf("metric lint: %v %+v", err, problems)
+	}
+	scrape := x.adminDo("GET", "/metrics", "") // also checks: no secret in the exposition
+	for _, want := range []string{`caddy_tptoken_token_lookups_total{component_appid="tt00e2ecomponent",result="hit",token="authorizer"}`,
+		`caddy_tptoken_authorizer_token_lookups_total{appid="tt01app"`, "caddy_tptoken_ticket_age_seconds"} {
+		if !strings.Contains(scrape.Body, want) {
+			t.Errorf("admin /metrics lacks %s", want)
+		}
+	}
+
+	// Reload without metrics_per_appid: counters go on, per-appid series go away.
+	x.global = "sweep_interval 1s"
+	x.start()
+	if a := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); a.Status != 200 {
+		t.Fatalf("call after reload: %+v", a)
+	}
+	if got := delta("hit"); got != 5 {
+		t.Errorf("hits after reload: +%v, want +5 (counters survive the reload)", got)
+	}
+	reg = activeRegistry()
+	assertNoAppIDLabel(t, reg)
+	scrape = x.adminDo("GET", "/metrics", "")
+	if strings.Contains(scrape.Body, "{appid=") || strings.Contains(scrape.Body, ",appid=") || !strings.Contains(scrape.Body, "caddy_tptoken_token_lookups_total") {
+		t.Fatalf("admin /metrics after reload:\n%s", scrape.Body)
+	}
+	x.assertNoSecretIn("debug log", x.debugLog())
+}
+
+// activeRegistry is the metrics registry of the running config.
+func activeRegistry() *prometheus.Registry {
+	ctx := caddy.ActiveContext()
+	return ctx.GetMetricsRegistry()
 }
