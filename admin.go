@@ -176,7 +176,7 @@ func (a *adminAPI) pick(r *http.Request) (*component, error) {
 		return a.comps[a.order[0]], nil
 	}
 	return nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
-		Err: fmt.Errorf("several components are configured (%s): name one with ?component=<appid>", strings.Join(a.order, ", "))}
+		Err: fmt.Errorf("several components are configured (%s): name one, for example ?component=%s", strings.Join(a.order, ", "), a.order[0])}
 }
 
 func (a *adminAPI) withComponent(w http.ResponseWriter, r *http.Request, h func(http.ResponseWriter, *http.Request, *component) error) error {
