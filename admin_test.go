@@ -487,7 +487,7 @@ func TestAdminAPIWithoutTheAppAndWithSeveralComponents(t *testing.T) {
 		t.Fatalf("status with two components: %v\n%s", err, out)
 	}
 	out, err = runCLI(t, "refresh", "tt01app", "--address", addr)
-	if err == nil || !strings.Contains(out, "several components") {
+	if err == nil || !strings.Contains(out, "several components") || !strings.Contains(out, "--component") {
 		t.Fatalf("refresh without --component: %v\n%s", err, out)
 	}
 

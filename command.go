@@ -162,7 +162,11 @@ func (c *adminClient) do(method, path string, query url.Values, body, out any) e
 	}
 	resp, err := caddycmd.AdminAPIRequest(c.addr, method, uri, nil, rd)
 	if err != nil {
-		return adminErrorText(err)
+		err = adminErrorText(err)
+		if strings.Contains(err.Error(), "several components are configured") {
+			err = fmt.Errorf("%v (here: --component <appid>)", err)
+		}
+		return err
 	}
 	defer resp.Body.Close()
 	if out == nil {
