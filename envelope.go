@@ -94,7 +94,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 	if f.status >= 500 {
 		lvl = h.logger.Warn
 	}
-	lvl("request not served", zap.String("error", f.kind), zap.Int("status", f.status), zap.Error(err))
+	lvl("request not served", zap.String("kind", f.kind), zap.Int("status", f.status), zap.Error(err))
 	if h.ErrorResponse == "handle_errors" {
 		return caddyhttp.Error(f.status, err)
 	}

@@ -103,7 +103,9 @@ func (ev *Events) push(w http.ResponseWriter, r *http.Request) error {
 	var comp *component
 	for _, c := range ev.comps {
 		msg, err = c.push.Open(body)
-		if err == nil || !errors.Is(err, tokensource.ErrPushSignature) {
+		// Several TPs may share a message token and key: a push for another
+		// appid is tried against the next component.
+		if err == nil || !errors.Is(err, tokensource.ErrPushSignature) && !errors.Is(err, tokensource.ErrPushAppID) {
 			comp = c
 			break
 		}

@@ -341,12 +341,16 @@ func TestAuthorizationRedirectExchangesTheCodeAndShowsNoSecret(t *testing.T) {
 		t.Fatalf("after the redirect: %+v", a)
 	}
 
-	// A browser reloading the page neither exchanges the code twice nor
-	// disturbs the authorizer. (The reloaded page itself reports the used code
-	// as a failure: the engine only recognises a repeated code once it knows
-	// the appid, which a redirect does not carry.)
-	_, _, page = x.getEvents(q)
+	// A browser reloading the page sees the same result: the code index
+	// answers without sending the used code to the platform again.
+	status, _, page = x.getEvents(q)
 	x.assertNoSecretIn("the reloaded redirect page", page)
+	if status != 200 || !strings.Contains(page, "tt07app") {
+		t.Fatalf("reloaded redirect page: status %d: %s", status, page)
+	}
+	if n := x.emu.Stats().Calls["exchange"]; n != 1 {
+		t.Fatalf("the used code was sent to the platform again (%d exchange calls)", n)
+	}
 	if s := x.emu.Stats().App("tt07app"); s.Exchanges != 1 {
 		t.Fatalf("a reloaded redirect exchanged again: %d exchanges", s.Exchanges)
 	}

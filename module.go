@@ -478,6 +478,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	inj := &injection{engine: h.comp.engine, family: h.comp.family, componentAppID: h.comp.appID,
 		component: h.component, maxReplayBody: h.MaxReplayBody}
 
+	if repl != nil {
+		repl.Set("http.tptoken.replayed", false) // the transport sets true when it replays
+	}
 	if h.takeCarrier {
 		inj.appid = h.takeAppID(r, repl)
 		if repl != nil {

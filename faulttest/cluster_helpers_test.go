@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package faulttest breaks things on purpose: several real Caddy processes built
 // from ./cmd/caddy share one storage folder in front of the platform emulator,
 // and the tests kill processes, drop platform answers, take the platform down,
@@ -190,8 +192,10 @@ func (c *cluster) launch(in *instance) {
 		c.t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = out, out
+	// Pdeathsig: the instances die with the test binary, even when it is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if in.asUser != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: in.asUser}
+		cmd.SysProcAttr.Credential = in.asUser
 		_ = os.Chown(dir, int(in.asUser.Uid), int(in.asUser.Gid))
 	}
 	if err := cmd.Start(); err != nil {

@@ -65,6 +65,13 @@ func (e *Engine) exchange(appid string, code Secret, eventAt time.Time) (any, er
 
 	var next *Record
 	if appid == "" {
+		// The redirect after an authorization carries the code the AUTHORIZED
+		// push already exchanged: answer from the code index, with no platform call.
+		if known, ok := e.lookupCode(ctx, fp); ok {
+			if info, err := e.Info(ctx, known); err == nil {
+				return info, nil
+			}
+		}
 		// Unknown appid: exchange first, then lock the appid the platform names.
 		next, err = e.exchangeLocked(ctx, nil, "", code)
 		if err != nil {
@@ -113,8 +120,54 @@ func (e *Engine) exchange(appid string, code Secret, eventAt time.Time) (any, er
 		next.LastEventAt = eventAt
 	}
 	e.commitLocked(ctx, s, next)
+	e.rememberCode(ctx, fp, appid)
 	e.log.Info("authorization code exchanged", zapApp(appid), zap.Uint64("generation", next.Generation))
 	return InfoOf(next), nil
+}
+
+// codeMemory is how long an exchanged code is remembered (codes live an hour).
+const codeMemory = 2 * time.Hour
+
+func (e *Engine) rememberCode(ctx context.Context, fp, appid string) {
+	key := e.keys.code(fp)
+	b, err := e.codec.encode(key, diskCode{AppID: appid, At: e.now()})
+	if err == nil {
+		err = e.store.Store(ctx, key, b)
+	}
+	if err != nil {
+		e.log.Warn("remembering an exchanged code failed (a later redirect with it will fail)", zapApp(appid), zapErr(err))
+	}
+}
+
+func (e *Engine) lookupCode(ctx context.Context, fp string) (string, bool) {
+	key := e.keys.code(fp)
+	b, err := e.store.Load(ctx, key)
+	if err != nil {
+		return "", false
+	}
+	var d diskCode
+	if e.codec.decode(key, b, &d) != nil || !ValidAppID(d.AppID) || e.now().Sub(d.At) > codeMemory {
+		return "", false
+	}
+	return d.AppID, true
+}
+
+// forgetOldCodes deletes code index entries older than codeMemory.
+func (e *Engine) forgetOldCodes(ctx context.Context) {
+	list, err := e.store.List(ctx, e.keys.codeDir(), false)
+	if err != nil {
+		return
+	}
+	for _, key := range list {
+		b, err := e.store.Load(ctx, key)
+		if err != nil {
+			continue
+		}
+		var d diskCode
+		if e.codec.decode(key, b, &d) != nil || e.now().Sub(d.At) > codeMemory {
+			_ = e.store.Delete(ctx, key)
+		}
+	}
 }
 
 func (e *Engine) exchangeError(appid string, err error) error {

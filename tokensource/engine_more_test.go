@@ -228,3 +228,29 @@ func TestPlatformOutageServesTheCurrentTokenUntilItExpiresThen503(t *testing.T) 
 		t.Fatal("token after the outage is unusable")
 	}
 }
+
+func TestRedirectAfterThePushAnswersWithoutUsingTheCodeAgain(t *testing.T) {
+	h := newHarness(t, tokensource.V1)
+	a, b := h.engine(), h.engine()
+	code, _ := h.emu.Authorize("tt01redir", false)
+	// The AUTHORIZED push reaches instance a; the browser's redirect, with the
+	// same code and no appid, reaches b (and is reloaded).
+	if _, err := a.ExchangeCode(context.Background(), "tt01redir", tokensource.Secret(code), h.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		info, err := b.ExchangeCode(context.Background(), "", tokensource.Secret(code), time.Time{})
+		if err != nil {
+			t.Fatalf("redirect after the push: %v", err)
+		}
+		if info.AppID != "tt01redir" || info.State != tokensource.StateActive {
+			t.Fatalf("info = %+v", info)
+		}
+	}
+	if s := h.emu.Stats().App("tt01redir"); s.Exchanges != 1 {
+		t.Fatalf("exchanges = %d, want 1", s.Exchanges)
+	}
+	if n := h.emu.Stats().Calls[emulator.OpExchange]; n != 1 {
+		t.Fatalf("exchange calls = %d: the used code was sent again", n)
+	}
+}

@@ -185,6 +185,7 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 			sum.RenewalsScheduled++
 		}
 	}
+	e.forgetOldCodes(ctx)
 	sum.SweepDurationMillis = time.Since(start).Milliseconds()
 	e.summary.Store(&sum)
 	e.log.Info("authorizer sweep done", zap.Int("authorizers", len(ids)), zap.Int("renewals_scheduled", sum.RenewalsScheduled),

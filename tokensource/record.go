@@ -121,3 +121,11 @@ type diskComponentToken struct {
 	Expiry     time.Time `json:"expiry"`
 	Generation uint64    `json:"generation"`
 }
+
+// diskCode remembers which authorizer an exchanged code belonged to, so the
+// authorization redirect (which names no appid) can be answered after the push
+// already used the code. Kept for codeMemory.
+type diskCode struct {
+	AppID string    `json:"appid"`
+	At    time.Time `json:"at"`
+}

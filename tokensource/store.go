@@ -77,6 +77,8 @@ func (k keys) authorizerDir() string              { return k.prefix + "/authoriz
 func (k keys) authorizer(appid string) string     { return k.prefix + "/authorizers/" + appid + ".json" }
 func (k keys) authorizerLock(appid string) string { return k.lockPrefix + ".authorizer." + appid }
 func (k keys) ticket() string                     { return k.prefix + "/ticket.json" }
+func (k keys) codeDir() string                    { return k.prefix + "/codes" }
+func (k keys) code(fp string) string              { return k.prefix + "/codes/" + fp + ".json" }
 func (k keys) componentToken(f Family) string {
 	return k.prefix + "/component_token_" + string(f) + ".json"
 }
