@@ -440,13 +440,22 @@ func TestAdminAPIWithoutTheAppAndWithSeveralComponents(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = stopCaddy() })
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	load := func(apps string) {
-		t.Helper()
+	tryLoad := func(apps string) error {
 		cfg := fmt.Sprintf(`{"admin": {"listen": %q}, "storage": {"module": "file_system", "root": %q},
 			"logging": {"logs": {"default": {"level": "ERROR"}}}, "apps": {%s}}`, addr, t.TempDir(), apps)
-		if err := caddy.Load([]byte(cfg), true); err != nil {
+		return caddy.Load([]byte(cfg), true)
+	}
+	load := func(apps string) {
+		t.Helper()
+		if err := tryLoad(apps); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The admin router loads the app early; a broken app still fails the
+	// config with its own error, not hidden behind the admin endpoint.
+	err := tryLoad(`"tptoken": {"components": [{"component_appid": "ttcompa"}]}`)
+	if err == nil || !strings.Contains(err.Error(), "component_appsecret is required") || strings.Contains(err.Error(), "admin") {
+		t.Fatalf("loading a broken tptoken app: %v", err)
 	}
 	load("")
 	for _, p := range []string{"/tptoken/authorizers", "/tptoken/authorizers/tt01app", "/tptoken/component"} {
