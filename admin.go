@@ -333,8 +333,7 @@ func (a *adminAPI) forget(w http.ResponseWriter, r *http.Request, c *component, 
 	if err := c.engine.Forget(r.Context(), appid); err != nil {
 		return apiError(w, err)
 	}
-	metricsFor(c.appID).forget(appid)
-	a.log.Warn("authorizer record deleted through the admin API", zap.String("component_appid", c.appID), zap.String("appid", appid))
+	metricsFor(c.appID).forget(appid) // the engine logs the deletion
 	return writeJSON(w, map[string]any{"appid": appid, "deleted": true})
 }
 
