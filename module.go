@@ -394,8 +394,9 @@ type Handler struct {
 
 	comp        *component
 	allow       map[string]struct{}
-	component   bool // inject the component token
-	takeCarrier bool // read (and remove) the appid carrier
+	component   bool   // inject the component token
+	takeCarrier bool   // read (and remove) the appid carrier
+	headerKey   string // canonical form of the appid header
 	logger      *zap.Logger
 	noTransport *sync.Once // logs the missing-transport error once
 }
@@ -434,6 +435,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.AppID.Name == "" {
 			return fmt.Errorf("appid %s needs a name", h.AppID.From)
 		}
+		h.headerKey = http.CanonicalHeaderKey(h.AppID.Name)
 	case "path":
 	default:
 		return fmt.Errorf("appid from %q: use header, query, path or placeholder", h.AppID.From)
@@ -511,7 +513,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if c := h.logger.Check(zapcore.DebugLevel, "token resolved"); c != nil {
 		c.Write(zap.String("appid", inj.appid), zap.Uint64("generation", inj.tok.Generation), zap.Time("expiry", inj.tok.Expiry))
 	}
-	err = next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), injectionKey{}, inj)))
+	err = next.ServeHTTP(w, attach(r, inj))
 	if !inj.used.Load() {
 		h.noTransport.Do(func() {
 			h.logger.Error("the token was not injected: no `transport tptoken` handled this request; " +
@@ -526,9 +528,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) takeAppID(r *http.Request, repl *caddy.Replacer) string {
 	switch h.AppID.From {
 	case "header":
-		v := r.Header.Get(h.AppID.Name)
-		r.Header.Del(h.AppID.Name)
-		return strings.TrimSpace(v)
+		vs := r.Header[h.headerKey]
+		if len(vs) == 0 {
+			return ""
+		}
+		delete(r.Header, h.headerKey)
+		return strings.TrimSpace(vs[0])
 	case "query":
 		v, rest, found := takeQueryParam(r.URL.RawQuery, h.AppID.Name)
 		if found {

@@ -9,10 +9,12 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
@@ -49,9 +51,33 @@ func (t *Transport) Provision(ctx caddy.Context) error {
 	return t.HTTPTransport.Provision(ctx)
 }
 
-// injectionKey is the request-context key of the handler's *injection. Context
-// values are invisible to placeholders and logs.
+// injectionVar is the request variable (caddyhttp vars) holding the handler's
+// *injection for the transport. A request variable, unlike a new context
+// value, costs the request no copy. Printed through a placeholder it shows
+// only "tptoken"; the token itself is a redacting Secret.
+const injectionVar = "tptoken.injection"
+
+// injectionKey is the context key used instead when a request has no vars
+// table (a handler used outside Caddy's HTTP server, as in tests).
 type injectionKey struct{}
+
+// attach hands inj to the transport through r's variables (or its context).
+func attach(r *http.Request, inj *injection) *http.Request {
+	if _, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		caddyhttp.SetVar(r.Context(), injectionVar, inj)
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), injectionKey{}, inj))
+}
+
+// injectionOf returns what the tptoken handler attached to the request, if anything.
+func injectionOf(r *http.Request) *injection {
+	if inj, ok := caddyhttp.GetVar(r.Context(), injectionVar).(*injection); ok {
+		return inj
+	}
+	inj, _ := r.Context().Value(injectionKey{}).(*injection)
+	return inj
+}
 
 // injection is what the handler resolved for one request.
 type injection struct {
@@ -63,6 +89,8 @@ type injection struct {
 	tok            tokensource.Token
 	maxReplayBody  int64 // < 0: no replay
 	used           atomic.Bool
+	sent           bool            // out is in use
+	out            outgoingRequest // the first outgoing request
 }
 
 // Maximum response size inspected for an invalid-token code; larger or
@@ -72,7 +100,7 @@ const maxInspect = 64 << 10
 // RoundTrip injects the token and forwards the request, replaying it once if
 // the platform rejects the token.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	inj, _ := req.Context().Value(injectionKey{}).(*injection)
+	inj := injectionOf(req)
 	if inj == nil {
 		return t.HTTPTransport.RoundTrip(req)
 	}
@@ -113,31 +141,58 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // send forwards a copy of req carrying tok. req itself is never modified: it is
 // what reverse_proxy logs.
 func (t *Transport) send(req *http.Request, inj *injection, tok tokensource.Token, body []byte) (*http.Response, error) {
-	out := req.WithContext(req.Context()) // shallow copy
+	resp, err := t.HTTPTransport.RoundTrip(inj.outgoing(req, tok, body))
+	if err != nil && strings.Contains(err.Error(), tok.Value.Reveal()) {
+		err = errors.New("upstream round trip failed (error text withheld: it quoted the token)")
+	}
+	return resp, err
+}
+
+// outgoing is a shallow copy of req with the token injected for the family:
+// v1 query component_appid + authorizer_access_token (or component_access_token),
+// any client-sent copies removed and the rest of the query kept byte for byte;
+// v2 header access-token. The copy and its URL are one allocation, and the v2
+// header map shares the client's (unmodified) value slices.
+func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body []byte) *http.Request {
+	o := &inj.out // the first send uses the injection's own space: one allocation less
+	if inj.sent {
+		o = new(outgoingRequest)
+	}
+	inj.sent = true
+	o.Request = *req
+	out := &o.Request
 	secret := tok.Value.Reveal()
 	if inj.family == tokensource.V2 {
-		out.Header = req.Header.Clone()
-		out.Header.Set("Access-Token", secret)
+		h := make(http.Header, len(req.Header)+1)
+		for k, v := range req.Header {
+			h[k] = v
+		}
+		h["Access-Token"] = []string{secret}
+		out.Header = h
 	} else {
-		u := *req.URL
+		o.url = *req.URL
 		param := "authorizer_access_token"
 		if inj.component {
 			param = "component_access_token"
 		}
-		u.RawQuery = injectV1(u.RawQuery, inj.componentAppID, param, secret)
-		out.URL = &u
+		o.url.RawQuery = injectV1(o.url.RawQuery, inj.componentAppID, param, secret)
+		out.URL = &o.url
 	}
 	if body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(body))
 		out.ContentLength = int64(len(body))
 		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
-	resp, err := t.HTTPTransport.RoundTrip(out)
-	if err != nil && strings.Contains(err.Error(), secret) {
-		err = errors.New("upstream round trip failed (error text withheld: it quoted the token)")
-	}
-	return resp, err
+	return out
 }
+
+type outgoingRequest struct {
+	http.Request
+	url url.URL
+}
+
+// String keeps the injection out of anything that prints request variables.
+func (inj *injection) String() string { return "tptoken" }
 
 // refetch invalidates the token sent (only if still current) and gets a fresh one.
 func (inj *injection) refetch(ctx context.Context) (tokensource.Token, error) {

@@ -1,0 +1,126 @@
+package tptoken
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/tptoken/caddy-tptoken/emulator"
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+// benchHandler is a provisioned-by-hand tptoken handler whose engine holds a
+// fresh token for tt01bench: the cached path a request takes.
+func benchHandler(b *testing.B, family tokensource.Family) *Handler {
+	b.Helper()
+	emu, err := emulator.New(emulator.Config{ComponentAppID: e2eComponent, ComponentAppSecret: e2eSecret})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(emu)
+	b.Cleanup(srv.Close)
+	client, err := tokensource.NewClient(tokensource.ClientConfig{Family: family, Endpoint: srv.URL,
+		ComponentAppID: e2eComponent, ComponentSecret: e2eSecret})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e, err := tokensource.New(tokensource.Config{ComponentAppID: e2eComponent, Client: client,
+		Store: &certmagic.FileStorage{Path: b.TempDir()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = e.Close() })
+	ctx := context.Background()
+	if err := e.StoreTicket(ctx, tokensource.Secret(emu.Ticket()), time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	code, _ := emu.Authorize("tt01bench", false)
+	if _, err := e.ExchangeCode(ctx, "tt01bench", tokensource.Secret(code), time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	return &Handler{
+		AppID: &AppIDSource{From: "header", Name: defaultAppIDHeader}, MaxReplayBody: defaultMaxReplayBody,
+		comp:   &component{appID: e2eComponent, family: family, engine: e},
+		logger: zap.NewNop(), noTransport: new(sync.Once), takeCarrier: true, headerKey: defaultAppIDHeader,
+	}
+}
+
+// BenchmarkHandlerCachedToken is the per-request cost of tptoken when the token
+// is cached: appid extraction (and carrier removal), token lookup, and the
+// transport's injection into the outgoing request. The upstream round trip is
+// not included: that is reverse_proxy's cost with or without tptoken.
+func BenchmarkHandlerCachedToken(b *testing.B) {
+	for _, family := range []tokensource.Family{tokensource.V1, tokensource.V2} {
+		b.Run(string(family), func(b *testing.B) {
+			h := benchHandler(b, family)
+			req := httptest.NewRequest(http.MethodGet, "/openapi/v1/microapp/app/info?a=1&b=two", nil)
+			repl := caddy.NewReplacer()
+			ctx := context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl)
+			ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{}) // as Caddy's server does
+			req = req.WithContext(ctx)
+			appid := []string{"tt01bench"}
+			var out *http.Request
+			next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				inj := injectionOf(r)
+				inj.used.Store(true)
+				out = inj.outgoing(r, inj.tok, nil)
+				return nil
+			})
+			w := httptest.NewRecorder()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				req.Header["X-Authorizer-Appid"] = appid
+				if err := h.ServeHTTP(w, req, next); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			if out == nil || (family == tokensource.V1 && out.URL.RawQuery == req.URL.RawQuery) ||
+				(family == tokensource.V2 && out.Header.Get("Access-Token") == "") {
+				b.Fatal("the token was not injected")
+			}
+		})
+	}
+}
+
+// BenchmarkInspect is the cost of looking for an invalid-token code in the
+// upstream's answer: paid only for small JSON answers.
+func BenchmarkInspect(b *testing.B) {
+	small := []byte(`{"errno":0,"message":"success","data":{"appid":"tt01bench","name":"demo"}}`)
+	cases := []struct {
+		name   string
+		ctype  string
+		body   []byte
+		length int64
+	}{
+		{"small_json", "application/json", small, int64(len(small))},
+		{"small_json_unknown_length", "application/json", small, -1},
+		{"large_json", "application/json", bytes.Repeat([]byte("x"), 1<<20), 1 << 20},
+		{"not_json", "image/png", small, int64(len(small))},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			rd := bytes.NewReader(tc.body)
+			resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {tc.ctype}}, ContentLength: tc.length}
+			b.ReportAllocs()
+			for b.Loop() {
+				rd.Reset(tc.body)
+				resp.Body = io.NopCloser(rd)
+				if inspect(resp, false) != 0 {
+					b.Fatal("a success answer looked like an invalid token")
+				}
+			}
+		})
+	}
+}
