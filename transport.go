@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -235,17 +234,24 @@ func inspect(resp *http.Response, component bool) int {
 	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
 		return 0
 	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if mt != "application/json" && mt != "text/json" && !strings.HasSuffix(mt, "+json") {
+	if !isJSON(resp.Header.Get("Content-Type")) {
 		return 0
 	}
 	enc := resp.Header.Get("Content-Encoding")
 	if enc != "" && enc != "gzip" && enc != "identity" {
 		return 0
 	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxInspect+1))
+	var raw []byte
+	var err error
+	if resp.ContentLength > 0 {
+		raw = make([]byte, resp.ContentLength)
+		_, err = io.ReadFull(resp.Body, raw)
+	} else {
+		raw, err = io.ReadAll(io.LimitReader(resp.Body, maxInspect+1))
+	}
 	if err != nil || len(raw) > maxInspect {
-		// too large after all (unknown length): hand back what was read, unbuffered
+		// too large after all (unknown length), or cut short: hand back what was
+		// read in front of the rest, untouched
 		resp.Body = readCloser{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
 		return 0
 	}
@@ -265,10 +271,29 @@ func inspect(resp *http.Response, component bool) int {
 	return invalidTokenCode(plain, component)
 }
 
+// isJSON reports a JSON media type (application/json, text/json, or +json).
+func isJSON(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	mt = strings.TrimSpace(mt)
+	return strings.EqualFold(mt, "application/json") || strings.EqualFold(mt, "text/json") ||
+		len(mt) > 5 && strings.EqualFold(mt[len(mt)-5:], "+json")
+}
+
+// invalidCodes are the codes that mean "the token you sent is not valid", as
+// they appear in a JSON body: a body without one of them is not decoded.
+var invalidCodes = [][]byte{[]byte("40020"), []byte("28001003"), []byte("28001008"), []byte("40009"), []byte("40010")}
+
 // invalidTokenCode reads errno / err_no of a JSON answer and returns it if it
 // means the token sent was rejected.
 func invalidTokenCode(b []byte, component bool) int {
-	if !bytes.Contains(b, []byte(`"errno"`)) && !bytes.Contains(b, []byte(`"err_no"`)) {
+	suspect := false
+	for _, c := range invalidCodes {
+		if bytes.Contains(b, c) {
+			suspect = true
+			break
+		}
+	}
+	if !suspect {
 		return 0
 	}
 	var env struct {
