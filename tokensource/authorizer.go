@@ -83,7 +83,9 @@ func (m mode) key(appid string) string {
 func (e *Engine) due(m mode, en *entry, now time.Time, seen uint64) bool {
 	switch m {
 	case ahead:
-		return !en.fresh(now.Add(backgroundLead(en)))
+		// maintain schedules at a jittered point within 1–1.5 leads of the
+		// refresh point; any such job is honored.
+		return !en.fresh(now.Add(backgroundLead(en) * 3 / 2))
 	case renewRefresh:
 		return !en.fresh(now) || e.refreshTokenDue(en.rec, now)
 	case forced:
@@ -92,8 +94,9 @@ func (e *Engine) due(m mode, en *entry, now time.Time, seen uint64) bool {
 	return !en.fresh(now)
 }
 
-// backgroundLead: background refreshes start this long before the refresh point,
-// so requests never wait for one: a tenth of the token's life, at most a minute.
+// backgroundLead: background refreshes start about this long before the refresh
+// point, so requests never wait for one: a tenth of the token's life, at most a
+// minute (plus up to half of that as jitter, so instances do not all try at once).
 func backgroundLead(en *entry) time.Duration {
 	if en == nil || en.rec == nil {
 		return 0

@@ -155,3 +155,40 @@ func TestSecretRedactsEverywhere(t *testing.T) {
 		t.Fatal("bad fingerprint")
 	}
 }
+
+func TestClientRetrievesCodesAndListsAuthorizedAppsOfBothFamilies(t *testing.T) {
+	for _, fam := range []tokensource.Family{tokensource.V1, tokensource.V2} {
+		t.Run(string(fam), func(t *testing.T) {
+			h := newHarness(t, fam)
+			for _, id := range []string{"tt01list", "tt02list", "tt03list"} {
+				if _, err := h.emu.Authorize(id, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c, _ := tokensource.NewClient(tokensource.ClientConfig{Family: fam, Endpoint: h.srv.URL, ComponentAppID: testComponent, ComponentSecret: testSecret})
+			ct, err := c.ComponentToken(context.Background(), tokensource.Secret(h.emu.Ticket()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			apps, total, err := c.AuthorizedApps(context.Background(), ct.Token, 1, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if total != 3 || len(apps) != 2 || apps[0].AppID != "tt01list" || apps[0].AuthTime.IsZero() {
+				t.Fatalf("page 1: total %d apps %+v", total, apps)
+			}
+			code, ttl, err := c.RetrieveCode(context.Background(), ct.Token, "tt02list")
+			if err != nil || code == "" || ttl <= 0 {
+				t.Fatalf("retrieve: %v (ttl %s)", err, ttl)
+			}
+			g, err := c.ExchangeCode(context.Background(), ct.Token, code)
+			if err != nil || g.AppID != "tt02list" {
+				t.Fatalf("exchange of the retrieved code: %v %+v", err, g.AppID)
+			}
+			_, _, err = c.RetrieveCode(context.Background(), ct.Token, "tt404")
+			if !tokensource.NeedsReauthorization(err) {
+				t.Fatalf("retrieve for an unknown authorizer: %v, want authorization gone", err)
+			}
+		})
+	}
+}

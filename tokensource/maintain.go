@@ -148,7 +148,7 @@ func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
 				e.slots.Delete(appid)
 			}
 		case en.rec != nil && en.rec.State == StateActive && now.Sub(used) <= e.cfg.ActiveWindow &&
-			e.due(ahead, en, now, 0) && !now.Before(en.retryAt):
+			!en.fresh(now.Add(jittered(backgroundLead(en)))) && !now.Before(en.retryAt):
 			enqueue(job{appid, ahead})
 		}
 	}
@@ -190,4 +190,9 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 	e.summary.Store(&sum)
 	e.log.Info("authorizer sweep done", zap.Int("authorizers", len(ids)), zap.Int("renewals_scheduled", sum.RenewalsScheduled),
 		zap.Int("unreadable", sum.Unreadable), zap.Duration("took", time.Since(start)))
+}
+
+// jittered is d plus a random part of up to d/2.
+func jittered(d time.Duration) time.Duration {
+	return d + time.Duration(rand.Int64N(int64(d)/2+1))
 }
