@@ -86,22 +86,7 @@ func (e *Engine) Recover(ctx context.Context, appid string) (Info, error) {
 	if err := CheckAppID(appid); err != nil {
 		return Info{}, err
 	}
-	_, err := e.await(ctx, "\x00recover:"+appid, func() (any, error) {
-		octx, done, err := e.begin()
-		if err != nil {
-			return nil, err
-		}
-		defer done()
-		release, err := e.acquire(octx, e.keys.authorizerLock(appid))
-		if err != nil {
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock", RetryAfter: 2 * time.Second, Err: err}
-		}
-		defer release()
-		s := e.slotFor(appid)
-		prev, err := e.loadRecord(octx, appid)
-		if err != nil && !isNotExist(err) {
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record", RetryAfter: 5 * time.Second, Err: err}
-		}
+	_, err := e.locked(ctx, "\x00recover:", appid, "recover", func(octx context.Context, s *slot, prev *Record) (any, error) {
 		if prev == nil {
 			prev = &Record{AppID: appid, Family: e.family}
 		}
@@ -127,22 +112,15 @@ func (e *Engine) Forget(ctx context.Context, appid string) error {
 	if err := CheckAppID(appid); err != nil {
 		return err
 	}
-	octx, done, err := e.begin()
-	if err != nil {
-		return err
-	}
-	defer done()
-	release, err := e.acquire(octx, e.keys.authorizerLock(appid))
-	if err != nil {
-		return &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock", RetryAfter: 2 * time.Second, Err: err}
-	}
-	defer release()
-	if err := e.store.Delete(octx, e.keys.authorizer(appid)); err != nil && !isNotExist(err) {
-		return err
-	}
-	e.slots.Delete(appid)
-	e.log.Warn("authorizer record deleted by an operator", zapApp(appid))
-	return nil
+	_, err := e.locked(ctx, "\x00forget:", appid, "forget it", func(octx context.Context, _ *slot, _ *Record) (any, error) {
+		if err := e.store.Delete(octx, e.keys.authorizer(appid)); err != nil && !isNotExist(err) {
+			return nil, err
+		}
+		e.slots.Delete(appid)
+		e.log.Warn("authorizer record deleted by an operator", zapApp(appid))
+		return nil, nil
+	})
+	return err
 }
 
 // ImportResult is the outcome of importing one legacy refresh token.
@@ -168,22 +146,7 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 		res.Result, res.Detail = "failed", "authorizer_refresh_token is empty"
 		return res
 	}
-	v, err := e.await(ctx, "\x00import:"+appid, func() (any, error) {
-		octx, done, err := e.begin()
-		if err != nil {
-			return nil, err
-		}
-		defer done()
-		release, err := e.acquire(octx, e.keys.authorizerLock(appid))
-		if err != nil {
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock", RetryAfter: 2 * time.Second, Err: err}
-		}
-		defer release()
-		s := e.slotFor(appid)
-		prev, err := e.loadRecord(octx, appid)
-		if err != nil && !isNotExist(err) {
-			return nil, err
-		}
+	v, err := e.locked(ctx, "\x00import:", appid, "import it", func(octx context.Context, s *slot, prev *Record) (any, error) {
 		fp := "import:" + refreshToken.Fingerprint()
 		if prev != nil && prev.State == StateActive {
 			if prev.LastCode == fp {

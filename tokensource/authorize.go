@@ -183,25 +183,11 @@ func (e *Engine) exchangeError(appid string, err error) error {
 // Unauthorize marks the authorizer unauthorized (an UNAUTHORIZED push) and
 // forgets its tokens: requests then fail at once, with no platform call, until a
 // new code arrives. An event older than the last one applied is ignored.
-func (e *Engine) Unauthorize(_ context.Context, appid string, eventAt time.Time) error {
+func (e *Engine) Unauthorize(ctx context.Context, appid string, eventAt time.Time) error {
 	if err := CheckAppID(appid); err != nil {
 		return err
 	}
-	_, err, _ := e.sf.Do("\x00unauth:"+appid, func() (any, error) {
-		octx, done, err := e.begin()
-		if err != nil {
-			return nil, err
-		}
-		defer done()
-		release, err := e.acquire(octx, e.keys.authorizerLock(appid))
-		if err != nil {
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock to record the revocation", RetryAfter: 2 * time.Second, Err: err}
-		}
-		defer release()
-		prev, err := e.loadRecord(octx, appid)
-		if err != nil && !isNotExist(err) {
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
-		}
+	_, err := e.locked(ctx, "\x00unauth:", appid, "record the revocation", func(octx context.Context, s *slot, prev *Record) (any, error) {
 		now := e.now()
 		next := &Record{AppID: appid, Family: e.family}
 		if prev != nil {
@@ -224,10 +210,10 @@ func (e *Engine) Unauthorize(_ context.Context, appid string, eventAt time.Time)
 		next.Generation++
 		if err := e.saveRecord(octx, next); err != nil {
 			// Still stop using it here; the next push retry stores it.
-			e.slotFor(appid).cur.Store(e.newEntry(next, now))
+			s.cur.Store(e.newEntry(next, now))
 			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "storing the revocation failed", RetryAfter: 5 * time.Second, Err: err}
 		}
-		e.slotFor(appid).cur.Store(e.newEntry(next, now))
+		s.cur.Store(e.newEntry(next, now))
 		e.log.Warn("authorizer unauthorized", zapApp(appid))
 		return nil, nil
 	})
@@ -252,4 +238,27 @@ func (e *Engine) AppIDs(ctx context.Context) ([]string, error) {
 	}
 	sort.Strings(ids)
 	return ids, nil
+}
+
+// locked runs fn once per key+appid at a time (single-flight), as an engine
+// operation holding the authorizer's storage lock, with its stored record (nil
+// when there is none). what says, in errors, what the lock was needed for.
+func (e *Engine) locked(ctx context.Context, key, appid, what string, fn func(ctx context.Context, s *slot, prev *Record) (any, error)) (any, error) {
+	return e.await(ctx, key+appid, func() (any, error) {
+		octx, done, err := e.begin()
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+		release, err := e.acquire(octx, e.keys.authorizerLock(appid))
+		if err != nil {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock to " + what, RetryAfter: 2 * time.Second, Err: err}
+		}
+		defer release()
+		prev, err := e.loadRecord(octx, appid)
+		if err != nil && !isNotExist(err) {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
+		}
+		return fn(octx, e.slotFor(appid), prev)
+	})
 }
