@@ -115,6 +115,7 @@ var engines = caddy.NewUsagePool()
 // work starts with the first config's Start and ends when the last config lets go.
 type pooledEngine struct {
 	*tokensource.Engine
+	store  *liveStore // the newest config's storage
 	mu     sync.Mutex
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -262,8 +263,10 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 	rc.poolKey = "tptoken/" + appID + "/" + hex.EncodeToString(h.Sum(nil))
 	logger := a.logger.With(zap.String("component_appid", appID), zap.String("api", string(family)))
 	val, loaded, err := engines.LoadOrNew(rc.poolKey, func() (caddy.Destructor, error) {
+		store := new(liveStore)
+		store.add(a.storage)
 		e, err := tokensource.New(tokensource.Config{
-			ComponentAppID: appID, Client: client, Store: a.storage, EncryptionKey: encKey, Logger: logger,
+			ComponentAppID: appID, Client: client, Store: store, EncryptionKey: encKey, Logger: logger,
 			Observer:     metricsFor(appID), // process-wide collectors: counts survive reloads
 			RefreshAhead: time.Duration(c.RefreshAhead), RefreshTokenMargin: time.Duration(c.RefreshTokenMargin),
 			LockTimeout: time.Duration(c.LockTimeout), AllowUnlocked: c.SingleInstance,
@@ -272,7 +275,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 		if err != nil {
 			return nil, err
 		}
-		return &pooledEngine{Engine: e}, nil
+		return &pooledEngine{Engine: e, store: store}, nil
 	})
 	if err != nil {
 		if loaded {
@@ -282,15 +285,20 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 	}
 	rc.pooled = val.(*pooledEngine)
 	rc.engine = rc.pooled.Engine
+	if loaded {
+		rc.pooled.store.add(a.storage) // this config's storage serves from now on
+	}
 	return rc, nil
 }
 
-// storageIdentity names the storage for the pool key (hashed, never logged).
+// storageIdentity names the storage for the pool key (hashed, never logged):
+// its type, and its description when it has one. It must not depend on the
+// storage object, which is new in every config.
 func storageIdentity(s certmagic.Storage) string {
 	if st, ok := s.(fmt.Stringer); ok {
 		return fmt.Sprintf("%T:%s", s, st.String())
 	}
-	return fmt.Sprintf("%T:%p", s, s)
+	return fmt.Sprintf("%T", s)
 }
 
 // Start starts the engines' background work (once per engine, however many
@@ -315,6 +323,7 @@ func (a *App) Cleanup() error {
 
 func (a *App) release() {
 	for _, c := range a.comps {
+		c.pooled.store.remove(a.storage)
 		if _, err := engines.Delete(c.poolKey); err != nil {
 			a.logger.Error("closing a token engine", zap.String("component_appid", c.appID), zap.Error(err))
 		}

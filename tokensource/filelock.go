@@ -40,9 +40,13 @@ func (e *Engine) lockStorage(ctx context.Context, name string) error {
 }
 
 // breakAbandonedLock removes the FileStorage lock file of name if it was created
-// longer ago than any tptoken holder keeps a lock.
+// longer ago than any tptoken holder keeps a lock. The store may be a
+// *certmagic.FileStorage or front one (a FileStorage() method).
 func (e *Engine) breakAbandonedLock(name string) {
 	fs, ok := e.store.(*certmagic.FileStorage)
+	if f, fronts := e.store.(interface{ FileStorage() *certmagic.FileStorage }); !ok && fronts {
+		fs, ok = f.FileStorage(), f.FileStorage() != nil
+	}
 	if !ok {
 		return
 	}
