@@ -162,6 +162,7 @@ func (x *e2e) caddyfile() string {
 	if handler == "" {
 		handler = "tptoken"
 	}
+	handler = strings.ReplaceAll(handler, "{{emu}}", x.emuURL) // the platform's address, for handler blocks with their own proxy
 	admin := "off"
 	if x.admin != "" {
 		admin = x.admin

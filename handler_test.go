@@ -3,6 +3,7 @@ package tptoken
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -299,5 +300,35 @@ func TestReplayedRequestKeepsItsQuery(t *testing.T) {
 	a := x.call("POST", x.apiPath()+"?"+q, appidHeader("tt01app"), `{"n":1}`)
 	if a.Status != 200 || a.Data.Query != q || a.Data.AccessTokenHeaders != 1 || a.Data.Method != "POST" {
 		t.Fatalf("replayed request as the platform saw it: %+v", a.Data)
+	}
+}
+
+// reverse_proxy retries a request on the next upstream after a dial error. The
+// transport read the body before dialing; the retry must still carry all of it,
+// small (kept for a replay) or large (streamed).
+func TestProxyRetryAfterADialErrorSendsTheWholeBody(t *testing.T) {
+	for _, body := range []string{`{"small":true}`, `{"large":"` + strings.Repeat("z", 4000) + `"}`} {
+		dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withHandler(fmt.Sprintf(`route {
+		tptoken {
+			max_replay_body 1KiB
+		}
+		reverse_proxy %s {{emu}} {
+			lb_policy first
+			lb_retries 2
+			fail_duration 30s
+			transport tptoken
+		}
+	}`, dead)))
+		x.authorize("tt01app")
+		a := x.call("POST", x.apiPath(), appidHeader("tt01app"), body)
+		sum := sha256.Sum256([]byte(body))
+		if a.Status != 200 || a.Data.AppID != "tt01app" || a.Data.BodyLen != len(body) || a.Data.BodySHA256 != hex.EncodeToString(sum[:]) {
+			t.Fatalf("%d-byte body after a retry: status %d, upstream got %d bytes", len(body), a.Status, a.Data.BodyLen)
+		}
+		if !strings.Contains(x.debugLog(), "dial tcp "+dead) {
+			t.Fatal("the first upstream was not tried: the test did not exercise a retry")
+		}
+		_ = stopCaddy()
 	}
 }

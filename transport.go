@@ -90,6 +90,9 @@ type injection struct {
 	used           atomic.Bool
 	sent           bool            // out is in use
 	out            outgoingRequest // the first outgoing request
+	bodyRead       bool            // the request body was read (prefix)
+	prefix         []byte          // what was read of the request body
+	complete       bool            // prefix is the whole body
 }
 
 // Maximum response size inspected for an invalid-token code; larger or
@@ -105,13 +108,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	inj.used.Store(true)
 
-	replay := inj.maxReplayBody >= 0
-	var body []byte
-	if replay && req.Body != nil && req.Body != http.NoBody {
-		var ok bool
-		body, ok = bufferBody(req, inj.maxReplayBody)
-		replay = ok
-	}
+	body, replay := inj.requestBody(req)
 	resp, err := t.send(req, inj, inj.tok, body)
 	if err != nil || !replay {
 		return resp, err
@@ -139,7 +136,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // send forwards a copy of req carrying tok. req itself is never modified: it is
 // what reverse_proxy logs.
-func (t *Transport) send(req *http.Request, inj *injection, tok tokensource.Token, body []byte) (*http.Response, error) {
+func (t *Transport) send(req *http.Request, inj *injection, tok tokensource.Token, body *bodyCopy) (*http.Response, error) {
 	resp, err := t.HTTPTransport.RoundTrip(inj.outgoing(req, tok, body))
 	if err != nil && strings.Contains(err.Error(), tok.Value.Reveal()) {
 		err = errors.New("upstream round trip failed (error text withheld: it quoted the token)")
@@ -152,7 +149,7 @@ func (t *Transport) send(req *http.Request, inj *injection, tok tokensource.Toke
 // any client-sent copies removed and the rest of the query kept byte for byte;
 // v2 header access-token. The copy and its URL are one allocation, and the v2
 // header map shares the client's (unmodified) value slices.
-func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body []byte) *http.Request {
+func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *bodyCopy) *http.Request {
 	o := &inj.out // the first send uses the injection's own space: one allocation less
 	if inj.sent {
 		o = new(outgoingRequest)
@@ -178,9 +175,11 @@ func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body []
 		out.URL = &o.url
 	}
 	if body != nil {
-		out.Body = io.NopCloser(bytes.NewReader(body))
-		out.ContentLength = int64(len(body))
-		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		out.Body = body.reader()
+		if body.complete {
+			out.ContentLength = int64(len(body.buf))
+			out.GetBody = func() (io.ReadCloser, error) { return body.reader(), nil }
+		}
 	}
 	return out
 }
@@ -203,25 +202,51 @@ func (inj *injection) refetch(ctx context.Context) (tokensource.Token, error) {
 	return inj.engine.Token(ctx, inj.appid)
 }
 
-// bufferBody reads up to limit bytes of the request body for a replay. If the
-// body is larger, the part read is put back in front of the rest and the
-// request is not replayable.
-func bufferBody(req *http.Request, limit int64) ([]byte, bool) {
-	if req.ContentLength > limit {
-		return nil, false
+// requestBody is the body to send. A body of at most maxReplayBody is read
+// once and kept (the request is then replayable); the first part of a larger
+// one is kept and sent in front of the rest. reverse_proxy calls RoundTrip again
+// with the same request after a dial error, and the part already read is not
+// in req.Body any more: every attempt gets the whole body from what is kept.
+// The original body is never closed here (the server closes it).
+func (inj *injection) requestBody(req *http.Request) (body *bodyCopy, replayable bool) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return nil, inj.maxReplayBody >= 0
 	}
-	buf, err := io.ReadAll(io.LimitReader(req.Body, limit+1))
-	if err != nil || int64(len(buf)) > limit {
-		req.Body = readCloser{io.MultiReader(bytes.NewReader(buf), req.Body), req.Body}
-		return nil, false
+	if !inj.bodyRead {
+		inj.bodyRead = true
+		if inj.maxReplayBody >= 0 && req.ContentLength <= inj.maxReplayBody {
+			buf, err := io.ReadAll(io.LimitReader(req.Body, inj.maxReplayBody+1))
+			inj.prefix = buf
+			inj.complete = err == nil && int64(len(buf)) <= inj.maxReplayBody
+		}
 	}
-	_ = req.Body.Close()
-	if buf == nil {
-		buf = []byte{}
+	switch {
+	case inj.complete:
+		return &bodyCopy{buf: inj.prefix, complete: true}, true
+	case len(inj.prefix) == 0:
+		return nil, false // nothing read: req.Body goes as it is
 	}
-	return buf, true
+	return &bodyCopy{buf: inj.prefix, rest: req.Body}, false
 }
 
+// bodyCopy is what an outgoing request sends as its body.
+type bodyCopy struct {
+	buf      []byte    // the whole body (complete) or its first part
+	rest     io.Reader // the unread part (when not complete)
+	complete bool
+}
+
+func (b *bodyCopy) reader() io.ReadCloser {
+	if b.complete {
+		return io.NopCloser(bytes.NewReader(b.buf))
+	}
+	if len(b.buf) == 0 {
+		return io.NopCloser(b.rest)
+	}
+	return io.NopCloser(io.MultiReader(bytes.NewReader(b.buf), b.rest))
+}
+
+// readCloser puts a read part back in front of a body.
 type readCloser struct {
 	io.Reader
 	io.Closer

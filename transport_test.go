@@ -64,19 +64,43 @@ func TestInspectFindsInvalidTokenCodesOnlyInSmallJSONAnswers(t *testing.T) {
 	}
 }
 
-func TestBufferBodyKeepsLargeBodiesIntactAndUnreplayable(t *testing.T) {
+func TestRequestBodyIsWholeOnEveryAttemptAndReplayableOnlyWhenSmall(t *testing.T) {
+	read := func(b *bodyCopy, req *http.Request) string {
+		if b == nil {
+			got, _ := io.ReadAll(req.Body)
+			return string(got)
+		}
+		got, _ := io.ReadAll(b.reader())
+		return string(got)
+	}
+	// A small body is read once and sent whole on every attempt (reverse_proxy
+	// calls RoundTrip again after a dial error), and on the replay.
 	small := "small body"
 	req, _ := http.NewRequest(http.MethodPost, "http://x/", strings.NewReader(small))
-	b, ok := bufferBody(req, 64)
-	if !ok || string(b) != small {
-		t.Fatalf("small body: %q %v", b, ok)
+	inj := &injection{maxReplayBody: 64}
+	for attempt := range 3 {
+		b, replayable := inj.requestBody(req)
+		if !replayable || read(b, req) != small {
+			t.Fatalf("attempt %d: replayable %v", attempt, replayable)
+		}
 	}
+	// A large body of unknown length: the part read to find its size is sent in
+	// front of the rest, and a retry after a dial error (nothing sent) still
+	// sends all of it.
 	large := strings.Repeat("y", 1000)
-	req, _ = http.NewRequest(http.MethodPost, "http://x/", io.NopCloser(strings.NewReader(large))) // unknown length
-	if _, ok := bufferBody(req, 64); ok {
-		t.Fatal("a body over the limit was buffered for replay")
+	req, _ = http.NewRequest(http.MethodPost, "http://x/", io.NopCloser(strings.NewReader(large)))
+	inj = &injection{maxReplayBody: 64}
+	if _, replayable := inj.requestBody(req); replayable {
+		t.Fatal("a body over max_replay_body was made replayable")
 	}
-	if got, _ := io.ReadAll(req.Body); string(got) != large {
-		t.Fatal("the large body lost the part read while checking its size")
+	b, _ := inj.requestBody(req) // the retry, before anything was sent
+	if got := read(b, req); got != large {
+		t.Fatalf("the retried body has %d bytes, want %d", len(got), len(large))
+	}
+	// Replay off: the body is not touched at all.
+	req, _ = http.NewRequest(http.MethodPost, "http://x/", strings.NewReader(small))
+	inj = &injection{maxReplayBody: -1}
+	if b, replayable := inj.requestBody(req); b != nil || replayable || read(b, req) != small {
+		t.Fatal("with replay off the body was read or replaced")
 	}
 }
