@@ -3,8 +3,8 @@ package tptoken
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
