@@ -4,7 +4,7 @@ GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK ?= $(GOBIN)/staticcheck
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: test vet staticcheck tools build run run-check fmt
+.PHONY: test vet staticcheck tools build run run-check fmt bench bench-instructions
 
 ## test: vet, staticcheck and every test with the race detector
 test: vet staticcheck
@@ -36,3 +36,13 @@ run-check:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+## bench: the Go benchmarks (handler, Token, query editing, response inspection,
+## a request through Caddy), COUNT runs each, medians and spread (scripts/bench.sh)
+bench:
+	GO=$(GO) bash scripts/bench.sh
+
+## bench-instructions: instructions per request through Caddy under callgrind,
+## steady where time is not (scripts/bench-instructions.sh; needs valgrind)
+bench-instructions:
+	GO=$(GO) bash scripts/bench-instructions.sh

@@ -1,0 +1,100 @@
+package tptoken
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+// stubUpstream answers every request at once with the small JSON success
+// answer of scripts/bench-load.sh's upstream, without a network.
+type stubUpstream struct{ body []byte }
+
+func (s stubUpstream) RoundTrip(r *http.Request) (*http.Response, error) {
+	return &http.Response{StatusCode: http.StatusOK, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": {"application/json"}},
+		Body:          io.NopCloser(bytes.NewReader(s.body)),
+		ContentLength: int64(len(s.body)), Request: r}, nil
+}
+
+// BenchmarkTransportRoundTrip is what the tptoken transport adds to Caddy's
+// HTTP transport per request: the outgoing copy with the token injected, the
+// buffering of a request body for a replay, and the inspection of a small JSON
+// answer. The upstream is a stub behind a real *http.Transport (a registered
+// scheme), so the network is left out and the "plain" case is the baseline.
+// The tptoken cases include the handler's allocation of the injection.
+func BenchmarkTransportRoundTrip(b *testing.B) {
+	answer := []byte(`{"errno":0,"message":"success","data":{"appid":"tt0000bench01","name":"bench","status":1,"ts":1764057600}}`)
+	ht := &http.Transport{}
+	ht.RegisterProtocol("stub", stubUpstream{answer})
+	post := bytes.Repeat([]byte("x"), 1024)
+	tok := tokensource.Token{Value: tokensource.Secret(strings.Repeat("0801121846735a4a", 4)), AppID: "tt01bench", Family: tokensource.V1}
+	for _, bc := range []struct {
+		name   string
+		plain  bool
+		replay int64 // max_replay_body; -1: off
+		body   []byte
+	}{
+		{"plain_http_transport", true, 0, nil},
+		{"tptoken_replay_off", false, -1, nil},
+		{"tptoken_replay_on", false, defaultMaxReplayBody, nil},
+		{"plain_http_transport_post_1KiB", true, 0, post},
+		{"tptoken_replay_on_post_1KiB", false, defaultMaxReplayBody, post},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var rt http.RoundTripper = &reverseproxy.HTTPTransport{Transport: ht}
+			if !bc.plain {
+				rt = &Transport{HTTPTransport: reverseproxy.HTTPTransport{Transport: ht}, logger: zap.NewNop()}
+			}
+			req := httptest.NewRequest(http.MethodGet, "stub://upstream/openapi/v1/microapp/app/info?page=1&page_size=20", nil)
+			req.RequestURI = ""
+			vars := map[string]any{}
+			req = req.WithContext(context.WithValue(req.Context(), caddyhttp.VarsCtxKey, vars))
+			var rd bytes.Reader
+			b.ReportAllocs()
+			for b.Loop() {
+				// Each request has a new injection, allocated by the handler (also
+				// counted in BenchmarkHandlerCachedToken).
+				if !bc.plain {
+					vars[injectionVar] = &injection{family: tokensource.V1, componentAppID: e2eComponent, appid: "tt01bench", tok: tok, maxReplayBody: bc.replay}
+				}
+				if bc.body != nil {
+					rd.Reset(bc.body)
+					req.Body, req.ContentLength = io.NopCloser(&rd), int64(len(bc.body))
+				}
+				resp, err := rt.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body) // what reverse_proxy does with it
+				_ = resp.Body.Close()
+			}
+		})
+	}
+}
+
+// BenchmarkTakeQueryParam is the `appid query <name>` carrier: reading the
+// appid and removing it from the query, byte for byte.
+func BenchmarkTakeQueryParam(b *testing.B) {
+	for _, bc := range []struct{ name, raw string }{
+		{"absent", "page=1&page_size=20&status=1"},
+		{"present", "page=1&appid=tt0123456789abcdef&page_size=20"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_, _, _ = takeQueryParam(bc.raw, "appid")
+			}
+		})
+	}
+}
