@@ -62,8 +62,8 @@ type injectionKey struct{}
 
 // attach hands inj to the transport through r's variables (or its context).
 func attach(r *http.Request, inj *injection) *http.Request {
-	if _, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
-		caddyhttp.SetVar(r.Context(), injectionVar, inj)
+	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		vars[injectionVar] = inj // caddyhttp.SetVar, without walking the context again
 		return r
 	}
 	return r.WithContext(context.WithValue(r.Context(), injectionKey{}, inj))
@@ -78,21 +78,23 @@ func injectionOf(r *http.Request) *injection {
 	return inj
 }
 
-// injection is what the handler resolved for one request.
+// injection is what the handler resolved for one request. It is allocated for
+// every request: the flags sit together so that it fits the 640-byte size
+// class (scattered, their padding took it to 704).
 type injection struct {
 	engine         *tokensource.Engine
 	family         tokensource.Family
 	componentAppID string
-	component      bool // component token instead of authorizer token
 	appid          string
 	tok            tokensource.Token
 	maxReplayBody  int64 // < 0: no replay
 	used           atomic.Bool
+	component      bool            // component token instead of authorizer token
 	sent           bool            // out is in use
-	out            outgoingRequest // the first outgoing request
 	bodyRead       bool            // the request body was read (prefix)
-	prefix         []byte          // what was read of the request body
 	complete       bool            // prefix is the whole body
+	out            outgoingRequest // the first outgoing request
+	prefix         []byte          // what was read of the request body
 }
 
 // Maximum response size inspected for an invalid-token code; larger or
@@ -259,10 +261,12 @@ func inspect(resp *http.Response, component bool) int {
 	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
 		return 0
 	}
-	if !isJSON(resp.Header.Get("Content-Type")) {
+	// The keys are canonical: index the map instead of Header.Get, which
+	// canonicalizes its argument on every call.
+	if !isJSON(firstValue(resp.Header, "Content-Type")) {
 		return 0
 	}
-	enc := resp.Header.Get("Content-Encoding")
+	enc := firstValue(resp.Header, "Content-Encoding")
 	if enc != "" && enc != "gzip" && enc != "identity" {
 		return 0
 	}
@@ -281,7 +285,9 @@ func inspect(resp *http.Response, component bool) int {
 		return 0
 	}
 	_ = resp.Body.Close()
-	resp.Body = io.NopCloser(bytes.NewReader(raw))
+	body := new(bytesBody)
+	body.Reset(raw)
+	resp.Body = body
 	plain := raw
 	if enc == "gzip" {
 		zr, err := gzip.NewReader(bytes.NewReader(raw))
@@ -296,6 +302,21 @@ func inspect(resp *http.Response, component bool) int {
 	return invalidTokenCode(plain, component)
 }
 
+// firstValue is h.Get(key) for a key already in canonical form.
+func firstValue(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// bytesBody is an inspected answer handed back to reverse_proxy: what
+// io.NopCloser(bytes.NewReader(b)) is (WriteTo included), in one allocation.
+type bytesBody struct{ bytes.Reader }
+
+// Close does nothing: the upstream's body is closed already.
+func (*bytesBody) Close() error { return nil }
+
 // isJSON reports a JSON media type (application/json, text/json, or +json).
 func isJSON(contentType string) bool {
 	mt, _, _ := strings.Cut(contentType, ";")
@@ -305,20 +326,36 @@ func isJSON(contentType string) bool {
 }
 
 // invalidCodes are the codes that mean "the token you sent is not valid", as
-// they appear in a JSON body: a body without one of them is not decoded.
-var invalidCodes = [][]byte{[]byte("40020"), []byte("28001003"), []byte("28001008"), []byte("40009"), []byte("40010")}
+// they appear in a JSON body: a body without one of them is not decoded. They
+// are grouped by a common prefix, so a success answer (which holds neither
+// prefix) is scanned twice, not once per code.
+var invalidCodes = []struct {
+	prefix []byte
+	codes  [][]byte
+}{
+	{[]byte("400"), [][]byte{[]byte("40020"), []byte("40009"), []byte("40010")}},
+	{[]byte("2800100"), [][]byte{[]byte("28001003"), []byte("28001008")}},
+}
+
+// holdsInvalidCode reports whether b holds one of invalidCodes anywhere.
+func holdsInvalidCode(b []byte) bool {
+	for _, g := range invalidCodes {
+		if !bytes.Contains(b, g.prefix) {
+			continue
+		}
+		for _, c := range g.codes {
+			if bytes.Contains(b, c) {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // invalidTokenCode reads errno / err_no of a JSON answer and returns it if it
 // means the token sent was rejected.
 func invalidTokenCode(b []byte, component bool) int {
-	suspect := false
-	for _, c := range invalidCodes {
-		if bytes.Contains(b, c) {
-			suspect = true
-			break
-		}
-	}
-	if !suspect {
+	if !holdsInvalidCode(b) {
 		return 0
 	}
 	var env struct {
