@@ -4,7 +4,7 @@ GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK ?= $(GOBIN)/staticcheck
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: test vet staticcheck tools build run run-check fmt bench bench-instructions
+.PHONY: test vet staticcheck tools build run run-check fmt bench bench-load bench-instructions
 
 ## test: vet, staticcheck and every test with the race detector
 test: vet staticcheck
@@ -41,6 +41,11 @@ fmt:
 ## a request through Caddy), COUNT runs each, medians and spread (scripts/bench.sh)
 bench:
 	GO=$(GO) bash scripts/bench.sh
+
+## bench-load: plain reverse_proxy against tptoken in one Caddy, wrk in alternating
+## rounds: req/s, p50/p99, CPU per request and the ratios (scripts/bench-load.sh)
+bench-load:
+	GO=$(GO) bash scripts/bench-load.sh
 
 ## bench-instructions: instructions per request through Caddy under callgrind,
 ## steady where time is not (scripts/bench-instructions.sh; needs valgrind)
