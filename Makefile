@@ -4,7 +4,7 @@ GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK ?= $(GOBIN)/staticcheck
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: test vet staticcheck tools build run run-check fmt bench bench-load bench-instructions
+.PHONY: test vet staticcheck tools build run run-check fmt bench bench-load bench-scale bench-instructions
 
 ## test: vet, staticcheck and every test with the race detector
 test: vet staticcheck
@@ -46,6 +46,11 @@ bench:
 ## rounds: req/s, p50/p99, CPU per request and the ratios (scripts/bench-load.sh)
 bench-load:
 	GO=$(GO) bash scripts/bench-load.sh
+
+## bench-scale: 10,000 cold authorizers, 100,000 records (renewal rate, start-up,
+## first sweep), memory per cached authorizer, a 1,000-request stampede (scripts/bench-scale.sh)
+bench-scale:
+	GO=$(GO) bash scripts/bench-scale.sh
 
 ## bench-instructions: instructions per request through Caddy under callgrind,
 ## steady where time is not (scripts/bench-instructions.sh; needs valgrind)
