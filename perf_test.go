@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
@@ -75,5 +76,31 @@ func TestInspectedBodyReadsAndWritesToLikeTheOriginal(t *testing.T) {
 	}
 	if err := resp.Body.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestReadUpToReadsWhatIOReadAllReads(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789"), 300) // 3,000 bytes
+	readers := map[string]func(b []byte) io.Reader{
+		"plain":      func(b []byte) io.Reader { return bytes.NewReader(b) },
+		"one byte":   func(b []byte) io.Reader { return iotest.OneByteReader(bytes.NewReader(b)) },
+		"data + EOF": func(b []byte) io.Reader { return iotest.DataErrReader(bytes.NewReader(b)) },
+		"error": func(b []byte) io.Reader {
+			return io.MultiReader(bytes.NewReader(b[:len(b)/2]), iotest.ErrReader(io.ErrClosedPipe))
+		},
+	}
+	for name, mk := range readers {
+		for _, size := range []int{0, 1, 1000, 1024, 1025, 3000} {
+			for _, announced := range []int64{-1, 0, int64(size), int64(size) - 1, int64(size) + 1, 5000} {
+				for _, limit := range []int64{1025, 4097} {
+					want, werr := io.ReadAll(io.LimitReader(mk(data[:size]), limit))
+					got, gerr := readUpTo(mk(data[:size]), announced, limit)
+					if !bytes.Equal(got, want) || (gerr == nil) != (werr == nil) {
+						t.Fatalf("%s, %d bytes announced as %d, limit %d: got %d bytes, %v; io.ReadAll: %d bytes, %v",
+							name, size, announced, limit, len(got), gerr, len(want), werr)
+					}
+				}
+			}
+		}
 	}
 }

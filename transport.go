@@ -217,7 +217,7 @@ func (inj *injection) requestBody(req *http.Request) (body *bodyCopy, replayable
 	if !inj.bodyRead {
 		inj.bodyRead = true
 		if inj.maxReplayBody >= 0 && req.ContentLength <= inj.maxReplayBody {
-			buf, err := io.ReadAll(io.LimitReader(req.Body, inj.maxReplayBody+1))
+			buf, err := readUpTo(req.Body, req.ContentLength, inj.maxReplayBody+1)
 			inj.prefix = buf
 			inj.complete = err == nil && int64(len(buf)) <= inj.maxReplayBody
 		}
@@ -229,6 +229,27 @@ func (inj *injection) requestBody(req *http.Request) (body *bodyCopy, replayable
 		return nil, false // nothing read: req.Body goes as it is
 	}
 	return &bodyCopy{buf: inj.prefix, rest: req.Body}, false
+}
+
+// readUpTo is io.ReadAll(io.LimitReader(r, limit)) that reads a body of
+// announced length (a Content-Length) into one buffer of that size, where
+// io.ReadAll starts at 512 bytes and grows (three allocations and twice the
+// bytes for a 1 KiB body).
+func readUpTo(r io.Reader, announced, limit int64) ([]byte, error) {
+	lr := io.LimitReader(r, limit)
+	if announced <= 0 || announced >= limit {
+		return io.ReadAll(lr)
+	}
+	buf := make([]byte, announced+1) // one more: a body longer than announced shows
+	n, err := io.ReadFull(lr, buf)
+	switch {
+	case err == io.EOF || err == io.ErrUnexpectedEOF:
+		return buf[:n], nil
+	case err != nil:
+		return buf[:n], err
+	}
+	rest, err := io.ReadAll(lr) // longer than announced: the rest, as io.ReadAll would
+	return append(buf, rest...), err
 }
 
 // bodyCopy is what an outgoing request sends as its body.
