@@ -28,6 +28,9 @@
 #	                 so no site always follows the same one
 #	BASE_PORT=18480  ports BASE_PORT..BASE_PORT+6 on 127.0.0.1 (admin, A, B, C, events, emulator, upstream)
 #	OUT=.bench/load-<time>  where results go (results.tsv, wrk outputs, caddy.log)
+#	IDLE_CONNS=128   upstream keep-alive connections kept idle per site (Caddy's
+#	                 default, 32, makes ~15% of requests open a new connection at
+#	                 -c64, alike in every site but with a large random spread)
 #	PIN=0            1: Caddy on CPU 0, wrk and the upstream on CPU 1 (taskset):
 #	                 Caddy then has a core to itself (GOMAXPROCS 1) and is the
 #	                 bottleneck, so its cost per request shows 1:1 in throughput
@@ -48,6 +51,7 @@ SITES=${SITES:-"A B C"}
 BASE_PORT=${BASE_PORT:-18480}
 PROFILE=${PROFILE:-0}
 PIN=${PIN:-0}
+IDLE_CONNS=${IDLE_CONNS:-128}
 ORDER=${ORDER:-fixed}
 export PATH="$PATH:/usr/local/go/bin"
 GO=${GO:-go}
@@ -81,6 +85,7 @@ export BENCH_EVENTS_PORT=$((BASE_PORT + 4))
 export BENCH_EMU_PORT=$((BASE_PORT + 5))
 export BENCH_UPSTREAM_PORT=$((BASE_PORT + 6))
 export BENCH_DIR=$OUT
+export BENCH_IDLE_CONNS=$IDLE_CONNS
 # Made-up secrets shared by the emulator and tptoken.
 export BENCH_TP_APPSECRET=bench-tp-appsecret
 export BENCH_TP_MESSAGE_TOKEN=bench-tp-message-token
@@ -183,9 +188,11 @@ for s in $SITES; do
 done
 
 results=$OUT/results.tsv
-printf 'round\tsite\trps\tp50_ms\tp99_ms\trequests\tcpu_us_per_req\tnon2xx\tsocket_errors\n' >"$results"
+printf 'round\tsite\trps\tp50_ms\tp99_ms\trequests\tcpu_us_per_req\tnon2xx\tsocket_errors\tupstream_conns\n' >"$results"
+# upstream_conns: connections the upstream accepted (all sites), from its stats.
+upstream_conns() { curl -sS "http://127.0.0.1:$BENCH_UPSTREAM_PORT/_bench/stats" | awk '$1 == "connections" { print $2 }'; }
 echo "==> $ROUNDS rounds x ${DURATION}s per site (wrk -t$THREADS -c$CONNS --latency), order: $SITES ($ORDER)$([ "$PIN" = 1 ] && echo ", Caddy pinned to CPU 0, wrk and upstream to CPU 1")"
-printf '%-5s %-4s %10s %9s %9s %10s %12s\n' round site 'req/s' 'p50 ms' 'p99 ms' requests 'CPU us/req'
+printf '%-5s %-4s %10s %9s %9s %10s %12s %9s\n' round site 'req/s' 'p50 ms' 'p99 ms' requests 'CPU us/req' 'up conns'
 read -r -a site_list <<<"$SITES"
 for r in $(seq 1 "$ROUNDS"); do
 	order=("${site_list[@]}")
@@ -195,13 +202,15 @@ for r in $(seq 1 "$ROUNDS"); do
 	fi
 	for s in "${order[@]}"; do
 		f="$OUT/round-$r-$s.txt"
+		c0=$(upstream_conns)
 		t0=$(cpu_ticks "$caddy_pid")
 		wrk_run "$s" "$DURATION" "$f"
 		t1=$(cpu_ticks "$caddy_pid")
+		c1=$(upstream_conns)
 		read -r rps p50 p99 n bad errs < <(parse_wrk "$f")
 		cpu=$(awk -v d=$((t1 - t0)) -v hz="$clk_tck" -v n="$n" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
-		printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$rps" "$p50" "$p99" "$n" "$cpu" "$bad" "$errs" >>"$results"
-		printf '%-5s %-4s %10s %9s %9s %10s %12s' "$r" "$s" "$rps" "$p50" "$p99" "$n" "$cpu"
+		printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$rps" "$p50" "$p99" "$n" "$cpu" "$bad" "$errs" $((c1 - c0)) >>"$results"
+		printf '%-5s %-4s %10s %9s %9s %10s %12s %9s' "$r" "$s" "$rps" "$p50" "$p99" "$n" "$cpu" $((c1 - c0))
 		((bad > 0 || errs > 0)) && printf '   (non-2xx: %s, socket errors: %s)' "$bad" "$errs"
 		printf '\n'
 	done

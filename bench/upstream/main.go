@@ -8,13 +8,15 @@
 //
 // GET /_bench/stats answers how many requests arrived with and without an
 // injected authorizer_access_token, so the script can check that the tptoken
-// sites really injected one.
+// sites really injected one, and how many connections were opened to it (a
+// proxy that keeps too few idle connections opens new ones under load).
 package main
 
 import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -30,10 +32,10 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:9001", "address to listen on (loopback)")
 	flag.Parse()
 	length := strconv.Itoa(len(body))
-	var withToken, without atomic.Int64
+	var withToken, without, conns atomic.Int64
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/_bench/stats" {
-			fmt.Fprintf(w, "with_token %d\nwithout_token %d\n", withToken.Load(), without.Load())
+			fmt.Fprintf(w, "with_token %d\nwithout_token %d\nconnections %d\n", withToken.Load(), without.Load(), conns.Load())
 			return
 		}
 		if strings.Contains(r.URL.RawQuery, "authorizer_access_token=") {
@@ -46,6 +48,11 @@ func main() {
 		hd["Content-Length"] = []string{length}
 		_, _ = w.Write(body)
 	})
-	srv := &http.Server{Addr: *listen, Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
+	srv := &http.Server{Addr: *listen, Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
+		}}
 	log.Fatal(srv.ListenAndServe())
 }
