@@ -77,6 +77,25 @@ func TestInspectedBodyReadsAndWritesToLikeTheOriginal(t *testing.T) {
 	if err := resp.Body.Close(); err != nil {
 		t.Fatal(err)
 	}
+
+	// Read ends like net/http's body of a known length: io.EOF with the last
+	// bytes, so reverse_proxy's copy loop (one allocation per turn) turns once.
+	resp.Body = io.NopCloser(strings.NewReader(body))
+	if code := inspect(resp, false); code != 0 {
+		t.Fatalf("code %d", code)
+	}
+	buf := make([]byte, 32<<10)
+	n, err := resp.Body.Read(buf[:10])
+	if n != 10 || err != nil {
+		t.Fatalf("first 10 bytes: %d, %v", n, err)
+	}
+	n, err = resp.Body.Read(buf)
+	if string(buf[:n]) != body[10:] || err != io.EOF {
+		t.Fatalf("the rest in one read: %q, %v; want %q with io.EOF", buf[:n], err, body[10:])
+	}
+	if n, err = resp.Body.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("after the end: %d, %v", n, err)
+	}
 }
 
 func TestReadUpToReadsWhatIOReadAllReads(t *testing.T) {
