@@ -98,11 +98,16 @@ func (h *harness) engine(opts ...engineOpt) *tokensource.Engine {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	cfg := tokensource.Config{
-		ComponentAppID: testComponent, Client: client, Store: h.store(), Logger: h.logger,
-		Now: h.clock.Now, RetryBase: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond,
-		LockTimeout: 20 * time.Second,
-	}
+	return h.start(tokensource.Config{Client: client, Logger: h.logger, LockTimeout: 20 * time.Second}, opts)
+}
+
+// start completes cfg (the harness's component, a fresh storage object on the
+// shared folder, the fake clock, short retries), applies opts, builds the
+// engine (closed at cleanup) and gives it the current ticket.
+func (h *harness) start(cfg tokensource.Config, opts []engineOpt) *tokensource.Engine {
+	h.t.Helper()
+	cfg.ComponentAppID, cfg.Store, cfg.Now = testComponent, h.store(), h.clock.Now
+	cfg.RetryBase, cfg.RetryMax = 5*time.Millisecond, 50*time.Millisecond
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -83,22 +83,7 @@ func (h *harness) tappedEngine(tap *platformTap, opts ...engineOpt) *tokensource
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	cfg := tokensource.Config{
-		ComponentAppID: testComponent, Client: client, Store: h.store(), Logger: zap.NewNop(),
-		Now: h.clock.Now, RetryBase: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond,
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	e, err := tokensource.New(cfg)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() { _ = e.Close() })
-	if err := e.StoreTicket(context.Background(), tokensource.Secret(h.emu.Ticket()), h.clock.Now()); err != nil {
-		h.t.Fatal(err)
-	}
-	return e
+	return h.start(tokensource.Config{Client: client, Logger: zap.NewNop()}, opts)
 }
 
 // diskRecord mirrors the engine's on-disk record (tokensource/record.go), as a
