@@ -3,12 +3,14 @@ package tptoken
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,28 +34,39 @@ type adminAnswer struct {
 // header Caddy requires.
 func adminCall(t *testing.T, addr, method, path, body string) adminAnswer {
 	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
+	// Caddy stops the admin server of the previous config in the background
+	// (replaceLocalAdminServer), and both listen on the address for a moment:
+	// a connection the old one accepts just before it closes ends without an
+	// answer. Such a request was never served, so it is sent again, briefly.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, err := http.NewRequest(method, "http://"+addr+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Origin", "http://"+addr)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+		if err != nil {
+			if (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return adminAnswer{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}
 	}
-	req, err := http.NewRequest(method, "http://"+addr+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Origin", "http://"+addr)
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return adminAnswer{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}
 }
 
 // adminDo calls the admin API of x, checks that the answer holds no secret,
