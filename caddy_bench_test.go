@@ -3,7 +3,6 @@ package tptoken
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -55,7 +54,7 @@ func BenchmarkCaddyRequest(b *testing.B) {
 
 	ports := make([]int, 4)
 	for i := range ports {
-		ports[i] = freePortB(b)
+		ports[i] = freePort(b)
 	}
 	upstream := strings.TrimPrefix(up.URL, "http://")
 	cfg := fmt.Sprintf(`{
@@ -151,14 +150,4 @@ http://127.0.0.1:%d {
 			}
 		})
 	}
-}
-
-func freePortB(b *testing.B) int {
-	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -145,15 +145,31 @@ func newE2E(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, opts
 	return x
 }
 
-func freePort(t *testing.T) int {
+// freePort is a loopback port nothing listens on, and one this test process
+// has not handed out before: the kernel may give the same free port to two
+// calls in a row, and a test that asked for two would get one twice.
+func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if !portsGiven[port] {
+			portsGiven[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // caddyfile is the configuration under test: secrets from {env.*}, file storage
 // in a temp folder, everything logged at DEBUG to a file.
