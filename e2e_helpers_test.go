@@ -24,6 +24,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	"github.com/tptoken/caddy-tptoken/emulator"
+	"github.com/tptoken/caddy-tptoken/internal/testport"
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
@@ -145,31 +146,8 @@ func newE2E(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, opts
 	return x
 }
 
-// freePort is a loopback port nothing listens on, and one this test process
-// has not handed out before: the kernel may give the same free port to two
-// calls in a row, and a test that asked for two would get one twice.
-func freePort(t testing.TB) int {
-	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		if !portsGiven[port] {
-			portsGiven[port] = true
-			return port
-		}
-	}
-}
-
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[int]bool{}
-)
+// freePort is a free loopback port, never the same twice in one process.
+func freePort(t testing.TB) int { return testport.Free(t) }
 
 // caddyfile is the configuration under test: secrets from {env.*}, file storage
 // in a temp folder, everything logged at DEBUG to a file.

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"github.com/tptoken/caddy-tptoken/emulator"
+	"github.com/tptoken/caddy-tptoken/internal/testport"
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
@@ -119,31 +119,8 @@ func newCluster(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, 
 	return c
 }
 
-// freePort is a loopback port nothing listens on, and one this test process
-// has not handed out before: the kernel may give the same free port to two
-// calls in a row, and a test that asked for two would get one twice.
-func freePort(t testing.TB) int {
-	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		_ = l.Close()
-		if !portsGiven[port] {
-			portsGiven[port] = true
-			return port
-		}
-	}
-}
-
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[int]bool{}
-)
+// freePort is a free loopback port, never the same twice in one process.
+func freePort(t testing.TB) int { return testport.Free(t) }
 
 // start launches one more instance (or restarts in) and waits until it serves.
 func (c *cluster) start(asUser *syscall.Credential) *instance {
