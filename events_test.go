@@ -27,7 +27,7 @@ import (
 // here with tokensource.PushCrypto, as the platform does, then delivered (or
 // tampered with first).
 
-// pushPayload is a decrypted push (protocol.md §3).
+// pushPayload is a decrypted push (docs/protocol.md §Pushes).
 type pushPayload struct {
 	AppID                      string `json:"AppId,omitempty"`
 	TpAppID                    string `json:"TpAppId,omitempty"`

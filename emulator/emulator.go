@@ -57,7 +57,7 @@ const (
 )
 
 // pushRetries is how often the platform retries a push that was not answered
-// with "success" (protocol.md §3).
+// with "success" (docs/protocol.md §Pushes).
 const pushRetries = 3
 
 // Config configures an Emulator. Zero durations take the defaults above.

@@ -18,8 +18,8 @@ import (
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
-// Paths of the emulated endpoints (protocol.md §1–§2). v2 paths are matched
-// with or without their trailing slash.
+// Paths of the emulated endpoints (docs/protocol.md, §Component token to
+// §Downstream APIs). v2 paths are matched with or without their trailing slash.
 const (
 	PathV1ComponentToken = "/openapi/v1/auth/tp/token"
 	PathV1OAuthToken     = "/openapi/v1/oauth/token"
@@ -113,7 +113,7 @@ func apiErr(code int, format string, args ...any) *apiError {
 	return &apiError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
-// Platform error codes the emulator answers (protocol.md §1d, §2).
+// Platform error codes the emulator answers (docs/protocol.md §Errors).
 const (
 	ErrnoParam                = 40001 // 参数错误 / missing parameter
 	ErrnoMissing              = 40002 // 缺少参数

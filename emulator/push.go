@@ -25,7 +25,7 @@ var (
 	ErrPushRejected = errors.New("emulator: push not acknowledged with \"success\"")
 )
 
-// ticketPayload is the decrypted ticket push (protocol.md §3).
+// ticketPayload is the decrypted ticket push (docs/protocol.md §Pushes).
 type ticketPayload struct {
 	Ticket       string `json:"Ticket"`
 	FromUserName string `json:"FromUserName"`

@@ -69,7 +69,7 @@ func (c Class) String() string {
 }
 
 // codeClasses is the one table of platform codes the engine acts on
-// (reference: protocol.md §1d and §2).
+// (docs/protocol.md §Errors).
 var codeClasses = map[int]Class{
 	40000:    ClassRetryable, // 系统错误
 	40045:    ClassRetryable, // 生成 token 失败,请重试

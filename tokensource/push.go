@@ -24,7 +24,7 @@ import (
 
 // Push crypto: the platform POSTs component tickets and authorization events to
 // the TP's 授权事件接收 URL as {"Nonce","TimeStamp","Encrypt","MsgSignature"}
-// (protocol.md §3). MsgSignature is SHA1 over the sorted message token,
+// (docs/protocol.md §Pushes). MsgSignature is SHA1 over the sorted message token,
 // timestamp, nonce and Encrypt; Encrypt is base64 of AES-256-CBC over
 // [32 random bytes][4-byte big-endian length][JSON][TP appid], PKCS#7-padded to
 // 32-byte blocks, with key = base64(EncodingAESKey+"=") and IV = key[:16].

@@ -16,7 +16,7 @@ import (
 
 // The public vector: SKIT's unit test (fudiwei/DotNetCore.SKIT.FlurlHttpClient.ByteDance,
 // test/SKIT.FlurlHttpClient.ByteDance.MicroApp.UnitTests/TestCase_EventVerificationTests.cs),
-// checked against the official demo algorithm in protocol.md §3.
+// checked against the official demo's algorithm (docs/protocol.md §Pushes).
 const (
 	vecToken     = "QDG6eK"
 	vecAESKey    = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
