@@ -244,6 +244,25 @@ func TestEveryLocalAuthorizationOrdersLaterPushes(t *testing.T) {
 			_, err := e.Recover(ctx, appid)
 			return err
 		},
+		"import": func(appid string, code tokensource.Secret) error {
+			// A legacy system exchanged the code; its refresh token is imported.
+			ct, err := e.ComponentToken(ctx)
+			if err != nil {
+				return err
+			}
+			client, err := tokensource.NewClient(tokensource.ClientConfig{Endpoint: h.srv.URL, ComponentAppID: testComponent, ComponentSecret: testSecret})
+			if err != nil {
+				return err
+			}
+			g, err := client.ExchangeCode(ctx, ct.Value, code)
+			if err != nil {
+				return err
+			}
+			if r := e.Import(ctx, appid, g.RefreshToken, time.Time{}); r.Result != "imported" {
+				return errors.New(r.Result + ": " + r.Detail)
+			}
+			return nil
+		},
 	}
 	i := 0
 	for name, do := range reauth {
