@@ -15,13 +15,13 @@ import (
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
-// Authorization links (protocol.md §1c): pre_auth_code and gen_link in both
+// Authorization links (docs/protocol.md, "Authorization links"): pre_auth_code and gen_link in both
 // families, and the authorization page a link opens. The page stands in for
 // the merchant: GET it with the emulator-only parameter emulator_appid=<appid>
 // (or call FollowAuthLink) and it authorizes that mini-app, then answers 302 to
 // the link's redirect_uri with authorization_code and expires_in added to the
 // redirect_uri's own query. The platform's docs do not say what it keeps of
-// that query; the emulator keeps all of it (docs/protocol.md).
+// that query; the emulator keeps all of it.
 
 // Paths of the link endpoints and of the authorization page.
 const (
@@ -38,7 +38,7 @@ const (
 	OpGenLink     = "gen_link"
 )
 
-// Lives of pre-auth codes and links (protocol.md §1c).
+// Lives of pre-auth codes and links.
 const (
 	preAuthLife     = 10 * time.Minute
 	preAuthLifeFull = 24 * time.Hour // 代创建 codes and gen_link links

@@ -226,7 +226,8 @@ func (p *PushCrypto) Open(body []byte) (*PushMessage, error) {
 }
 
 // parsePushStamp reads the envelope's TimeStamp: Unix seconds as in the
-// platform's examples (docs/protocol.md), or milliseconds when it has 13 digits or more.
+// platform's examples, or milliseconds when it has 13 digits or more
+// (docs/protocol.md, "Pushes: time window and replays").
 func parsePushStamp(s string) (time.Time, bool) {
 	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
 	switch {

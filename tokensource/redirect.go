@@ -48,7 +48,7 @@ const (
 
 // ValidAuthorizationCode reports whether s can be a platform authorization
 // code. The platform does not document the format (docs/protocol.md, section
-// "The public endpoint"), so the check is permissive: MinCodeLen to MaxCodeLen
+// "Authorization codes from the redirect"), so the check is permissive: MinCodeLen to MaxCodeLen
 // letters, digits or any of - . _ ~ + / = @ : *. It keeps junk (blanks,
 // control bytes, markup, megabytes) away from the platform, nothing more.
 func ValidAuthorizationCode(s string) bool {
