@@ -137,14 +137,7 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		case "lock_timeout":
 			err = durationArg(d, &c.LockTimeout)
 		case "max_concurrent_calls":
-			var s string
-			if err = oneArg(d, &s); err == nil {
-				n, cerr := strconv.Atoi(s)
-				if cerr != nil || n < 1 {
-					err = d.Errf("max_concurrent_calls %q: want a positive integer", s)
-				}
-				c.MaxConcurrentCalls = n
-			}
+			err = positiveIntArg(d, &c.MaxConcurrentCalls)
 		case "renew_rate":
 			var v string
 			if err = oneArg(d, &v); err == nil {
@@ -159,14 +152,7 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		case "redirect_exchanges":
 			err = redirectExchangesArgs(d, c)
 		case "redirect_calls":
-			var s string
-			if err = oneArg(d, &s); err == nil {
-				n, cerr := strconv.Atoi(s)
-				if cerr != nil || n < 1 {
-					err = d.Errf("redirect_calls %q: want a positive integer", s)
-				}
-				c.RedirectCalls = n
-			}
+			err = positiveIntArg(d, &c.RedirectCalls)
 		case "push_window":
 			err = durationArg(d, &c.PushWindow)
 		case "single_instance":
@@ -398,6 +384,20 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	if d.NextArg() {
 		return d.Errf("%s: want one argument, got more (%q)", name, d.Val())
 	}
+	return nil
+}
+
+func positiveIntArg(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return d.Errf("%s %q: want a positive integer", name, s)
+	}
+	*dst = n
 	return nil
 }
 

@@ -342,24 +342,6 @@ func TestRedirectFloodCostsAtMostTheBudgetAndRefreshesDoNotWaitBehindIt(t *testi
 	}
 }
 
-// sealStamped seals a push payload as the platform does, stamped ts.
-func sealStamped(t *testing.T, p pushPayload, ts time.Time) []byte {
-	t.Helper()
-	pc, err := tokensource.NewPushCrypto(e2eMsgToken, e2eAESKey, e2eComponent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err := json.Marshal(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := pc.Seal(plain, strconv.FormatInt(ts.Unix(), 10), "90210")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return body
-}
-
 func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin())
 	now := time.Now()
@@ -391,7 +373,7 @@ func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 		}
 		auth := authorizedPayload(appid, code)
 		auth.EventTime = tokensource.FormatPushTime(now.Add(-30 * time.Second))
-		push(appid+": AUTHORIZED", sealStamped(t, auth, now), 200, "success")
+		push(appid+": AUTHORIZED", sealAt(t, e2eComponent, auth, now), 200, "success")
 
 		// The merchant revokes the authorization; the push is captured on its way.
 		if err := x.emu.Unauthorize(appid, false); err != nil {
@@ -399,7 +381,7 @@ func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 		}
 		revoke := pushPayload{AppID: appid, TpAppID: e2eComponent, Event: "UNAUTHORIZED",
 			EventTime: tokensource.FormatPushTime(now.Add(-20 * time.Second))}
-		captured := sealStamped(t, revoke, now)
+		captured := sealAt(t, e2eComponent, revoke, now)
 		push(appid+": UNAUTHORIZED", captured, 200, "success")
 		if served(appid) {
 			t.Fatalf("%s served after UNAUTHORIZED", appid)
@@ -422,7 +404,7 @@ func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 		}
 		// The same revocation delivered anew (a late platform retry): older than
 		// the re-authorization, so it does not revoke it either.
-		push(appid+": the old UNAUTHORIZED, newly signed", sealStamped(t, revoke, now), 200, "success")
+		push(appid+": the old UNAUTHORIZED, newly signed", sealAt(t, e2eComponent, revoke, now), 200, "success")
 		if !served(appid) {
 			t.Fatalf("%s: an UNAUTHORIZED older than the re-authorization revoked it", appid)
 		}
@@ -436,10 +418,10 @@ func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 	stored, calls := x.stored(), totalCalls(x.emu.Stats())
 	old := time.Date(2020, 5, 1, 10, 0, 0, 0, time.UTC)
 	stale := map[string][]byte{
-		"UNAUTHORIZED of 2020": sealStamped(t, pushPayload{AppID: "tt01app", TpAppID: e2eComponent, Event: "UNAUTHORIZED",
+		"UNAUTHORIZED of 2020": sealAt(t, e2eComponent, pushPayload{AppID: "tt01app", TpAppID: e2eComponent, Event: "UNAUTHORIZED",
 			EventTime: tokensource.FormatPushTime(old)}, old),
-		"AUTHORIZED of 2020":         sealStamped(t, authorizedPayload("tt03app", code), old),
-		"AUTHORIZED stamped +1 hour": sealStamped(t, authorizedPayload("tt03app", code), now.Add(time.Hour)),
+		"AUTHORIZED of 2020":         sealAt(t, e2eComponent, authorizedPayload("tt03app", code), old),
+		"AUTHORIZED stamped +1 hour": sealAt(t, e2eComponent, authorizedPayload("tt03app", code), now.Add(time.Hour)),
 	}
 	for what, body := range stale {
 		for range 2 {
