@@ -125,6 +125,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.withComponent(w, r, a.importTokens)
+	case rest == "auth-link":
+		return a.authLink(w, r)
 	case rest == "component":
 		if err := allowMethods(w, r, http.MethodGet); err != nil {
 			return err

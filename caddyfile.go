@@ -42,6 +42,9 @@ func init() {
 //		max_concurrent_calls <n>               # platform calls in flight; default 16
 //		renew_rate           <per second>      # background renewals per second; default 2
 //		sweep_interval       <duration>        # how often all records are checked for renewal; default 10m
+//		redirect_exchanges   <n>|off [<window>] # exchanges authorization redirects may start; default 300 1h
+//		redirect_calls       <n>               # their platform calls in flight (own slots); default 4
+//		push_window          <duration>        # pushes stamped further from the clock are refused; default 10m
 //		single_instance                        # refresh without the storage lock if storage locking fails
 //		storage              <module> { ... }  # storage for tptoken records; default: Caddy's storage
 //		metrics_per_appid                      # add metrics labelled by authorizer appid (whole app; opt-in)
@@ -134,14 +137,7 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		case "lock_timeout":
 			err = durationArg(d, &c.LockTimeout)
 		case "max_concurrent_calls":
-			var s string
-			if err = oneArg(d, &s); err == nil {
-				n, cerr := strconv.Atoi(s)
-				if cerr != nil || n < 1 {
-					err = d.Errf("max_concurrent_calls %q: want a positive integer", s)
-				}
-				c.MaxConcurrentCalls = n
-			}
+			err = positiveIntArg(d, &c.MaxConcurrentCalls)
 		case "renew_rate":
 			var v string
 			if err = oneArg(d, &v); err == nil {
@@ -153,6 +149,12 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 			}
 		case "sweep_interval":
 			err = durationArg(d, &c.SweepInterval)
+		case "redirect_exchanges":
+			err = redirectExchangesArgs(d, c)
+		case "redirect_calls":
+			err = positiveIntArg(d, &c.RedirectCalls)
+		case "push_window":
+			err = durationArg(d, &c.PushWindow)
 		case "single_instance":
 			if d.NextArg() {
 				err = d.Errf("single_instance takes no arguments (got %q)", d.Val())
@@ -196,6 +198,31 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		return nil, nil, d.Err("tptoken: component_appsecret is required (for example {env.TP_COMPONENT_APPSECRET})")
 	}
 	return c, storage, nil
+}
+
+// redirectExchangesArgs reads `redirect_exchanges <n>|off [<window>]`.
+func redirectExchangesArgs(d *caddyfile.Dispenser, c *Component) error {
+	args := d.RemainingArgs()
+	if len(args) == 1 && args[0] == "off" {
+		c.RedirectExchanges = -1
+		return nil
+	}
+	if len(args) < 1 || len(args) > 2 {
+		return d.Errf("redirect_exchanges: want <n> [<window>] (such as 300 1h) or off, got %d arguments", len(args))
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil || n < 1 {
+		return d.Errf("redirect_exchanges %q: want a positive number of exchanges per window, or off", args[0])
+	}
+	c.RedirectExchanges = n
+	if len(args) == 2 {
+		w, err := caddy.ParseDuration(args[1])
+		if err != nil || w <= 0 {
+			return d.Errf("redirect_exchanges window %q: want a positive duration such as 1h", args[1])
+		}
+		c.RedirectWindow = caddy.Duration(w)
+	}
+	return nil
 }
 
 // parseHandler parses the `tptoken` handler directive:
@@ -305,7 +332,9 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // parseEvents parses the `tptoken_events` directive:
 //
-//	tptoken_events [<matcher>] [<component_appid>]
+//	tptoken_events [<matcher>] [<component_appid>] {
+//		require_state   # exchange only redirects of links made by `caddy tptoken auth-link`
+//	}
 //
 // With no component, every configured TP's pushes are accepted (each push is
 // matched by its signature).
@@ -327,8 +356,19 @@ func (m *Events) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("tptoken_events takes at most one component appid (got %q too)", d.Val())
 	}
-	if d.NextBlock(d.Nesting()) {
-		return d.Errf("tptoken_events takes no block (got %q)", d.Val())
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "require_state":
+			if m.RequireState {
+				return d.Errf("tptoken_events: require_state is set twice")
+			}
+			if d.NextArg() {
+				return d.Errf("require_state takes no arguments (got %q)", d.Val())
+			}
+			m.RequireState = true
+		default:
+			return d.Errf("tptoken_events: unknown subdirective %q (want require_state)", d.Val())
+		}
 	}
 	return nil
 }
@@ -344,6 +384,20 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	if d.NextArg() {
 		return d.Errf("%s: want one argument, got more (%q)", name, d.Val())
 	}
+	return nil
+}
+
+func positiveIntArg(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return d.Errf("%s %q: want a positive integer", name, s)
+	}
+	*dst = n
 	return nil
 }
 

@@ -118,6 +118,9 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				renew_rate           0.5
 				sweep_interval       5m
 				single_instance
+				redirect_exchanges   120 30m
+				redirect_calls       2
+				push_window          5m
 			}`,
 			want: &Component{
 				ComponentAppID: "{env.TP_COMPONENT_APPID}", ComponentAppSecret: "{file./run/secrets/tp_secret}",
@@ -126,7 +129,18 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				RefreshAhead: dur("5m"), RefreshTokenMargin: dur("48h"), EncryptionKey: "{env.TP_STORAGE_KEY}",
 				Timeout: dur("3s"), LockTimeout: dur("20s"), MaxConcurrentCalls: 4, SingleInstance: true,
 				RenewRate: 0.5, SweepInterval: dur("5m"),
+				RedirectExchanges: 120, RedirectWindow: dur("30m"), RedirectCalls: 2, PushWindow: dur("5m"),
 			},
+		},
+		{
+			name:  "redirect exchanges off",
+			input: "tptoken {\ncomponent_appid tt_comp\ncomponent_appsecret s\nredirect_exchanges off\n}",
+			want:  &Component{ComponentAppID: "tt_comp", ComponentAppSecret: "s", RedirectExchanges: -1},
+		},
+		{
+			name:  "redirect exchanges without a window",
+			input: "tptoken {\ncomponent_appid tt_comp\ncomponent_appsecret s\nredirect_exchanges 50\n}",
+			want:  &Component{ComponentAppID: "tt_comp", ComponentAppSecret: "s", RedirectExchanges: 50},
 		},
 		{
 			name: "literal keys of the right shape",
@@ -240,6 +254,14 @@ func TestCaddyfileGlobalOptionErrorsNameTheOptionAndLine(t *testing.T) {
 		{"max_concurrent_calls not a number", head + "max_concurrent_calls many\n}", "max_concurrent_calls", 4},
 		{"max_concurrent_calls with two values", head + "max_concurrent_calls 1 2\n}", "max_concurrent_calls", 4},
 		{"single_instance with a value", head + "single_instance yes\n}", "single_instance", 4},
+		{"redirect_exchanges without value", head + "redirect_exchanges\n}", "redirect_exchanges", 4},
+		{"redirect_exchanges zero", head + "redirect_exchanges 0 1h\n}", "redirect_exchanges", 4},
+		{"redirect_exchanges not a number", head + "redirect_exchanges many\n}", "redirect_exchanges", 4},
+		{"redirect_exchanges bad window", head + "redirect_exchanges 10 soon\n}", "redirect_exchanges window", 4},
+		{"redirect_exchanges three values", head + "redirect_exchanges 10 1h 2\n}", "redirect_exchanges", 4},
+		{"redirect_calls zero", head + "redirect_calls 0\n}", "redirect_calls", 4},
+		{"redirect_calls two values", head + "redirect_calls 1 2\n}", "redirect_calls", 4},
+		{"push_window zero", head + "push_window 0s\n}", "push_window", 4},
 		{"metrics_per_appid with a value", head + "metrics_per_appid on\n}", "metrics_per_appid", 4},
 		{"storage without module", head + "storage\n}", "storage", 4},
 		{"storage unknown module", head + "storage nope\n}", "caddy.storage.nope", 4},
@@ -457,6 +479,7 @@ func TestCaddyfileEventsParsesEveryForm(t *testing.T) {
 		{"every component", "tptoken_events", &Events{}},
 		{"every component, empty block", "tptoken_events {\n}", &Events{}},
 		{"one component", "tptoken_events tt_comp", &Events{Component: "tt_comp"}},
+		{"require_state", "tptoken_events tt_comp {\nrequire_state\n}", &Events{Component: "tt_comp", RequireState: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -478,7 +501,9 @@ func TestCaddyfileEventsErrorsNameTheDirectiveAndLine(t *testing.T) {
 	}{
 		{"two components", "tptoken_events tt_a tt_b", "tptoken_events", 1},
 		{"invalid component appid", "\ntptoken_events tt/a", "tptoken_events", 2},
-		{"a block with a subdirective", "tptoken_events {\ncomponent tt_a\n}", "tptoken_events", 2},
+		{"a block with an unknown subdirective", "tptoken_events {\ncomponent tt_a\n}", "unknown subdirective", 2},
+		{"require_state with a value", "tptoken_events {\nrequire_state yes\n}", "require_state", 2},
+		{"require_state twice", "tptoken_events {\nrequire_state\nrequire_state\n}", "require_state is set twice", 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -31,7 +31,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "tptoken",
-		Usage: "status|import|refresh|recover [--address <interface>] [--component <appid>] [--json]",
+		Usage: "status|import|refresh|recover|auth-link [--address <interface>] [--component <appid>] [--json]",
 		Short: "Shows and steers tptoken authorizers of the running Caddy",
 		Long: `
 Operates the tptoken app of a running Caddy through its admin API
@@ -43,6 +43,8 @@ Operates the tptoken app of a running Caddy through its admin API
                                         (JSON array or CSV: appid,authorizer_refresh_token[,refresh_expires_at])
   caddy tptoken refresh <appid>...     renew the tokens now
   caddy tptoken recover <appid>...     retrieve a new authorization code and exchange it
+  caddy tptoken auth-link --redirect-uri <url>
+                                        an authorization link for a merchant (signed state)
 
 The admin address comes from --address, else from the admin setting of the
 --config file, else Caddy's default (localhost:2019). With several components
@@ -105,7 +107,7 @@ both systems burns the token chain.
 		Args:  cobra.MinimumNArgs(1),
 		RunE:  runWith(cmdAction("recover")),
 	}
-	for _, sub := range []*cobra.Command{status, imp, refresh, recov} {
+	for _, sub := range []*cobra.Command{status, imp, refresh, recov, authLinkCommand()} {
 		sub.SilenceUsage = true
 		cmd.AddCommand(sub)
 	}

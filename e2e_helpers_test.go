@@ -52,6 +52,7 @@ type e2e struct {
 	site     string // extra site-block lines for the tptoken site, before reverse_proxy
 	handler  string // the tptoken handler block body
 	global   string // extra lines in the tptoken global block
+	evBlock  string // the tptoken_events directive's block body ("" = none)
 	admin    string // admin endpoint (host:port) with withAdmin; "" = admin off
 	adminOn  bool
 	client   *http.Client
@@ -60,16 +61,28 @@ type e2e struct {
 
 // tap records the last request the upstream received, then forwards it to the emulator.
 type tap struct {
-	mu    sync.Mutex
-	last  *http.Request
-	proxy *httputil.ReverseProxy
+	mu      sync.Mutex
+	last    *http.Request
+	observe func(w http.ResponseWriter, r *http.Request) http.ResponseWriter // optional; may wrap the writer
+	proxy   *httputil.ReverseProxy
 }
 
 func (tp *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	tp.mu.Lock()
 	tp.last = r.Clone(context.Background())
+	observe := tp.observe
 	tp.mu.Unlock()
+	if observe != nil {
+		w = observe(w, r)
+	}
 	tp.proxy.ServeHTTP(w, r)
+}
+
+// setObserver makes f see every request the platform receives (nil: none).
+func (tp *tap) setObserver(f func(w http.ResponseWriter, r *http.Request) http.ResponseWriter) {
+	tp.mu.Lock()
+	tp.observe = f
+	tp.mu.Unlock()
 }
 
 func (tp *tap) lastRequest() *http.Request {
@@ -82,6 +95,9 @@ type e2eOpt func(*e2e)
 
 func withHandler(body string) e2eOpt { return func(e *e2e) { e.handler = body } }
 func withGlobal(lines string) e2eOpt { return func(e *e2e) { e.global = lines } }
+
+// withEvents gives the tptoken_events directive a block.
+func withEvents(block string) e2eOpt { return func(e *e2e) { e.evBlock = block } }
 
 // withAdmin enables Caddy's admin endpoint on a free loopback port (x.admin).
 func withAdmin() e2eOpt { return func(e *e2e) { e.adminOn = true } }
@@ -161,6 +177,10 @@ func (x *e2e) caddyfile() string {
 	if x.admin != "" {
 		admin = x.admin
 	}
+	events := "tptoken_events"
+	if x.evBlock != "" {
+		events += " {\n\t\t" + x.evBlock + "\n\t}"
+	}
 	return fmt.Sprintf(`{
 	admin %s
 	persist_config off
@@ -190,9 +210,9 @@ func (x *e2e) caddyfile() string {
 }
 
 %s {
-	tptoken_events
+	%s
 }
-`, admin, x.storage, x.logFile, x.family, x.emuURL, x.global, x.proxy, x.site, handler, x.emuURL, x.events)
+`, admin, x.storage, x.logFile, x.family, x.emuURL, x.global, x.proxy, x.site, handler, x.emuURL, x.events, events)
 }
 
 // start adapts the Caddyfile and loads it (a reload when Caddy already runs).

@@ -6,11 +6,13 @@ import (
 	"html"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
@@ -20,22 +22,33 @@ func init() {
 }
 
 // Events is the `tptoken_events` handler: the TP's 授权事件接收 URL and the
-// authorization redirect target.
+// authorization redirect target. It faces the internet, so everything it does
+// for a request it cannot authenticate is cheap and bounded (README, Security).
 //
-//   - POST: a platform push. It is verified (SHA1 signature, constant time),
-//     decrypted, checked to be for this TP, and acted on: a ticket is stored;
+//   - POST: a platform push. It is verified (SHA1 signature, constant time)
+//     before anything else, decrypted, checked to be for this TP and stamped
+//     within the push window, and acted on once: a ticket is stored;
 //     AUTHORIZED / UPDATE_AUTHORIZED exchange their code at once; UNAUTHORIZED
-//     revokes. The answer is exactly `success`. Malformed pushes get a 4xx and
-//     change nothing; the platform retries 3 times, and handling is idempotent.
-//   - GET with authorization_code: the redirect after a hand-built authorization
-//     link. The code is exchanged and a short page (no token) shows the result.
+//     revokes. The answer is exactly `success` (also to a second delivery of a
+//     push already handled, which is not acted on again). Malformed, forged
+//     and stale pushes get a 4xx and change nothing.
+//   - GET with authorization_code: the redirect after an authorization link.
+//     A code already exchanged (usually by the AUTHORIZED push) is answered
+//     from the code index; others are exchanged within the redirect budget
+//     (redirect_exchanges, redirect_calls), never on the call slots refreshes
+//     use. A short page (no token, no code) shows the result.
 type Events struct {
 	// Component selects the TP; "" means every configured component (a push is
 	// matched by its signature and appid).
 	Component string `json:"component,omitempty"`
+	// RequireState: exchange only redirects that carry a valid state of an
+	// authorization link made by tptoken (`caddy tptoken auth-link`); other
+	// redirects are refused without a platform call. Pushes are not affected.
+	RequireState bool `json:"require_state,omitempty"`
 
-	comps  []*component
-	logger *zap.Logger
+	comps    []*component
+	logger   *zap.Logger
+	refusals *refusalLog
 }
 
 // maxPushBody bounds a push or redirect body.
@@ -49,6 +62,7 @@ func (Events) CaddyModule() caddy.ModuleInfo {
 // Provision finds the components whose pushes this handler receives.
 func (ev *Events) Provision(ctx caddy.Context) error {
 	ev.logger = ctx.Logger()
+	ev.refusals = newRefusalLog(ev.logger)
 	app, err := appFrom(ctx)
 	if err != nil {
 		return err
@@ -72,6 +86,14 @@ func (ev *Events) Provision(ctx caddy.Context) error {
 	if len(ev.comps) == 0 {
 		return errors.New("tptoken_events: the tptoken app has no component")
 	}
+	if ev.RequireState && len(ev.comps) != 1 {
+		return errors.New("tptoken_events: require_state needs a single TP: give this route a component appid")
+	}
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		if err := registerCollectors(reg, eventsRefused()); err != nil {
+			return fmt.Errorf("registering tptoken_events metrics: %v", err)
+		}
+	}
 	return nil
 }
 
@@ -88,15 +110,29 @@ func (ev *Events) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return nil
 }
 
+// componentLabel names the TP of a request not (yet) matched to one.
+func (ev *Events) componentLabel() string {
+	if len(ev.comps) == 1 {
+		return ev.comps[0].appID
+	}
+	return ""
+}
+
+// rejectPush answers a push that is not acted on (4xx), counted and logged sampled.
+func (ev *Events) rejectPush(w http.ResponseWriter, r *http.Request, comp, reason string, status int, msg string, err error) {
+	ev.refusals.refused(zap.WarnLevel, comp, kindPush, reason, "push rejected",
+		zap.Int("status", status), zap.Error(err), zap.String("remote", r.RemoteAddr))
+	http.Error(w, msg, status)
+}
+
 func (ev *Events) push(w http.ResponseWriter, r *http.Request) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxPushBody+1))
 	if err != nil {
-		http.Error(w, "cannot read the body", http.StatusBadRequest)
+		ev.rejectPush(w, r, ev.componentLabel(), reasonUnreadable, http.StatusBadRequest, "cannot read the body", err)
 		return nil
 	}
 	if len(body) > maxPushBody {
-		ev.logger.Warn("push rejected: body larger than 64 KiB", zap.Int("limit", maxPushBody))
-		http.Error(w, "body larger than 64 KiB", http.StatusRequestEntityTooLarge)
+		ev.rejectPush(w, r, ev.componentLabel(), reasonTooLarge, http.StatusRequestEntityTooLarge, "body larger than 64 KiB", nil)
 		return nil
 	}
 	var msg *tokensource.PushMessage
@@ -111,30 +147,48 @@ func (ev *Events) push(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if err != nil {
-		status := http.StatusBadRequest
-		if errors.Is(err, tokensource.ErrPushSignature) {
-			status = http.StatusForbidden
+		status, reason := http.StatusBadRequest, reasonMalformed
+		switch {
+		case errors.Is(err, tokensource.ErrPushSignature):
+			status, reason = http.StatusForbidden, reasonSignature
+		case errors.Is(err, tokensource.ErrPushAppID):
+			reason = reasonAppID
 		}
-		ev.logger.Warn("push rejected", zap.Int("status", status), zap.Error(err), zap.String("remote", r.RemoteAddr))
-		http.Error(w, "push rejected: "+err.Error(), status)
+		label := ev.componentLabel()
+		if comp != nil {
+			label = comp.appID
+		}
+		ev.rejectPush(w, r, label, reason, status, "push rejected: "+err.Error(), err)
 		return nil
 	}
 	e := comp.engine
-	log := ev.logger.With(zap.String("component_appid", comp.appID), zap.String("event", msg.Kind.String()))
+	duplicate, err := e.AdmitPush(r.Context(), msg)
+	if err != nil {
+		ev.rejectPush(w, r, comp.appID, reasonStale, http.StatusForbidden, "push rejected: "+err.Error(), err)
+		return nil
+	}
+	if duplicate {
+		// A platform retry of a push already handled (its "success" was lost), or
+		// a replay: acknowledged, not acted on again.
+		ev.refusals.refused(zap.InfoLevel, comp.appID, kindPush, reasonDuplicate, "push already handled: acknowledged, not acted on again",
+			zap.String("event", msg.Kind.String()), zap.String("push_id", msg.ID))
+		writeSuccess(w)
+		return nil
+	}
+	log := ev.logger.With(zap.String("component_appid", comp.appID), zap.String("event", msg.Kind.String()), zap.String("push_id", msg.ID))
 	switch msg.Kind {
 	case tokensource.PushTicket:
 		err = e.StoreTicket(r.Context(), msg.Ticket, msg.CreateTime)
 	case tokensource.PushAuthorized, tokensource.PushUpdateAuthorized:
 		if !tokensource.ValidAppID(msg.AppID) || msg.AuthorizationCode == "" {
-			log.Warn("push rejected: authorization event without a valid AppId or AuthorizationCode")
-			http.Error(w, "authorization event lacks AppId or AuthorizationCode", http.StatusBadRequest)
+			ev.rejectPush(w, r, comp.appID, reasonBadEvent, http.StatusBadRequest, "authorization event lacks AppId or AuthorizationCode", nil)
 			return nil
 		}
 		log = log.With(zap.String("appid", msg.AppID))
 		_, err = e.ExchangeCode(r.Context(), msg.AppID, msg.AuthorizationCode, msg.EventTime)
 	case tokensource.PushUnauthorized:
 		if !tokensource.ValidAppID(msg.AppID) {
-			http.Error(w, "UNAUTHORIZED event lacks a valid AppId", http.StatusBadRequest)
+			ev.rejectPush(w, r, comp.appID, reasonBadEvent, http.StatusBadRequest, "UNAUTHORIZED event lacks a valid AppId", nil)
 			return nil
 		}
 		log = log.With(zap.String("appid", msg.AppID))
@@ -155,43 +209,98 @@ func (ev *Events) push(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		log.Info("push handled")
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, _ = io.WriteString(w, "success")
+	e.PushHandled(r.Context(), msg)
+	writeSuccess(w)
 	return nil
 }
 
+func writeSuccess(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "success")
+}
+
 func (ev *Events) redirect(w http.ResponseWriter, r *http.Request) error {
-	code := r.URL.Query().Get("authorization_code")
+	label := ev.componentLabel()
+	q := r.URL.Query()
+	code := q.Get("authorization_code")
 	if code == "" {
+		ev.refusals.refused(zap.DebugLevel, label, kindRedirect, reasonNoCode, "authorization redirect without a code")
 		http.Error(w, "missing authorization_code: this URL receives the authorization redirect (and platform pushes by POST)", http.StatusBadRequest)
 		return nil
 	}
-	if len(code) > 512 {
-		http.Error(w, "authorization_code too long", http.StatusBadRequest)
-		return nil
-	}
 	if len(ev.comps) != 1 {
+		ev.refusals.refused(zap.ErrorLevel, label, kindRedirect, reasonConfig, "authorization redirect on a route of several TPs: give tptoken_events a component")
 		http.Error(w, "several TPs are configured: give tptoken_events a `component`", http.StatusBadRequest)
 		return nil
 	}
 	comp := ev.comps[0]
-	info, err := comp.engine.ExchangeCode(r.Context(), "", tokensource.Secret(code), time.Time{})
-	status, title, detail := http.StatusOK, "Authorization received", ""
+	if ev.RequireState {
+		if err := comp.state.check(stateOf(r, q), time.Now()); err != nil {
+			reason := reasonBadState
+			if errors.Is(err, errNoState) {
+				reason = reasonNoState
+			}
+			ev.refusals.refused(zap.InfoLevel, label, kindRedirect, reason, "authorization redirect refused: no valid link state", zap.Error(err))
+			ev.page(w, http.StatusForbidden, "Authorization not completed",
+				"This address only completes authorizations started from a link this service provider issued, and this one "+
+					"is not such a link or has expired ("+err.Error()+"). If you authorized the mini-app, it is not lost: "+
+					"the platform notifies the service provider directly. Otherwise ask the service provider for a new link.", 0)
+			return nil
+		}
+	}
+	info, err := comp.engine.ExchangeRedirectCode(r.Context(), tokensource.Secret(code))
 	if err != nil {
 		f := failureOf(err)
-		status, title, detail = f.status, "Authorization not completed", clientMessage(err)
-		ev.logger.Warn("authorization redirect not completed", zap.Error(err))
-	} else {
-		detail = fmt.Sprintf("Mini-app %s is authorized to %s. Its tokens are stored; you can close this page.", info.AppID, comp.appID)
-		ev.logger.Info("authorization redirect handled", zap.String("appid", info.AppID))
+		reason, level := redirectReason(err)
+		ev.refusals.refused(level, label, kindRedirect, reason, "authorization redirect not completed", zap.Int("status", f.status), zap.Error(err))
+		title := "Authorization not completed"
+		detail := clientMessage(err)
+		if f.status == http.StatusServiceUnavailable {
+			title = "Please try again in a moment"
+			detail += ". If you authorized the mini-app, it is not lost: the platform also notifies the service provider directly."
+		}
+		ev.page(w, f.status, title, detail, f.retryAfter)
+		return nil
 	}
+	ev.logger.Debug("authorization redirect handled", zap.String("component_appid", comp.appID), zap.String("appid", info.AppID))
+	ev.page(w, http.StatusOK, "Authorization received",
+		fmt.Sprintf("Mini-app %s is authorized to %s. Its tokens are stored; you can close this page.", info.AppID, comp.appID), 0)
+	return nil
+}
+
+// redirectReason names why a redirect exchange did not complete, and how loud
+// that is: a merchant's failed code deserves a warning, a flood does not.
+func redirectReason(err error) (string, zapcore.Level) {
+	switch {
+	case errors.Is(err, tokensource.ErrCodeMalformed):
+		return reasonMalformedCode, zap.InfoLevel
+	case errors.Is(err, tokensource.ErrCodeFailedRecently):
+		return reasonFailedRecently, zap.InfoLevel
+	case errors.Is(err, tokensource.ErrRedirectBusy):
+		return reasonBusy, zap.WarnLevel
+	case errors.Is(err, tokensource.ErrRedirectRateLimited):
+		return reasonRateLimited, zap.WarnLevel
+	case errors.Is(err, tokensource.ErrRedirectExchangeOff):
+		return reasonExchangeOff, zap.InfoLevel
+	}
+	switch tokensource.KindOf(err) {
+	case tokensource.KindPlatform, tokensource.KindUnauthorized:
+		return reasonExchangeFailed, zap.WarnLevel
+	}
+	return reasonUnavailable, zap.WarnLevel
+}
+
+// page writes the short HTML result page of a redirect.
+func (ev *Events) page(w http.ResponseWriter, status int, title, detail string, retryAfter time.Duration) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Referrer-Policy", "no-referrer")
+	if retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((retryAfter+time.Second-1)/time.Second)))
+	}
 	w.WriteHeader(status)
 	_, _ = fmt.Fprintf(w, "<!doctype html><meta charset=utf-8><title>%s</title><h1>%s</h1><p>%s</p>\n",
 		html.EscapeString(title), html.EscapeString(title), html.EscapeString(detail))
-	return nil
 }
 
 // Interface guards

@@ -45,8 +45,14 @@ func authorizedPayload(appid, code string) pushPayload {
 		AuthorizationCodeExpiresIn: 3600, EventTime: tokensource.FormatPushTime(time.Now())}
 }
 
-// seal encrypts and signs a payload with the given TP identity.
+// seal encrypts and signs a payload with the given TP identity, stamped now.
 func seal(t *testing.T, componentAppID string, p any) []byte {
+	t.Helper()
+	return sealAt(t, componentAppID, p, time.Now())
+}
+
+// sealAt encrypts and signs a payload as the platform does, stamped ts.
+func sealAt(t *testing.T, componentAppID string, p any, ts time.Time) []byte {
 	t.Helper()
 	pc, err := tokensource.NewPushCrypto(e2eMsgToken, e2eAESKey, componentAppID)
 	if err != nil {
@@ -56,7 +62,7 @@ func seal(t *testing.T, componentAppID string, p any) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, err := pc.Seal(plain, strconv.FormatInt(time.Now().Unix(), 10), "48213")
+	body, err := pc.Seal(plain, strconv.FormatInt(ts.Unix(), 10), "48213")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,6 +90,16 @@ type Component struct {
 	// SweepInterval is how often every record in storage is checked for a refresh
 	// token nearing its expiry. Default 10m.
 	SweepInterval caddy.Duration `json:"sweep_interval,omitempty"`
+	// RedirectExchanges per RedirectWindow bound the code exchanges that
+	// authorization redirects (which anyone can send) may start, per instance.
+	// Defaults 300 per 1h; -1: redirects never start one.
+	RedirectExchanges int            `json:"redirect_exchanges,omitempty"`
+	RedirectWindow    caddy.Duration `json:"redirect_window,omitempty"`
+	// RedirectCalls caps those exchanges' platform calls in flight, on slots of
+	// their own (never one of max_concurrent_calls). Default 4.
+	RedirectCalls int `json:"redirect_calls,omitempty"`
+	// PushWindow: pushes stamped further than this from the clock are refused. Default 10m.
+	PushWindow caddy.Duration `json:"push_window,omitempty"`
 }
 
 // component is the runtime side of a Component.
@@ -99,6 +109,7 @@ type component struct {
 	engine  *tokensource.Engine
 	pooled  *pooledEngine
 	push    *tokensource.PushCrypto // nil without message_token / encoding_aes_key
+	state   *stateSigner            // authorization-link states (authstate.go)
 	poolKey string
 }
 
@@ -235,7 +246,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 			return nil, err
 		}
 	}
-	rc := &component{appID: appID, family: family}
+	rc := &component{appID: appID, family: family, state: newStateSigner(secret, appID)}
 	if msgToken != "" || aesKey != "" {
 		if msgToken == "" || aesKey == "" {
 			return nil, errors.New("message_token and encoding_aes_key go together: set both to receive pushes")
@@ -256,7 +267,8 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 	h := sha256.New()
 	for _, s := range []string{appID, secret, string(family), c.Endpoint, encKeyRaw, storageIdentity(a.storage),
 		time.Duration(c.RefreshAhead).String(), time.Duration(c.RefreshTokenMargin).String(), time.Duration(c.Timeout).String(), time.Duration(c.LockTimeout).String(),
-		fmt.Sprint(c.SingleInstance, c.MaxConcurrentCalls, c.RenewRate), time.Duration(c.SweepInterval).String()} {
+		fmt.Sprint(c.SingleInstance, c.MaxConcurrentCalls, c.RenewRate), time.Duration(c.SweepInterval).String(),
+		fmt.Sprint(c.RedirectExchanges, time.Duration(c.RedirectWindow), c.RedirectCalls, time.Duration(c.PushWindow))} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
@@ -271,6 +283,8 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 			RefreshAhead: time.Duration(c.RefreshAhead), RefreshTokenMargin: time.Duration(c.RefreshTokenMargin),
 			LockTimeout: time.Duration(c.LockTimeout), AllowUnlocked: c.SingleInstance,
 			MaxConcurrentCalls: c.MaxConcurrentCalls, RenewRate: c.RenewRate, SweepInterval: time.Duration(c.SweepInterval),
+			RedirectExchanges: c.RedirectExchanges, RedirectWindow: time.Duration(c.RedirectWindow),
+			RedirectCalls: c.RedirectCalls, PushWindow: time.Duration(c.PushWindow),
 		})
 		if err != nil {
 			return nil, err

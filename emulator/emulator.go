@@ -202,6 +202,7 @@ type Emulator struct {
 	auths          map[string]*authorizer
 	authSeq        int
 	codes          map[string]*code
+	preAuth        map[string]*preAuth // pre_auth_codes (authlink.go)
 	tickets        []ticket
 	issued         []string
 	faults         map[string]Faults

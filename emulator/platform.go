@@ -149,6 +149,10 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.serveControl(w, r)
 		return
 	}
+	if r.URL.Path == PathAuthorizationPage {
+		e.serveAuthorizationPage(w, r)
+		return
+	}
 	rt, ok := matchRoute(r.URL.Path)
 	if !ok {
 		writeJSON(w, http.StatusNotFound, map[string]any{"errno": http.StatusNotFound,

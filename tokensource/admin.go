@@ -170,6 +170,12 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 			return nil, err
 		}
 		next.LastCode = fp
+		if prev != nil && prev.LastEventAt.After(next.LastEventAt) {
+			next.LastEventAt = prev.LastEventAt
+		}
+		if t := e.localEventTime(); t.After(next.LastEventAt) {
+			next.LastEventAt = t // the platform just accepted this authorization's token
+		}
 		e.commitLocked(octx, s, next)
 		e.log.Info("legacy refresh token imported", zapApp(appid), zap.String("result", result))
 		info := InfoOf(next)

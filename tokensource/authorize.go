@@ -46,22 +46,37 @@ func (e *Engine) ExchangeCode(ctx context.Context, appid string, code Secret, ev
 	if appid != "" && !ValidAppID(appid) {
 		return Info{}, CheckAppID(appid)
 	}
-	v, err := e.await(ctx, "\x00code:"+code.Fingerprint(), func() (any, error) {
-		return e.exchange(appid, code, eventAt)
-	})
+	fn := func() (any, error) { return e.exchange(appid, code, eventAt, false) }
+	v, err := e.await(ctx, codeKey(code.Fingerprint()), fn)
+	if isRedirectRefusal(err) {
+		// This call joined a redirect's exchange of the same code, which its
+		// budget refused: that refusal is the redirect's, not ours.
+		v, err = e.await(ctx, codeKey(code.Fingerprint()), fn)
+	}
 	if err != nil {
 		return Info{}, err
 	}
 	return v.(Info), nil
 }
 
-func (e *Engine) exchange(appid string, code Secret, eventAt time.Time) (any, error) {
+// exchange is ExchangeCode's work; fromRedirect marks an exchange started by
+// the authorization redirect (its platform calls run on the redirect's slot).
+func (e *Engine) exchange(appid string, code Secret, eventAt time.Time, fromRedirect bool) (any, error) {
 	ctx, done, err := e.begin()
 	if err != nil {
 		return nil, err
 	}
 	defer done()
+	if fromRedirect {
+		ctx = context.WithValue(ctx, redirectCall{}, true)
+	}
 	fp := code.Fingerprint()
+	// The event time of this authorization orders later pushes (an older
+	// UNAUTHORIZED must not revoke it); a local exchange has none of its own.
+	stamp := eventAt
+	if stamp.IsZero() {
+		stamp = e.localEventTime()
+	}
 
 	var next *Record
 	if appid == "" {
@@ -95,8 +110,19 @@ func (e *Engine) exchange(appid string, code Secret, eventAt time.Time) (any, er
 	}
 	if prev != nil {
 		if prev.LastCode == fp {
+			// Already exchanged (a retried push, or the push of a code the
+			// redirect exchanged first): a later event time still counts.
+			if stamp.After(prev.LastEventAt) {
+				rec := prev.clone()
+				rec.LastEventAt, rec.UpdatedAt = stamp, e.now()
+				rec.Generation++
+				if err := e.saveRecord(ctx, rec); err != nil {
+					return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "storing the authorization's event time failed", RetryAfter: 5 * time.Second, Err: err}
+				}
+				prev = rec
+			}
 			e.adopt(s, prev, e.now())
-			return InfoOf(prev), nil // already exchanged (a retried push)
+			return InfoOf(prev), nil
 		}
 		if prev.Family != e.family && prev.State == StateActive {
 			e.log.Warn("authorizer moves to another token family with a new code", zapApp(appid),
@@ -116,14 +142,20 @@ func (e *Engine) exchange(appid string, code Secret, eventAt time.Time) (any, er
 		next.Generation = prev.Generation + 1
 		next.LastEventAt = prev.LastEventAt
 	}
-	if eventAt.After(next.LastEventAt) {
-		next.LastEventAt = eventAt
+	if stamp.After(next.LastEventAt) {
+		next.LastEventAt = stamp
 	}
 	e.commitLocked(ctx, s, next)
 	e.rememberCode(ctx, fp, appid)
 	e.log.Info("authorization code exchanged", zapApp(appid), zap.Uint64("generation", next.Generation))
 	return InfoOf(next), nil
 }
+
+// localEventTime is the event time of an authorization established here (a
+// redirect, an operator's code, a recovery, an import) rather than by a push:
+// the clock, at the second precision of a push's EventTime, so that a push of
+// the same second is not taken for an older one.
+func (e *Engine) localEventTime() time.Time { return e.now().Truncate(time.Second) }
 
 // codeMemory is how long an exchanged code is remembered (codes live an hour).
 const codeMemory = 2 * time.Hour

@@ -260,6 +260,9 @@ func (e *Engine) withComponentToken(ctx context.Context, fn func(ct Secret) erro
 	}
 	e.log.Warn("component token rejected; fetching a new one once", zapErr(err))
 	invalidateSlot(&e.comp, ct.Value)
+	if fromRedirect(ctx) {
+		return err // a redirect's budget is one call; the next one gets the new token
+	}
 	ct2, err2 := e.componentToken(ctx)
 	if err2 != nil {
 		return err2
@@ -307,6 +310,9 @@ func (e *Engine) recoverLocked(ctx context.Context, rec *Record) (*Record, error
 	e.obs.Recovery(appid, err == nil)
 	if err != nil {
 		return nil, err
+	}
+	if t := e.localEventTime(); t.After(next.LastEventAt) {
+		next.LastEventAt = t // the authorization is confirmed now: older pushes must not revoke it
 	}
 	e.log.Info("authorizer recovered with a retrieved authorization code", zapApp(appid), zap.Uint64("generation", next.Generation))
 	return next, nil

@@ -79,6 +79,18 @@ type Config struct {
 	SyncInterval time.Duration
 	// MaxConcurrentCalls caps platform calls in flight. Default 16.
 	MaxConcurrentCalls int
+	// RedirectCalls caps the platform calls in flight for exchanges started by
+	// the authorization redirect (input from anyone), on slots of their own:
+	// they never take one of MaxConcurrentCalls. Default 4.
+	RedirectCalls int
+	// RedirectExchanges per RedirectWindow bound the exchanges redirects start
+	// (a token bucket of RedirectExchanges). Defaults 300 and 1h. Negative: a
+	// redirect never starts an exchange (codes come from pushes only).
+	RedirectExchanges int
+	RedirectWindow    time.Duration
+	// PushWindow: a push stamped (TimeStamp) further than this from the clock
+	// is refused, and a push already handled is remembered this long. Default 10m.
+	PushWindow time.Duration
 
 	// Background work (Run).
 	MaintainInterval  time.Duration // how often cached authorizers are checked; default 15s
@@ -124,6 +136,14 @@ func (c *Config) setDefaults() error {
 	if c.MaxConcurrentCalls <= 0 {
 		c.MaxConcurrentCalls = 16
 	}
+	if c.RedirectCalls <= 0 {
+		c.RedirectCalls = 4
+	}
+	if c.RedirectExchanges == 0 {
+		c.RedirectExchanges = 300
+	}
+	def(&c.RedirectWindow, time.Hour)
+	def(&c.PushWindow, 10*time.Minute)
 	def(&c.OpTimeout, c.LockTimeout+time.Duration(c.Attempts)*c.Client.timeout+5*time.Second)
 	def(&c.MaintainInterval, 15*time.Second)
 	def(&c.SweepInterval, 10*time.Minute)
@@ -156,6 +176,9 @@ type Engine struct {
 	local keyedMutex
 	calls chan struct{} // semaphore for platform calls
 
+	redirect redirectGate          // exchanges started by the authorization redirect
+	pushes   *recentSet[time.Time] // pushes handled recently (replay memory)
+
 	ticket  atomic.Pointer[diskTicket]
 	summary atomic.Pointer[Summary]
 
@@ -174,7 +197,7 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{
+	e := &Engine{
 		cfg:    cfg,
 		family: cfg.Client.Family(),
 		client: cfg.Client,
@@ -186,8 +209,11 @@ func New(cfg Config) (*Engine, error) {
 		obs:    cfg.Observer,
 		slots:  gocache.New(gocache.NoExpiration, 0), // no janitor goroutine: idle slots are swept by the engine
 		calls:  make(chan struct{}, cfg.MaxConcurrentCalls),
+		pushes: newRecentSet[time.Time](pushesKept),
 		done:   make(chan struct{}),
-	}, nil
+	}
+	e.redirect = newRedirectGate(&e.cfg)
+	return e, nil
 }
 
 // ComponentAppID is the TP appid the engine serves.
@@ -482,8 +508,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// call runs one platform call inside the concurrency cap.
+// call runs one platform call inside the concurrency cap. An exchange started
+// by a redirect already holds a redirect slot, and takes none of these.
 func (e *Engine) call(ctx context.Context, fn func(context.Context) error) error {
+	if fromRedirect(ctx) {
+		return fn(ctx)
+	}
 	select {
 	case e.calls <- struct{}{}:
 	case <-ctx.Done():
@@ -493,12 +523,17 @@ func (e *Engine) call(ctx context.Context, fn func(context.Context) error) error
 	return fn(ctx)
 }
 
-// retry runs fn up to Attempts times while it fails with a retryable error.
+// retry runs fn up to Attempts times while it fails with a retryable error
+// (once for an exchange started by a redirect: its budget counts calls).
 func (e *Engine) retry(ctx context.Context, fn func(context.Context) error) error {
+	attempts := e.cfg.Attempts
+	if fromRedirect(ctx) {
+		attempts = 1
+	}
 	var err error
-	for n := 1; n <= e.cfg.Attempts; n++ {
+	for n := 1; n <= attempts; n++ {
 		err = e.call(ctx, fn)
-		if err == nil || !IsRetryable(err) || n == e.cfg.Attempts {
+		if err == nil || !IsRetryable(err) || n == attempts {
 			return err
 		}
 		if serr := sleep(ctx, e.backoff(n)); serr != nil {

@@ -147,6 +147,12 @@ func (k PushKind) String() string {
 type PushMessage struct {
 	Kind PushKind
 
+	// Timestamp is the signed TimeStamp of the envelope; ID identifies the
+	// delivery (a hash of MsgSignature, which covers timestamp, nonce and
+	// ciphertext): a retry of the same body has the same ID.
+	Timestamp time.Time
+	ID        string
+
 	// Event is the Event field as pushed ("PUSH", "AUTHORIZED", ...); MsgType is
 	// "Ticket" for ticket pushes.
 	Event        string
@@ -203,11 +209,34 @@ func (p *PushCrypto) Open(body []byte) (*PushMessage, error) {
 	if subtle.ConstantTimeCompare([]byte(want), []byte(strings.ToLower(env.MsgSignature))) != 1 {
 		return nil, fmt.Errorf("%w (check message_token)", ErrPushSignature)
 	}
+	stamp, ok := parsePushStamp(string(env.TimeStamp))
+	if !ok {
+		return nil, fmt.Errorf("%w: TimeStamp is not a Unix time", ErrPushMalformed)
+	}
 	plain, err := p.decrypt(env.Encrypt)
 	if err != nil {
 		return nil, err
 	}
-	return p.parse(plain)
+	m, err := p.parse(plain)
+	if err != nil {
+		return nil, err
+	}
+	m.Timestamp, m.ID = stamp, Secret(strings.ToLower(env.MsgSignature)).Fingerprint()
+	return m, nil
+}
+
+// parsePushStamp reads the envelope's TimeStamp: Unix seconds as in the
+// platform's examples, or milliseconds when it has 13 digits or more
+// (docs/protocol.md, "Pushes: time window and replays").
+func parsePushStamp(s string) (time.Time, bool) {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	switch {
+	case err != nil || n <= 0:
+		return time.Time{}, false
+	case n >= 1e12:
+		return time.UnixMilli(n), true
+	}
+	return time.Unix(n, 0), true
 }
 
 // decrypt returns the JSON message of Encrypt, having checked padding, length
