@@ -150,8 +150,8 @@ type componentMetrics struct {
 	appID    string
 	perAppID atomic.Bool // metrics_per_appid of the latest config
 
-	lookup                       [2][3]prometheus.Counter // [authorizer, component][hit, obtained, error]
-	durations                    map[string]prometheus.Observer
+	lookup                [2][3]prometheus.Counter // [authorizer, component][hit, obtained, error]
+	durations             map[string]prometheus.Observer
 	replayed, notReplayed prometheus.Counter
 	notInjected           prometheus.Counter
 }

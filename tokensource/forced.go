@@ -69,7 +69,7 @@ func WithoutAppID(err error, appid string) error {
 	if err == nil || appid == "" || !strings.Contains(err.Error(), appid) {
 		return err
 	}
-	msg := strings.ReplaceAll(err.Error(), appid, "[appid "+Secret(appid).Fingerprint()+"]")
+	msg := strings.ReplaceAll(err.Error(), appid, "[appid fingerprint "+Secret(appid).Fingerprint()+"]")
 	var e *Error
 	if errors.As(err, &e) {
 		return &Error{Kind: e.Kind, Msg: msg, RetryAfter: e.RetryAfter}
