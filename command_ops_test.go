@@ -392,3 +392,43 @@ func TestCLIRecoverDeleteAndSeedCode(t *testing.T) {
 	}
 	x.assertNoSecretIn("debug log", x.debugLog())
 }
+
+// Rotating encryption_key in a running Caddy: the new key current, the old one
+// previous; `caddy tptoken reseal`; then the old key removed. Nothing is lost.
+func TestCLIResealCompletesAnEncryptionKeyRotation(t *testing.T) {
+	t.Setenv("TPT_KEY1", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+	t.Setenv("TPT_KEY2", "ZmZmZmZmZmZmZmZmZmZmZjAwMDAwMDAwMDAwMDAwMDA=")
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin(), withGlobal("encryption_key {env.TPT_KEY1}"))
+	x.authorize("tt01app", "tt02app")
+
+	x.global = "encryption_key {env.TPT_KEY2}\n\t\tprevious_encryption_keys {env.TPT_KEY1}"
+	x.start()
+	for _, id := range []string{"tt01app", "tt02app"} {
+		if r := x.call("GET", x.apiPath(), appidHeader(id), ""); r.Status != 200 || r.Errno != 0 {
+			t.Fatalf("%s with the old key as previous: %+v", id, r)
+		}
+	}
+	out, err := x.cli("reseal")
+	if err != nil || !strings.Contains(out, "RESEALED") || !strings.Contains(out, e2eComponent) {
+		t.Fatalf("reseal: %v\n%s", err, out)
+	}
+	var ans resealAnswer
+	out, err = x.cli("reseal", "--json")
+	if err != nil || json.Unmarshal([]byte(out), &ans) != nil || len(ans.Components) != 1 || ans.Components[0].Resealed != 0 ||
+		ans.Components[0].Current < 4 || ans.Components[0].KeyID != tokensource.KeyID([]byte("ffffffffffffffff0000000000000000")) {
+		t.Fatalf("second reseal --json (nothing left to do): %v\n%s", err, out)
+	}
+
+	x.global = "encryption_key {env.TPT_KEY2}"
+	x.start()
+	for _, id := range []string{"tt01app", "tt02app"} {
+		if r := x.call("GET", x.apiPath(), appidHeader(id), ""); r.Status != 200 || r.Errno != 0 {
+			t.Fatalf("%s with the new key only: %+v", id, r)
+		}
+	}
+	x.global = ""
+	x.start()
+	if out, err := x.cli("reseal"); exitCodeOf(err) != 1 || !strings.Contains(err.Error(), "no encryption_key") {
+		t.Fatalf("reseal without a key: %v\n%s", err, out)
+	}
+}
