@@ -126,7 +126,7 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				API: "v2", Endpoint: "https://open.douyin.com",
 				RefreshAhead: dur("5m"), RefreshTokenMargin: dur("48h"), EncryptionKey: "{env.TP_STORAGE_KEY}",
 				PreviousEncryptionKeys: []string{"{env.TP_STORAGE_KEY_OLD}", "{file./run/secrets/older_key}"},
-				Timeout: dur("3s"), LockTimeout: dur("20s"), MaxConcurrentCalls: 4, SingleInstance: true,
+				Timeout:                dur("3s"), LockTimeout: dur("20s"), MaxConcurrentCalls: 4, SingleInstance: true,
 				RenewRate: 0.5, SweepInterval: dur("5m"),
 			},
 		},
