@@ -245,9 +245,6 @@ type target struct {
 	problem     string // why not: "" when appid is set
 }
 
-// shown is how the target is printed: the appid, or "-" until confirmed.
-func (t target) shown() string { return orDash(t.appid) }
-
 // resolve confirms appid arguments and finds their components, asking the
 // admin API with the appids in a request body (POST /tptoken/lookup), so that
 // no unconfirmed value reaches a URL or an answer. An invalid or unknown

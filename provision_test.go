@@ -12,9 +12,9 @@ import (
 )
 
 // loadWithLog loads a Caddyfile made of a global block (tptoken blocks
-// given) and site, logging at INFO to a file; it returns the load error and
-// what was logged.
-func loadWithLog(t *testing.T, tptokenBlocks, site string) (error, string) {
+// given) and site, logging at INFO to a file; it returns what was logged and
+// the load error.
+func loadWithLog(t *testing.T, tptokenBlocks, site string) (string, error) {
 	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	cfg := fmt.Sprintf(`{
@@ -35,7 +35,7 @@ func loadWithLog(t *testing.T, tptokenBlocks, site string) (error, string) {
 	}
 	lerr := caddy.Load(js, true)
 	b, _ := os.ReadFile(logFile)
-	return lerr, string(b)
+	return string(b), lerr
 }
 
 // Issue 16, point 7: risky set-ups load, with one warning each per config
@@ -55,7 +55,7 @@ func TestRiskySecretSetUpsLoadWithAWarningEachNamingTheFix(t *testing.T) {
 	risky := "\ttptoken {\n\t\tcomponent_appid tt00risky\n\t\tcomponent_appsecret " + literalSecret + "\n\t\tendpoint http://127.0.0.1:9\n\t}\n" +
 		"\ttptoken {\n\t\tcomponent_appid tt00weakkey\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t\tendpoint http://127.0.0.1:9\n\t\tencryption_key {env.TPT_PASSPHRASE}\n\t}"
 	for load := 1; load <= 2; load++ {
-		err, log := loadWithLog(t, risky, site)
+		log, err := loadWithLog(t, risky, site)
 		if err != nil {
 			t.Fatalf("a risky but working set-up was refused: %v", err)
 		}
@@ -81,7 +81,7 @@ func TestRiskySecretSetUpsLoadWithAWarningEachNamingTheFix(t *testing.T) {
 	}
 
 	safe := "\ttptoken {\n\t\tcomponent_appid tt00safe\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t\tendpoint http://127.0.0.1:9\n\t\tencryption_key {env.TPT_KEY}\n\t}"
-	err, log := loadWithLog(t, safe, site)
+	log, err := loadWithLog(t, safe, site)
 	if err != nil || strings.Contains(log, `"level":"warn","ts"`) && strings.Contains(log, `"logger":"tptoken"`) && strings.Contains(log, `"option"`) {
 		t.Fatalf("a safe set-up: %v, or warned:\n%s", err, log)
 	}
@@ -97,7 +97,7 @@ func TestAProvisioningErrorHasAShortFirstLine(t *testing.T) {
 	t.Setenv("TPT_SECRET", "env-appsecret-0042")
 	blocks := "\ttptoken {\n\t\tcomponent_appid tt00a\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t}\n\ttptoken {\n\t\tcomponent_appid tt00b\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t}"
 	site := fmt.Sprintf("http://127.0.0.1:%d {\n\troute {\n\t\ttptoken\n\t\trespond ok\n\t}\n}", freePort(t))
-	err, log := loadWithLog(t, blocks, site)
+	log, err := loadWithLog(t, blocks, site)
 	if err == nil || !strings.Contains(err.Error(), "loading module 'tptoken'") {
 		t.Fatalf("a handler naming no component among two loaded: %v", err)
 	}
