@@ -238,7 +238,6 @@ func printJSON(out io.Writer, v any) error {
 // target is an appid argument resolved through the admin API: its component
 // once a record of it is confirmed, or why it cannot be acted on.
 type target struct {
-	arg         string // as given: printed only once confirmed
 	appid       string // confirmed appid; "" otherwise
 	fingerprint string
 	component   string
@@ -253,7 +252,7 @@ func (c *adminClient) resolve(args []string) ([]target, error) {
 	out := make([]target, len(args))
 	var ask []string
 	for i, a := range args {
-		out[i] = target{arg: a, fingerprint: tokensource.Secret(a).Fingerprint()}
+		out[i] = target{fingerprint: tokensource.Secret(a).Fingerprint()}
 		if !tokensource.ValidAppID(a) {
 			out[i].problem = tokensource.CheckAppID(a).Error()
 			continue
@@ -640,7 +639,7 @@ func cmdAction(action string) func(caddycmd.Flags, cliIO) (int, error) {
 		if allowNew {
 			// The operator says these are appids: no lookup (they have no record).
 			for _, a := range fl.Args() {
-				t := target{arg: a, appid: a, fingerprint: tokensource.Secret(a).Fingerprint(), component: c.component}
+				t := target{appid: a, fingerprint: tokensource.Secret(a).Fingerprint(), component: c.component}
 				if err := tokensource.CheckAppID(a); err != nil {
 					t.appid, t.problem = "", err.Error()
 				}
@@ -695,7 +694,7 @@ func runAction(c *adminClient, action, appid string, allowNew bool, r *actionRes
 	}
 	var in tokensource.Info
 	if err := c.do(http.MethodPost, "/tptoken/authorizers/"+appid+"/"+action, q, nil, &in); err != nil {
-		if allowNew && !strings.HasPrefix(err.Error(), "HTTP 2") {
+		if allowNew {
 			r.AppID, r.Fingerprint = "", tokensource.Secret(appid).Fingerprint() // not confirmed by the platform
 		}
 		return err

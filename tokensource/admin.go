@@ -100,7 +100,7 @@ func (e *Engine) Recover(ctx context.Context, appid string, allowNew bool) (Info
 	if err := CheckAppID(appid); err != nil {
 		return Info{}, err
 	}
-	tag, untag := e.tagApp(appid, CauseLive, true)
+	tag, untag := e.tagApp(appid, CauseLive, !e.onRecord(ctx, appid))
 	defer untag()
 	_, err := e.locked(ctx, "\x00recover:", appid, "recover", func(octx context.Context, s *slot, prev *Record) (any, error) {
 		now := e.now()
@@ -150,6 +150,13 @@ func (e *Engine) recoverNewLocked(ctx context.Context, appid string, s *slot, al
 	}
 	next.ForcedAt = []time.Time{e.now()}
 	return e.commitLocked(ctx, s, next), nil
+}
+
+// onRecord reports whether storage holds a record of appid, which makes it
+// a confirmed appid (see opTag). Under the lock, the operation checks again.
+func (e *Engine) onRecord(ctx context.Context, appid string) bool {
+	_, err := e.loadRecord(ctx, appid)
+	return err == nil
 }
 
 // dropEmptySlot forgets the in-memory slot of an appid that got no record.
@@ -205,7 +212,7 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 	if refreshToken == "" {
 		return ImportResult{Fingerprint: Secret(appid).Fingerprint(), Result: "failed", Detail: "authorizer_refresh_token is empty"}
 	}
-	tag, untag := e.tagApp(appid, CauseImport, true)
+	tag, untag := e.tagApp(appid, CauseImport, !e.onRecord(ctx, appid))
 	defer untag()
 	v, err := e.locked(ctx, "\x00import:", appid, "import it", func(octx context.Context, s *slot, prev *Record) (any, error) {
 		if prev != nil {
