@@ -204,6 +204,22 @@ func (a *adminAPI) pick(r *http.Request) (*component, error) {
 		Err: fmt.Errorf("several components are configured (%s): name one, for example ?component=%s", strings.Join(a.order, ", "), a.order[0])}
 }
 
+// selected is the component named by ?component=, or every configured one.
+func (a *adminAPI) selected(r *http.Request) ([]*component, error) {
+	if a.err != nil || r.URL.Query().Get("component") != "" {
+		c, err := a.pick(r)
+		if err != nil {
+			return nil, err
+		}
+		return []*component{c}, nil
+	}
+	comps := make([]*component, 0, len(a.order))
+	for _, id := range a.order {
+		comps = append(comps, a.comps[id])
+	}
+	return comps, nil
+}
+
 func (a *adminAPI) withComponent(w http.ResponseWriter, r *http.Request, h func(http.ResponseWriter, *http.Request, *component) error) error {
 	c, err := a.pick(r)
 	if err != nil {
@@ -761,17 +777,9 @@ type componentsAnswer struct {
 }
 
 func (a *adminAPI) components(w http.ResponseWriter, r *http.Request) error {
-	var comps []*component
-	if a.err == nil && r.URL.Query().Get("component") == "" {
-		for _, id := range a.order {
-			comps = append(comps, a.comps[id])
-		}
-	} else {
-		c, err := a.pick(r)
-		if err != nil {
-			return err
-		}
-		comps = []*component{c}
+	comps, err := a.selected(r)
+	if err != nil {
+		return err
 	}
 	out := componentsAnswer{Components: []componentStatus{}}
 	for _, c := range comps {
@@ -819,17 +827,9 @@ func (a *adminAPI) lookup(w http.ResponseWriter, r *http.Request) error {
 	if len(body.AppIDs) > maxImportRows {
 		return caddy.APIError{HTTPStatus: http.StatusRequestEntityTooLarge, Err: fmt.Errorf("%d appids: look up at most %d at once", len(body.AppIDs), maxImportRows)}
 	}
-	comps := make([]*component, 0, len(a.order))
-	if r.URL.Query().Get("component") != "" {
-		c, err := a.pick(r)
-		if err != nil {
-			return err
-		}
-		comps = append(comps, c)
-	} else {
-		for _, id := range a.order {
-			comps = append(comps, a.comps[id])
-		}
+	comps, err := a.selected(r)
+	if err != nil {
+		return err
 	}
 	ans := lookupAnswer{Results: make([]lookupResult, len(body.AppIDs))}
 	for i, appid := range body.AppIDs {
@@ -867,17 +867,9 @@ func (a *adminAPI) reseal(w http.ResponseWriter, r *http.Request) error {
 	if err := readEmptyBody(w, r); err != nil {
 		return err
 	}
-	var comps []*component
-	if a.err == nil && r.URL.Query().Get("component") == "" {
-		for _, id := range a.order {
-			comps = append(comps, a.comps[id])
-		}
-	} else {
-		c, err := a.pick(r)
-		if err != nil {
-			return err
-		}
-		comps = []*component{c}
+	comps, err := a.selected(r)
+	if err != nil {
+		return err
 	}
 	ans := resealAnswer{Components: []tokensource.ResealReport{}}
 	for _, c := range comps {
