@@ -4,7 +4,7 @@ GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK ?= $(GOBIN)/staticcheck
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: test vet staticcheck tools build run run-check fmt bench bench-load bench-scale bench-instructions
+.PHONY: test vet staticcheck tools build build-sandbox run run-check check-deployment fmt bench bench-load bench-scale bench-instructions
 
 ## test: vet, staticcheck and every test with the race detector
 test: vet staticcheck
@@ -21,11 +21,15 @@ staticcheck: tools
 tools:
 	@test -x $(STATICCHECK) || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-## build: Caddy with tptoken and the emulator, without xcaddy
+## build: the production Caddy (standard modules + tptoken, no emulator), without xcaddy
 build:
 	$(GO) build -o bin/caddy ./cmd/caddy
 
-## run: build Caddy and start the sandbox (examples/sandbox.Caddyfile): the platform
+## build-sandbox: Caddy with tptoken and the platform emulator (make run, bench-load)
+build-sandbox:
+	$(GO) build -o bin/caddy-sandbox ./cmd/caddy-sandbox
+
+## run: build the sandbox Caddy and start the sandbox (examples/sandbox.Caddyfile): the platform
 ## emulator, tptoken in front of it, a token injected end to end; Ctrl-C stops it
 run:
 	GO=$(GO) bash scripts/run-demo.sh
@@ -33,6 +37,12 @@ run:
 ## run-check: the same demo, stopped once it has shown an injected token (CI runs it)
 run-check:
 	GO=$(GO) bash scripts/run-demo.sh --check
+
+## check-deployment: the commands of docs/deployment.md this machine can run (CI runs
+## it): production build, storage key, Caddyfile.example, systemd unit, the
+## Dockerfile's build steps, promtool on the alert rules (scripts/check-deployment.sh)
+check-deployment:
+	GO=$(GO) bash scripts/check-deployment.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

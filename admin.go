@@ -32,9 +32,19 @@ func init() {
 //	DELETE /tptoken/authorizers/<appid>
 //	POST   /tptoken/authorizers/<appid>/code     {"authorization_code": "..."}
 //	POST   /tptoken/authorizers/<appid>/refresh
-//	POST   /tptoken/authorizers/<appid>/recover
+//	POST   /tptoken/authorizers/<appid>/recover[?new=1]
+//	POST   /tptoken/code                        {"authorization_code": "...", "appid"?: "..."}
+//	POST   /tptoken/lookup                      {"appids": ["...", ...]}
 //	POST   /tptoken/import                      [{"appid", "authorizer_refresh_token", "refresh_expires_at"?}, ...]
+//	POST   /tptoken/reseal
 //	GET    /tptoken/component[?component=<appid>]
+//
+// With several components, ?component= names one; routes about one authorizer
+// infer it when the appid has a record under exactly one component. Errors
+// never repeat an appid that has no record (it may be a token pasted in the
+// wrong place): they give its fingerprint. Caddy's admin endpoint itself logs
+// every request URI at INFO, so an appid in a URL reaches that log; the CLI
+// puts only appids with a record in URLs (it asks /tptoken/lookup first).
 //
 // Caddy's admin endpoint has no authentication: keep it on localhost or a unix
 // socket, or use remote admin with mTLS.
@@ -124,7 +134,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := allowMethods(w, r, http.MethodPost); err != nil {
 			return err
 		}
-		return a.withComponent(w, r, a.importTokens)
+		return a.importTokens(w, r)
 	case rest == "auth-link":
 		return a.authLink(w, r)
 	case rest == "component":
@@ -132,13 +142,28 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.components(w, r)
+	case rest == "code":
+		if err := allowMethods(w, r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.withComponent(w, r, a.codeOnly)
+	case rest == "lookup":
+		if err := allowMethods(w, r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.lookup(w, r)
+	case rest == "reseal":
+		if err := allowMethods(w, r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.reseal(w, r)
 	}
 	return notFound(r)
 }
 
 func notFound(r *http.Request) error {
 	return caddy.APIError{HTTPStatus: http.StatusNotFound,
-		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/component", r.Method, r.URL.Path)}
+		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/component", r.Method, r.URL.Path)}
 }
 
 func allowMethods(w http.ResponseWriter, r *http.Request, methods ...string) error {
@@ -181,6 +206,22 @@ func (a *adminAPI) pick(r *http.Request) (*component, error) {
 		Err: fmt.Errorf("several components are configured (%s): name one, for example ?component=%s", strings.Join(a.order, ", "), a.order[0])}
 }
 
+// selected is the component named by ?component=, or every configured one.
+func (a *adminAPI) selected(r *http.Request) ([]*component, error) {
+	if a.err != nil || r.URL.Query().Get("component") != "" {
+		c, err := a.pick(r)
+		if err != nil {
+			return nil, err
+		}
+		return []*component{c}, nil
+	}
+	comps := make([]*component, 0, len(a.order))
+	for _, id := range a.order {
+		comps = append(comps, a.comps[id])
+	}
+	return comps, nil
+}
+
 func (a *adminAPI) withComponent(w http.ResponseWriter, r *http.Request, h func(http.ResponseWriter, *http.Request, *component) error) error {
 	c, err := a.pick(r)
 	if err != nil {
@@ -191,18 +232,79 @@ func (a *adminAPI) withComponent(w http.ResponseWriter, r *http.Request, h func(
 
 func (a *adminAPI) withAuthorizer(w http.ResponseWriter, r *http.Request, appid string,
 	h func(http.ResponseWriter, *http.Request, *component, string) error) error {
-	c, err := a.pick(r)
+	if !tokensource.ValidAppID(appid) {
+		if a.err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: a.err}
+		}
+		return apiError(w, tokensource.CheckAppID(appid))
+	}
+	c, err := a.pickFor(r, appid)
 	if err != nil {
 		return err
-	}
-	if !tokensource.ValidAppID(appid) {
-		return apiError(w, tokensource.CheckAppID(appid))
 	}
 	return h(w, r, c, appid)
 }
 
+// pickFor selects the component for a route about appid: the one named by
+// ?component=, the only one, or the only one holding a record of appid. An
+// appid with records under several components, or under none where a new
+// authorizer is meant (a code, a recovery ?new=1), needs ?component=.
+func (a *adminAPI) pickFor(r *http.Request, appid string) (*component, error) {
+	if a.err != nil || r.URL.Query().Get("component") != "" || len(a.order) < 2 {
+		return a.pick(r)
+	}
+	holders, err := a.holders(r.Context(), appid)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(holders) == 1:
+		return holders[0], nil
+	case len(holders) > 1:
+		return nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
+			Err: fmt.Errorf("authorizer %s has records under several components (%s): name one with ?component=", appid, componentNames(holders))}
+	}
+	newAuthorizer := strings.HasSuffix(r.URL.Path, "/code") || r.URL.Query().Get("new") != ""
+	if newAuthorizer {
+		return nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
+			Err: fmt.Errorf("several components are configured (%s) and none holds a record of this appid: name the one it belongs to, for example ?component=%s",
+				strings.Join(a.order, ", "), a.order[0])}
+	}
+	return nil, caddy.APIError{HTTPStatus: http.StatusNotFound,
+		Err: fmt.Errorf("no component (%s) holds a record of this appid (fingerprint %s)", strings.Join(a.order, ", "), tokensource.Secret(appid).Fingerprint())}
+}
+
+// holders are the components holding a record of appid. A storage failure is
+// an error: the answer would be a guess.
+func (a *adminAPI) holders(ctx context.Context, appid string) ([]*component, error) {
+	var out []*component
+	for _, id := range a.order {
+		c := a.comps[id]
+		_, err := c.engine.Info(ctx, appid)
+		switch {
+		case err == nil:
+			out = append(out, c)
+		case tokensource.KindOf(err) == tokensource.KindUnknownAuthorizer:
+		default:
+			return nil, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable,
+				Err: fmt.Errorf("cannot tell which component holds this appid (reading component %s: %v): name one with ?component=", id, tokensource.WithoutAppID(err, appid))}
+		}
+	}
+	return out, nil
+}
+
+func componentNames(cs []*component) string {
+	names := make([]string, len(cs))
+	for i, c := range cs {
+		names[i] = c.appID
+	}
+	return strings.Join(names, ", ")
+}
+
 // apiError maps an engine error to the admin API's error and status. Engine
-// errors name the appid and what to do, and never hold a secret.
+// errors name the appid and what to do, and never hold a secret; an error
+// about an appid with no record gives its fingerprint instead (see
+// unknownAppIDError).
 func apiError(w http.ResponseWriter, err error) error {
 	status := http.StatusInternalServerError
 	var ee *tokensource.Error
@@ -222,8 +324,20 @@ func apiError(w http.ResponseWriter, err error) error {
 		status = http.StatusBadGateway
 	case tokensource.KindTimeout:
 		status = http.StatusGatewayTimeout
+	case tokensource.KindRateLimited:
+		status = http.StatusTooManyRequests
 	}
 	return caddy.APIError{HTTPStatus: status, Err: err}
+}
+
+// unknownAppIDError is apiError for an operation on appid: when the error
+// says there is no record of appid, its text gives the appid's fingerprint,
+// not the appid.
+func unknownAppIDError(w http.ResponseWriter, err error, appid string) error {
+	if tokensource.KindOf(err) == tokensource.KindUnknownAuthorizer {
+		err = tokensource.WithoutAppID(err, appid)
+	}
+	return apiError(w, err)
 }
 
 func writeJSON(w http.ResponseWriter, v any) error {
@@ -323,14 +437,14 @@ func (a *adminAPI) list(w http.ResponseWriter, r *http.Request, c *component) er
 func (a *adminAPI) show(w http.ResponseWriter, r *http.Request, c *component, appid string) error {
 	info, err := c.engine.Info(r.Context(), appid)
 	if err != nil {
-		return apiError(w, err)
+		return unknownAppIDError(w, err, appid)
 	}
 	return writeJSON(w, info)
 }
 
 func (a *adminAPI) forget(w http.ResponseWriter, r *http.Request, c *component, appid string) error {
 	if _, err := c.engine.Info(r.Context(), appid); err != nil {
-		return apiError(w, err)
+		return unknownAppIDError(w, err, appid)
 	}
 	if err := c.engine.Forget(r.Context(), appid); err != nil {
 		return apiError(w, err)
@@ -341,6 +455,9 @@ func (a *adminAPI) forget(w http.ResponseWriter, r *http.Request, c *component, 
 
 type codeRequest struct {
 	AuthorizationCode string `json:"authorization_code"`
+	// AppID, for POST /tptoken/code: the authorizer the code must belong to
+	// (optional: the platform's answer names it).
+	AppID string `json:"appid,omitempty"`
 }
 
 func (a *adminAPI) code(w http.ResponseWriter, r *http.Request, c *component, appid string) error {
@@ -348,13 +465,36 @@ func (a *adminAPI) code(w http.ResponseWriter, r *http.Request, c *component, ap
 	if err := readBody(w, r, maxAdminBody, &body); err != nil {
 		return err
 	}
-	code := strings.TrimSpace(body.AuthorizationCode)
+	if body.AppID != "" && body.AppID != appid {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("the body's appid differs from the one in the path; leave it out")}
+	}
+	return a.exchange(w, r, c, appid, body.AuthorizationCode)
+}
+
+// codeOnly is POST /tptoken/code: a code seeded with the appid in the body or
+// none at all (the platform's answer names the authorizer), so that no
+// unconfirmed appid reaches a URL.
+func (a *adminAPI) codeOnly(w http.ResponseWriter, r *http.Request, c *component) error {
+	var body codeRequest
+	if err := readBody(w, r, maxAdminBody, &body); err != nil {
+		return err
+	}
+	body.AppID = strings.TrimSpace(body.AppID)
+	if body.AppID != "" && !tokensource.ValidAppID(body.AppID) {
+		return apiError(w, tokensource.CheckAppID(body.AppID))
+	}
+	return a.exchange(w, r, c, body.AppID, body.AuthorizationCode)
+}
+
+func (a *adminAPI) exchange(w http.ResponseWriter, r *http.Request, c *component, appid, code string) error {
+	code = strings.TrimSpace(code)
 	if code == "" {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`body: want {"authorization_code": "<code>"}`)}
 	}
 	info, err := c.engine.ExchangeCode(r.Context(), appid, tokensource.Secret(code), time.Time{})
 	if err != nil {
-		return apiError(w, withheld(err, code))
+		// The exchange did not confirm appid: its text stays out of the answer.
+		return apiError(w, tokensource.WithoutAppID(withheld(err, code), appid))
 	}
 	return writeJSON(w, info)
 }
@@ -377,18 +517,28 @@ func (a *adminAPI) refresh(w http.ResponseWriter, r *http.Request, c *component,
 	}
 	info, err := c.engine.Refresh(r.Context(), appid)
 	if err != nil {
-		return apiError(w, err)
+		return unknownAppIDError(w, err, appid)
 	}
 	return writeJSON(w, info)
 }
 
+// recover recovers an authorizer on record; with ?new=1 also one tptoken has no
+// record of (nothing is stored if that fails).
 func (a *adminAPI) recover(w http.ResponseWriter, r *http.Request, c *component, appid string) error {
 	if err := readEmptyBody(w, r); err != nil {
 		return err
 	}
-	info, err := c.engine.Recover(r.Context(), appid)
+	allowNew := false
+	switch v := r.URL.Query().Get("new"); v {
+	case "", "0", "false":
+	case "1", "true":
+		allowNew = true
+	default:
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("new: want 1 or true (recover an appid with no record) or leave it out")}
+	}
+	info, err := c.engine.Recover(r.Context(), appid, allowNew)
 	if err != nil {
-		return apiError(w, err)
+		return unknownAppIDError(w, err, appid)
 	}
 	return writeJSON(w, info)
 }
@@ -468,6 +618,8 @@ type importRowResult struct {
 
 // importAnswer is the answer of POST /tptoken/import.
 type importAnswer struct {
+	// ComponentAppID is the component of every row, or "" when rows were
+	// matched to components one by one (several components, none named).
 	ComponentAppID string            `json:"component_appid"`
 	Results        []importRowResult `json:"results"`
 	Counts         map[string]int    `json:"counts"` // by result
@@ -476,8 +628,18 @@ type importAnswer struct {
 // importTokens takes over refresh tokens from a legacy store. Each row is
 // verified by one refresh under the authorizer's lock; a rejected token is
 // recovered when the authorization still exists. Bad rows are reported and
-// the good ones kept; importing the same rows again changes nothing.
-func (a *adminAPI) importTokens(w http.ResponseWriter, r *http.Request, c *component) error {
+// the good ones kept; importing the same rows again changes nothing. Every
+// row gets a result. With several components and none named, a row goes to
+// the one component holding a record of its appid, or fails asking for one.
+func (a *adminAPI) importTokens(w http.ResponseWriter, r *http.Request) error {
+	var fixed *component // every row's component, when there is one
+	if a.err != nil || r.URL.Query().Get("component") != "" || len(a.order) < 2 {
+		c, err := a.pick(r)
+		if err != nil {
+			return err
+		}
+		fixed = c
+	}
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxImportBody))
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusRequestEntityTooLarge,
@@ -496,63 +658,104 @@ func (a *adminAPI) importTokens(w http.ResponseWriter, r *http.Request, c *compo
 			Err: fmt.Errorf("%d rows: import in batches of at most %d", len(raw), maxImportRows)}
 	}
 
+	ctx := r.Context()
 	results := make([]importRowResult, len(raw))
 	rows := make([]importRow, len(raw))
+	comps := make([]*component, len(raw))
 	byApp := map[string][]int{} // rows of one appid run in order, one after the other
 	var apps []string
 	for i, m := range raw {
 		results[i].Row = i + 1
+		results[i].Result = "failed"
 		if err := decodeStrict(m, &rows[i]); err != nil {
-			results[i].Result, results[i].Detail = "failed", strings.Replace(err.Error(), "body", "row", 1)
+			results[i].Detail = strings.Replace(err.Error(), "body", "row", 1)
+			var peek struct {
+				AppID string `json:"appid"`
+			}
+			_ = json.Unmarshal(m, &peek)
+			results[i].Fingerprint = tokensource.Secret(strings.TrimSpace(peek.AppID)).Fingerprint()
 			continue
 		}
 		rows[i].AppID = strings.TrimSpace(rows[i].AppID)
 		rows[i].RefreshToken = strings.TrimSpace(rows[i].RefreshToken)
 		if !tokensource.ValidAppID(rows[i].AppID) {
-			// Not echoed: with swapped columns it would be the refresh token.
-			results[i].Result, results[i].Detail = "failed", "invalid appid (want 1-64 letters, digits, '_' or '-'; not echoed back)"
+			results[i].ImportResult = tokensource.ImportResult{Result: "failed", Fingerprint: tokensource.Secret(rows[i].AppID).Fingerprint(),
+				Detail: "invalid appid (want 1-64 letters, digits, '_' or '-'; not echoed back: check the column order appid,authorizer_refresh_token)"}
 			continue
 		}
-		results[i].AppID = rows[i].AppID
-		if _, seen := byApp[rows[i].AppID]; !seen {
-			apps = append(apps, rows[i].AppID)
+		comps[i] = fixed
+		if comps[i] == nil {
+			c, detail := a.importComponent(ctx, rows[i].AppID)
+			if c == nil {
+				results[i].ImportResult = tokensource.ImportResult{Result: "failed", Fingerprint: tokensource.Secret(rows[i].AppID).Fingerprint(), Detail: detail}
+				continue
+			}
+			comps[i] = c
 		}
-		byApp[rows[i].AppID] = append(byApp[rows[i].AppID], i)
+		key := comps[i].appID + "/" + rows[i].AppID
+		if _, seen := byApp[key]; !seen {
+			apps = append(apps, key)
+		}
+		byApp[key] = append(byApp[key], i)
 	}
 
 	// A few authorizers at a time: each import is a platform call under a lock.
-	ctx := r.Context()
 	jobs := make(chan string)
 	var wg sync.WaitGroup
 	for range min(importWorkers, len(apps)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for appid := range jobs {
-				for _, i := range byApp[appid] {
-					results[i].ImportResult = a.importOne(ctx, c, rows[i])
+			for key := range jobs {
+				for _, i := range byApp[key] {
+					results[i].ImportResult = a.importOne(ctx, comps[i], rows[i])
 				}
 			}
 		}()
 	}
-	for _, appid := range apps {
-		jobs <- appid
+	for _, key := range apps {
+		jobs <- key
 	}
 	close(jobs)
 	wg.Wait()
 
-	ans := importAnswer{ComponentAppID: c.appID, Results: results, Counts: map[string]int{}}
-	for _, res := range results {
-		ans.Counts[res.Result]++
+	ans := importAnswer{Results: results, Counts: map[string]int{}}
+	if fixed != nil {
+		ans.ComponentAppID = fixed.appID
 	}
-	a.log.Info("legacy refresh tokens imported through the admin API", zap.String("component_appid", c.appID),
+	for i, res := range results {
+		ans.Counts[res.Result]++
+		comp := fixed
+		if comps[i] != nil {
+			comp = comps[i]
+		}
+		if comp != nil {
+			metricsFor(comp.appID).importRow(res.Result)
+		}
+	}
+	a.log.Info("legacy refresh tokens imported through the admin API", zap.String("component_appid", ans.ComponentAppID),
 		zap.Int("rows", len(rows)), zap.Any("counts", ans.Counts))
 	return writeJSON(w, ans)
 }
 
+// importComponent is the component of a row when several are configured and
+// none is named: the one holding a record of appid. Otherwise nil and why.
+func (a *adminAPI) importComponent(ctx context.Context, appid string) (*component, string) {
+	holders, err := a.holders(ctx, appid)
+	switch {
+	case err != nil:
+		return nil, err.Error()
+	case len(holders) == 1:
+		return holders[0], ""
+	case len(holders) > 1:
+		return nil, fmt.Sprintf("several components (%s) hold a record of this appid: import with a component named (?component=, CLI --component)", componentNames(holders))
+	}
+	return nil, fmt.Sprintf("several components are configured (%s) and none holds a record of this appid: import with the component named (?component=, CLI --component)", strings.Join(a.order, ", "))
+}
+
 func (a *adminAPI) importOne(ctx context.Context, c *component, row importRow) tokensource.ImportResult {
 	if ctx.Err() != nil {
-		return tokensource.ImportResult{AppID: row.AppID, Result: "failed", Detail: "not attempted: the request was cancelled"}
+		return tokensource.ImportResult{Fingerprint: tokensource.Secret(row.AppID).Fingerprint(), Result: "failed", Detail: "not attempted: the request was cancelled"}
 	}
 	res := c.engine.Import(ctx, row.AppID, tokensource.Secret(row.RefreshToken), row.RefreshExpiresAt.Time)
 	if row.RefreshToken != "" && strings.Contains(res.Detail, row.RefreshToken) {
@@ -576,17 +779,9 @@ type componentsAnswer struct {
 }
 
 func (a *adminAPI) components(w http.ResponseWriter, r *http.Request) error {
-	var comps []*component
-	if a.err == nil && r.URL.Query().Get("component") == "" {
-		for _, id := range a.order {
-			comps = append(comps, a.comps[id])
-		}
-	} else {
-		c, err := a.pick(r)
-		if err != nil {
-			return err
-		}
-		comps = []*component{c}
+	comps, err := a.selected(r)
+	if err != nil {
+		return err
 	}
 	out := componentsAnswer{Components: []componentStatus{}}
 	for _, c := range comps {
@@ -600,6 +795,93 @@ func (a *adminAPI) components(w http.ResponseWriter, r *http.Request) error {
 		out.Components = append(out.Components, st)
 	}
 	return writeJSON(w, out)
+}
+
+// lookupRequest is the body of POST /tptoken/lookup.
+type lookupRequest struct {
+	AppIDs []string `json:"appids"`
+}
+
+// lookupResult says which components hold a record of one appid of a lookup.
+type lookupResult struct {
+	// AppID is the appid when some component holds a record of it; otherwise
+	// it is not repeated, and Fingerprint identifies it.
+	AppID       string   `json:"appid,omitempty"`
+	Fingerprint string   `json:"fingerprint,omitempty"`
+	Components  []string `json:"components"`
+}
+
+type lookupAnswer struct {
+	Results []lookupResult `json:"results"` // in the order asked
+}
+
+// lookup tells, for appids given in the body (never in the URL, which Caddy
+// logs), which components hold a record of each: the CLI's way to confirm an
+// appid and find its component before naming it in a URL.
+func (a *adminAPI) lookup(w http.ResponseWriter, r *http.Request) error {
+	if a.err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: a.err}
+	}
+	var body lookupRequest
+	if err := readBody(w, r, maxImportBody, &body); err != nil {
+		return err
+	}
+	if len(body.AppIDs) > maxImportRows {
+		return caddy.APIError{HTTPStatus: http.StatusRequestEntityTooLarge, Err: fmt.Errorf("%d appids: look up at most %d at once", len(body.AppIDs), maxImportRows)}
+	}
+	comps, err := a.selected(r)
+	if err != nil {
+		return err
+	}
+	ans := lookupAnswer{Results: make([]lookupResult, len(body.AppIDs))}
+	for i, appid := range body.AppIDs {
+		res := lookupResult{Components: []string{}}
+		if tokensource.ValidAppID(appid) {
+			for _, c := range comps {
+				_, err := c.engine.Info(r.Context(), appid)
+				switch {
+				case err == nil:
+					res.Components = append(res.Components, c.appID)
+				case tokensource.KindOf(err) != tokensource.KindUnknownAuthorizer:
+					return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable,
+						Err: fmt.Errorf("reading records of component %s: %v", c.appID, tokensource.WithoutAppID(err, appid))}
+				}
+			}
+		}
+		if len(res.Components) > 0 {
+			res.AppID = appid
+		} else {
+			res.Fingerprint = tokensource.Secret(appid).Fingerprint()
+		}
+		ans.Results[i] = res
+	}
+	return writeJSON(w, ans)
+}
+
+// resealAnswer is the answer of POST /tptoken/reseal.
+type resealAnswer struct {
+	Components []tokensource.ResealReport `json:"components"`
+}
+
+// reseal seals every record of the named component (or of all) with its
+// current encryption_key: the last step of a key rotation.
+func (a *adminAPI) reseal(w http.ResponseWriter, r *http.Request) error {
+	if err := readEmptyBody(w, r); err != nil {
+		return err
+	}
+	comps, err := a.selected(r)
+	if err != nil {
+		return err
+	}
+	ans := resealAnswer{Components: []tokensource.ResealReport{}}
+	for _, c := range comps {
+		rep, err := c.engine.Reseal(r.Context())
+		if err != nil {
+			return apiError(w, fmt.Errorf("component %s: %w", c.appID, err))
+		}
+		ans.Components = append(ans.Components, rep)
+	}
+	return writeJSON(w, ans)
 }
 
 // Interface guards

@@ -176,7 +176,7 @@ func TestAdminAPIRejectsBadRequestsWithTheRightStatus(t *testing.T) {
 		status             int
 		mention            string
 	}{
-		{"GET", "/tptoken/authorizers/tt404", "", 404, "tt404"},
+		{"GET", "/tptoken/authorizers/tt404", "", 404, "no record"},
 		{"GET", "/tptoken/authorizers/bad.appid", "", 400, "appid"},
 		{"GET", "/tptoken/authorizers?limit=0", "", 400, "limit"},
 		{"GET", "/tptoken/authorizers?limit=1001", "", 400, "limit"},
@@ -191,7 +191,12 @@ func TestAdminAPIRejectsBadRequestsWithTheRightStatus(t *testing.T) {
 		{"GET", "/tptoken/authorizers/tt01app/refresh", "", 405, "POST"},
 		{"GET", "/tptoken/import", "", 405, "POST"},
 		{"DELETE", "/tptoken/component", "", 405, "GET"},
-		{"POST", "/tptoken/authorizers/tt404/refresh", "", 404, "tt404"},
+		{"POST", "/tptoken/authorizers/tt404/refresh", "", 404, "no authorization on record"},
+		{"POST", "/tptoken/authorizers/tt404/recover", "", 404, "nothing was changed"},
+		{"POST", "/tptoken/authorizers/tt404/recover?new=maybe", "", 400, "new"},
+		{"POST", "/tptoken/lookup", `{"appids": "tt01app"}`, 400, "appids"},
+		{"GET", "/tptoken/lookup", "", 405, "POST"},
+		{"POST", "/tptoken/code", `{"authorization_code": "x", "appid": "bad.appid"}`, 400, "invalid appid"},
 		{"POST", "/tptoken/authorizers/tt01app/refresh", `{"force": true}`, 400, "no body"},
 		{"POST", "/tptoken/authorizers/tt01app/code", "", 400, "empty body"},
 		{"POST", "/tptoken/authorizers/tt01app/code", `{"code": "abc"}`, 400, `unknown field "code"`},
@@ -207,8 +212,8 @@ func TestAdminAPIRejectsBadRequestsWithTheRightStatus(t *testing.T) {
 	}
 	for _, c := range cases {
 		a := x.adminError(c.method, c.path, c.body, c.status, c.mention)
-		if strings.Contains(a.Body, "SENTINEL") {
-			t.Errorf("%s %s: the error quotes the body: %s", c.method, c.path, a.Body)
+		if strings.Contains(a.Body, "SENTINEL") || strings.Contains(a.Body, "tt404") || strings.Contains(a.Body, "bad.appid") {
+			t.Errorf("%s %s: the error quotes the body or an appid with no record: %s", c.method, c.path, a.Body)
 		}
 		if c.status == 405 && a.Header.Get("Allow") == "" {
 			t.Errorf("%s %s: 405 without Allow", c.method, c.path)
@@ -270,9 +275,9 @@ func TestAdminAPISeedsACodeRefreshesRecoversAndForgets(t *testing.T) {
 	if del["deleted"] != true || del["appid"] != "tt05app" {
 		t.Fatalf("delete = %v", del)
 	}
-	x.adminError("GET", "/tptoken/authorizers/tt05app", "", 404, "tt05app")
-	x.adminError("DELETE", "/tptoken/authorizers/tt05app", "", 404, "tt05app")
-	x.adminError("POST", "/tptoken/authorizers/tt05app/refresh", "", 404, "tt05app")
+	x.adminError("GET", "/tptoken/authorizers/tt05app", "", 404, "no record", tokensource.Secret("tt05app").Fingerprint())
+	x.adminError("DELETE", "/tptoken/authorizers/tt05app", "", 404, "no record")
+	x.adminError("POST", "/tptoken/authorizers/tt05app/refresh", "", 404, "no authorization on record")
 	var page authorizerList
 	x.adminJSON("GET", "/tptoken/authorizers", "", 200, &page)
 	if len(page.Authorizers) != 0 {
@@ -384,9 +389,9 @@ func TestAdminAPIImportsLegacyRefreshTokensRowByRow(t *testing.T) {
 	}{
 		{"tt11app", "imported", "", tokensource.StateActive},
 		{"tt12app", "recovered", "", tokensource.StateActive},
-		{"tt13app", "failed", "40004", ""},
+		{"", "failed", "40004", ""}, // not confirmed: the platform knows no such authorization
 		{"", "failed", "invalid appid", ""},
-		{"tt14app", "failed", "empty", ""},
+		{"", "failed", "empty", ""},
 		{"", "failed", "authorizer_refresh_token", ""},
 		{"", "failed", `unknown field "token"`, ""},
 		{"", "failed", "refresh_expires_at", ""},
@@ -406,6 +411,9 @@ func TestAdminAPIImportsLegacyRefreshTokensRowByRow(t *testing.T) {
 			}
 			if r.Row != i+1 || r.AppID != w.appid || r.Result != result || !strings.Contains(r.Detail, mention) {
 				t.Errorf("row %d = %+v, want %s %s (%q)", i+1, r, w.appid, result, mention)
+			}
+			if (r.AppID == "") != (r.Fingerprint != "") {
+				t.Errorf("row %d = %+v: an appid not shown must have a fingerprint, and only then", i+1, r)
 			}
 			if first && w.state != "" && (r.Info == nil || r.Info.State != w.state) {
 				t.Errorf("row %d: authorizer %+v, want state %s", i+1, r.Info, w.state)
@@ -432,7 +440,7 @@ func TestAdminAPIImportsLegacyRefreshTokensRowByRow(t *testing.T) {
 		}
 	}
 	for _, id := range []string{"tt13app", "tt14app", "tt15app", "tt16app", "tt17app"} {
-		x.adminError("GET", "/tptoken/authorizers/"+id, "", 404, id)
+		x.adminError("GET", "/tptoken/authorizers/"+id, "", 404, "no record")
 	}
 
 	// Importing the same rows again is a no-op: no platform call for the done rows.
@@ -508,9 +516,16 @@ func TestAdminAPIWithoutTheAppAndWithSeveralComponents(t *testing.T) {
 	if err != nil || !strings.Contains(out, "ttcompa") || !strings.Contains(out, "ttcompb") || !strings.Contains(out, "Authorizers of ttcompb: 0 shown") {
 		t.Fatalf("status with two components: %v\n%s", err, out)
 	}
+	// No component holds tt01app: that is what it says, not "name a component".
 	out, err = runCLI(t, "refresh", "tt01app", "--address", addr)
-	if err == nil || !strings.Contains(out, "several components") || !strings.Contains(out, "--component") {
-		t.Fatalf("refresh without --component: %v\n%s", err, out)
+	if err == nil || !strings.Contains(out, "no record of this appid") || !strings.Contains(out, "under any component") {
+		t.Fatalf("refresh of an appid no component holds: %v\n%s", err, out)
+	}
+	// Nothing pushed a ticket: the health check fails with exit status 2 and says why.
+	out, err = runCLI(t, "status", "--check", "--address", addr)
+	if exitCodeOf(err) != 2 || !strings.Contains(out, "NOT HEALTHY") || !strings.Contains(out, "ttcompa: no component_ticket received yet") ||
+		!strings.Contains(out, "ttcompb: no component_ticket") || strings.Contains(out, "Authorizers of") {
+		t.Fatalf("status --check without tickets: exit %d, %v\n%s", exitCodeOf(err), err, out)
 	}
 
 	// The admin address may come from the config file, as for `caddy reload`.

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
@@ -51,7 +51,7 @@ func benchHandler(b *testing.B, family tokensource.Family) *Handler {
 	return &Handler{
 		AppID: &AppIDSource{From: "header", Name: defaultAppIDHeader}, MaxReplayBody: defaultMaxReplayBody,
 		comp:   &component{appID: e2eComponent, family: family, engine: e},
-		logger: zap.NewNop(), noTransport: new(sync.Once), takeCarrier: true, headerKey: defaultAppIDHeader,
+		logger: zap.NewNop(), noTransport: &rate.Sometimes{First: 1}, takeCarrier: true, headerKey: defaultAppIDHeader,
 	}
 }
 

@@ -37,6 +37,7 @@ func init() {
 //		refresh_ahead        <duration>        # default 10m
 //		refresh_token_margin <duration>        # default 72h
 //		encryption_key       <key>             # optional: AES-256-GCM for records at rest
+//		previous_encryption_keys <key>...      # earlier keys, still read (key rotation)
 //		timeout              <duration>        # one platform call; default 10s
 //		lock_timeout         <duration>        # wait for the storage lock; default 15s
 //		max_concurrent_calls <n>               # platform calls in flight; default 16
@@ -132,6 +133,18 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 					err = d.Errf("%v", kerr)
 				}
 			}
+		case "previous_encryption_keys":
+			c.PreviousEncryptionKeys = d.RemainingArgs()
+			if len(c.PreviousEncryptionKeys) == 0 {
+				err = d.Errf("previous_encryption_keys: want one or more keys (for example {env.TP_STORAGE_KEY_OLD})")
+			}
+			for _, k := range c.PreviousEncryptionKeys {
+				if err == nil && !isPlaceholder(k) {
+					if _, kerr := tokensource.ParseEncryptionKey(k); kerr != nil {
+						err = d.Errf("previous_encryption_keys: %v", kerr)
+					}
+				}
+			}
 		case "timeout":
 			err = durationArg(d, &c.Timeout)
 		case "lock_timeout":
@@ -196,6 +209,9 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 	}
 	if c.ComponentAppSecret == "" {
 		return nil, nil, d.Err("tptoken: component_appsecret is required (for example {env.TP_COMPONENT_APPSECRET})")
+	}
+	if len(c.PreviousEncryptionKeys) > 0 && c.EncryptionKey == "" {
+		return nil, nil, d.Err("tptoken: previous_encryption_keys needs encryption_key, the key records are sealed with now")
 	}
 	return c, storage, nil
 }

@@ -112,6 +112,7 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				refresh_ahead        5m
 				refresh_token_margin 2d
 				encryption_key       {env.TP_STORAGE_KEY}
+				previous_encryption_keys {env.TP_STORAGE_KEY_OLD} {file./run/secrets/older_key}
 				timeout              3s
 				lock_timeout         20s
 				max_concurrent_calls 4
@@ -127,7 +128,8 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				MessageToken: "{env.TP_MESSAGE_TOKEN}", EncodingAESKey: "{env.TP_ENCODING_AES_KEY}",
 				API: "v2", Endpoint: "https://open.douyin.com",
 				RefreshAhead: dur("5m"), RefreshTokenMargin: dur("48h"), EncryptionKey: "{env.TP_STORAGE_KEY}",
-				Timeout: dur("3s"), LockTimeout: dur("20s"), MaxConcurrentCalls: 4, SingleInstance: true,
+				PreviousEncryptionKeys: []string{"{env.TP_STORAGE_KEY_OLD}", "{file./run/secrets/older_key}"},
+				Timeout:                dur("3s"), LockTimeout: dur("20s"), MaxConcurrentCalls: 4, SingleInstance: true,
 				RenewRate: 0.5, SweepInterval: dur("5m"),
 				RedirectExchanges: 120, RedirectWindow: dur("30m"), RedirectCalls: 2, PushWindow: dur("5m"),
 			},
@@ -247,6 +249,9 @@ func TestCaddyfileGlobalOptionErrorsNameTheOptionAndLine(t *testing.T) {
 		{"lock_timeout zero", head + "lock_timeout 0\n}", "lock_timeout", 4},
 		{"encryption_key invalid", head + "encryption_key tooshort\n}", "encryption_key", 4},
 		{"encryption_key without value", head + "encryption_key\n}", "encryption_key", 4},
+		{"previous_encryption_keys without value", head + "encryption_key {env.K}\nprevious_encryption_keys\n}", "previous_encryption_keys", 5},
+		{"previous_encryption_keys invalid", head + "encryption_key {env.K}\nprevious_encryption_keys {env.OLD} tooshort\n}", "previous_encryption_keys", 5},
+		{"previous_encryption_keys without encryption_key", head + "previous_encryption_keys {env.OLD}\n}", "needs encryption_key", 5},
 		{"max_concurrent_calls zero", head + "max_concurrent_calls 0\n}", "max_concurrent_calls", 4},
 		{"renew_rate zero", head + "renew_rate 0\n}", "renew_rate", 4},
 		{"renew_rate not a number", head + "renew_rate fast\n}", "renew_rate", 4},
@@ -278,7 +283,7 @@ func TestCaddyfileGlobalOptionErrorsNameTheOptionAndLine(t *testing.T) {
 func TestCaddyfileGlobalOptionErrorsNeverQuoteSecrets(t *testing.T) {
 	const head = "tptoken {\ncomponent_appid tt_comp\ncomponent_appsecret s\n"
 	for _, secret := range []string{"SENTINEL-aes-key-value", "SENTINEL-encryption-key-value"} {
-		for _, opt := range []string{"encoding_aes_key", "encryption_key"} {
+		for _, opt := range []string{"encoding_aes_key", "encryption_key", "previous_encryption_keys"} {
 			_, _, err := parseGlobal(t, head+opt+" "+secret+"\n}", nil)
 			wantErr(t, err, opt)
 			if err != nil && strings.Contains(err.Error(), secret) {

@@ -1,6 +1,7 @@
 package tptoken
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/csv"
 	"encoding/json"
@@ -25,33 +26,58 @@ import (
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
-// The `caddy tptoken` command: status, import, refresh and recover through the
-// running instance's admin API (admin.api.tptoken). It never prints a token.
+// The `caddy tptoken` command operates the running instance through its admin
+// API (admin.api.tptoken). It never prints a token, and never prints, nor puts
+// in an admin URL (which Caddy logs), a value given as an appid until the admin
+// API confirms a record of it: a token pasted in the wrong place, or an import
+// file with swapped columns, is shown by its fingerprint only.
+//
+// Exit codes: 0 success; 1 failure (bad arguments, Caddy unreachable, an
+// operation failed for some appid or row); 2 `status --check` found the TP not
+// healthy.
 
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "tptoken",
-		Usage: "status|import|refresh|recover|auth-link [--address <interface>] [--component <appid>] [--json]",
+		Usage: "<subcommand> [--address <interface>] [--component <appid>] [--json]",
 		Short: "Shows and steers tptoken authorizers of the running Caddy",
 		Long: `
 Operates the tptoken app of a running Caddy through its admin API
 (routes under /tptoken/; the admin endpoint must be enabled).
 
-  caddy tptoken status [<appid>]       component state and the authorizer table,
-                                        or one authorizer in detail
-  caddy tptoken import <file|->        take over refresh tokens from a legacy store
-                                        (JSON array or CSV: appid,authorizer_refresh_token[,refresh_expires_at])
-  caddy tptoken refresh <appid>...     renew the tokens now
-  caddy tptoken recover <appid>...     retrieve a new authorization code and exchange it
+  caddy tptoken status [<appid>] [--check]  component state and the authorizer table,
+                                            one authorizer in detail, or a health check
+  caddy tptoken import <file|->             take over refresh tokens from a legacy store
+                                            (JSON array or CSV: appid,authorizer_refresh_token[,refresh_expires_at])
+  caddy tptoken refresh <appid>...          renew the tokens now
+  caddy tptoken recover <appid>... [--new]  retrieve a new authorization code and exchange it
+  caddy tptoken seed-code [--appid <appid>] exchange an authorization code read from standard input
+  caddy tptoken delete <appid>... --yes     forget authorizers (their refresh tokens are lost)
+  caddy tptoken reseal                      seal every record with the current encryption_key
   caddy tptoken auth-link --redirect-uri <url>
-                                        an authorization link for a merchant (signed state)
+                                            an authorization link for a merchant (signed state)
 
 The admin address comes from --address, else from the admin setting of the
 --config file, else Caddy's default (localhost:2019). With several components
-(TPs), name one with --component. --json prints the API's JSON.
+(TPs), the component of an appid is found by itself; name one with --component
+where it cannot be (a new authorizer, an import). --json prints the API's JSON.
+
+Exit status: 0 success, 1 failure, 2 status --check found the TP not healthy.
 `,
 		CobraFunc: configureCommand,
 	})
+}
+
+// subcommands build the `caddy tptoken` subcommands, in the order of the help.
+var subcommands = []func() *cobra.Command{
+	statusCommand,
+	importCommand,
+	refreshCommand,
+	recoverCommand,
+	seedCodeCommand,
+	deleteCommand,
+	resealCommand,
+	authLinkCommand,
 }
 
 // configureCommand adds the subcommands and their flags to the tptoken command.
@@ -60,67 +86,57 @@ func configureCommand(cmd *cobra.Command) {
 	pf.String("address", "", "Address of the admin API, if not the one in --config or the default")
 	pf.StringP("config", "c", "", "Configuration file to read the admin address from, if --address is not used")
 	pf.StringP("adapter", "a", "", "Name of the config adapter (with --config)")
-	pf.String("component", "", "Component (TP) appid, when several are configured")
+	pf.String("component", "", "Component (TP) appid, when several are configured and the appid does not tell")
 	pf.Bool("json", false, "Print JSON instead of tables")
 
-	status := &cobra.Command{
-		Use:   "status [<appid>]",
-		Short: "Shows component state and authorizers (no token is ever shown)",
-		Args:  cobra.MaximumNArgs(1),
-		RunE:  runWith(cmdStatus),
-	}
-	status.Flags().String("state", "", "Only authorizers in this state (active, needs_recovery, unauthorized)")
-	status.Flags().Int("limit", 0, "Show at most this many authorizers (0: all)")
-
-	imp := &cobra.Command{
-		Use:   "import <file|->",
-		Short: "Imports refresh tokens from a legacy store (JSON or CSV)",
-		Long: `
-Imports authorizer refresh tokens exported from a legacy token store. Each token
-is verified by one refresh under the authorizer's lock; a token the platform
-rejects is recovered (retrieve code + exchange) when the authorization still
-exists. Rows are reported one by one: imported, recovered, unchanged (imported
-before), skipped (already active in tptoken) or failed. Importing the same file
-again changes nothing.
-
-The file is a JSON array of {"appid", "authorizer_refresh_token",
-"refresh_expires_at"?} or CSV rows appid,authorizer_refresh_token[,refresh_expires_at]
-(an optional header row, '#' comments). refresh_expires_at is RFC 3339 or Unix
-seconds. Stop the legacy refresher for these authorizers first: a refresh by
-both systems burns the token chain.
-`,
-		Args: cobra.ExactArgs(1),
-		RunE: runWith(cmdImport),
-	}
-	imp.Flags().String("format", "", "json or csv (default: from the file extension, else guessed from the content)")
-	imp.Flags().Int("batch", 50, "Rows per admin API request (at most 1000)")
-
-	refresh := &cobra.Command{
-		Use:   "refresh <appid>...",
-		Short: "Renews authorizer tokens now (single-flight, under the storage lock)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE:  runWith(cmdAction("refresh")),
-	}
-	recov := &cobra.Command{
-		Use:   "recover <appid>...",
-		Short: "Recovers authorizers: retrieves a new authorization code and exchanges it",
-		Args:  cobra.MinimumNArgs(1),
-		RunE:  runWith(cmdAction("recover")),
-	}
-	for _, sub := range []*cobra.Command{status, imp, refresh, recov, authLinkCommand()} {
+	// Without a known subcommand: fail, naming the valid ones (cobra would
+	// print the help and exit 0, which a script takes for success).
+	var names []string
+	for _, build := range subcommands {
+		sub := build()
 		sub.SilenceUsage = true
 		cmd.AddCommand(sub)
+		names = append(names, sub.Name())
+	}
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.SilenceUsage = true
+	cmd.SuggestionsMinimumDistance = 2
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return fmt.Errorf("a subcommand is required: %s (caddy help tptoken)", strings.Join(names, ", "))
+		}
+		hint := ""
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			hint = "; did you mean " + strings.Join(s, " or ") + "?"
+		}
+		return fmt.Errorf("unknown subcommand %q: use one of %s%s", args[0], strings.Join(names, ", "), hint)
 	}
 }
 
-// runWith adapts a command function writing to the command's output to
-// cobra, through Caddy's wrapper (exit codes, error logging).
-func runWith(f func(fl caddycmd.Flags, out io.Writer) (int, error)) func(*cobra.Command, []string) error {
+// cliIO is where a subcommand reads input and writes its output.
+type cliIO struct {
+	in  io.Reader
+	out io.Writer
+}
+
+// runWith adapts a subcommand function to cobra, through Caddy's wrapper
+// (exit codes, error logging).
+func runWith(f func(fl caddycmd.Flags, io cliIO) (int, error)) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		return caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
-			return f(fl, cmd.OutOrStdout())
+			return f(fl, cliIO{in: cmd.InOrStdin(), out: cmd.OutOrStdout()})
 		})(cmd, args)
 	}
+}
+
+// oneOf checks a flag value against its valid values.
+func oneOf(flag, v string, valid ...string) error {
+	for _, ok := range valid {
+		if v == ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("--%s %q: use one of %s", flag, v, strings.Join(valid, ", "))
 }
 
 // adminClient calls the tptoken admin routes of one running Caddy.
@@ -136,9 +152,14 @@ func newAdminClient(fl caddycmd.Flags) (*adminClient, error) {
 	}
 	comp := fl.String("component")
 	if comp != "" && !tokensource.ValidAppID(comp) {
-		return nil, fmt.Errorf("--component %q: want a component appid", comp)
+		return nil, fmt.Errorf("--component: want a component appid (1-64 letters, digits, '_' or '-'), got %d characters", len(comp))
 	}
 	return &adminClient{addr: addr, component: comp}, nil
+}
+
+// forComponent is c with the component set.
+func (c *adminClient) forComponent(comp string) *adminClient {
+	return &adminClient{addr: c.addr, component: comp}
 }
 
 // do sends a request (body marshalled as JSON when non-nil) and decodes the
@@ -164,8 +185,8 @@ func (c *adminClient) do(method, path string, query url.Values, body, out any) e
 	}
 	resp, err := caddycmd.AdminAPIRequest(c.addr, method, uri, nil, rd)
 	if err != nil {
-		err = adminErrorText(err)
-		if strings.Contains(err.Error(), "several components are configured") {
+		err = adminErrorText(err, c.addr)
+		if strings.Contains(err.Error(), "several components are configured") && !strings.Contains(err.Error(), "--component") {
 			err = fmt.Errorf("%v (here: --component <appid>)", err)
 		}
 		return err
@@ -184,10 +205,19 @@ func (c *adminClient) do(method, path string, query url.Values, body, out any) e
 var adminErrorRE = regexp.MustCompile(`(?s)caddy responded with error: HTTP (\d+): (.*)$`)
 
 // adminErrorText turns AdminAPIRequest's error (which quotes the raw JSON
-// answer) into "HTTP <status>: <message>".
-func adminErrorText(err error) error {
+// answer) into "HTTP <status>: <message>", and a failure to reach the admin
+// endpoint into what to check.
+func adminErrorText(err error, addr string) error {
 	m := adminErrorRE.FindStringSubmatch(err.Error())
 	if m == nil {
+		msg := err.Error()
+		for _, cause := range []string{"connection refused", "no such file or directory", "no such host", "i/o timeout", "connection reset"} {
+			if strings.Contains(msg, cause) {
+				return fmt.Errorf("cannot reach Caddy's admin API at %s (%s): is Caddy running, and is that its admin address? "+
+					"Give the address with --address, or the Caddyfile with --config to read it from (the `admin` global option; "+
+					"default localhost:2019). With `admin off`, caddy tptoken cannot work", addr, cause)
+			}
+		}
 		return err
 	}
 	var body struct {
@@ -208,46 +238,200 @@ func printJSON(out io.Writer, v any) error {
 	return err
 }
 
+// target is an appid argument resolved through the admin API: its component
+// once a record of it is confirmed, or why it cannot be acted on.
+type target struct {
+	appid       string // confirmed appid; "" otherwise
+	fingerprint string
+	component   string
+	problem     string // why not: "" when appid is set
+}
+
+// resolve confirms appid arguments and finds their components, asking the
+// admin API with the appids in a request body (POST /tptoken/lookup), so that
+// no unconfirmed value reaches a URL or an answer. An invalid or unknown
+// appid gets a problem naming its fingerprint.
+func (c *adminClient) resolve(args []string) ([]target, error) {
+	out := make([]target, len(args))
+	var ask []string
+	for i, a := range args {
+		out[i] = target{fingerprint: tokensource.Secret(a).Fingerprint()}
+		if !tokensource.ValidAppID(a) {
+			out[i].problem = tokensource.CheckAppID(a).Error()
+			continue
+		}
+		ask = append(ask, a)
+	}
+	if len(ask) == 0 {
+		return out, nil
+	}
+	var ans lookupAnswer
+	if err := c.do(http.MethodPost, "/tptoken/lookup", nil, lookupRequest{AppIDs: ask}, &ans); err != nil {
+		return nil, err
+	}
+	if len(ans.Results) != len(ask) {
+		return nil, fmt.Errorf("the admin API answered %d lookups for %d appids", len(ans.Results), len(ask))
+	}
+	j := 0
+	for i := range out {
+		if out[i].problem != "" {
+			continue
+		}
+		res := ans.Results[j]
+		j++
+		switch {
+		case len(res.Components) == 0 && c.component != "":
+			out[i].problem = fmt.Sprintf("no record of this appid (fingerprint %s) under component %s", out[i].fingerprint, c.component)
+		case len(res.Components) == 0:
+			out[i].problem = fmt.Sprintf("no record of this appid (fingerprint %s) under any component: check it", out[i].fingerprint)
+		case len(res.Components) > 1:
+			out[i].appid = res.AppID
+			out[i].problem = fmt.Sprintf("records under several components (%s): name one with --component", strings.Join(res.Components, ", "))
+		default:
+			out[i].appid, out[i].component = res.AppID, res.Components[0]
+		}
+	}
+	return out, nil
+}
+
 // status
 
 // statusJSON is what `status --json` prints.
 type statusJSON struct {
 	Components  []componentStatus             `json:"components"`
-	Authorizers map[string][]tokensource.Info `json:"authorizers"` // by component appid
+	Authorizers map[string][]tokensource.Info `json:"authorizers,omitempty"` // by component appid
+	// Health is the verdict of --check.
+	Health *healthJSON `json:"health,omitempty"`
 }
 
-func cmdStatus(fl caddycmd.Flags, out io.Writer) (int, error) {
+type healthJSON struct {
+	Healthy  bool     `json:"healthy"`
+	Problems []string `json:"problems,omitempty"`
+}
+
+func statusCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status [<appid>]",
+		Short: "Shows component state and authorizers, or checks health (no token is ever shown)",
+		Long: `
+Shows each component (TP): ticket age, component token, the last sweep of
+storage; then the authorizers (--state and --limit select them). With an appid,
+shows that authorizer in detail.
+
+--check is for probes and scripts: it shows the component table only and exits
+2 unless every component (or the one named by --component) is healthy:
+  - a component_ticket arrived within --max-ticket-age (default 30m; the
+    platform pushes one every 10 minutes, each valid 3 hours);
+  - a component token is on record and not expired;
+  - the last sweep of storage (if one ran yet) read every authorizer record.
+Problems of single authorizers (needs_recovery, unauthorized) do not fail the
+check: they are one tenant's, not the TP's; see the authorizer table.
+Exit status 1 means the check could not be made (for example, Caddy is not
+reachable).
+`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: runWith(cmdStatus),
+	}
+	cmd.Flags().String("state", "", "Only authorizers in this state (active, needs_recovery, unauthorized)")
+	cmd.Flags().Int("limit", 0, "Show at most this many authorizers (0: all)")
+	cmd.Flags().Bool("check", false, "Exit 2 unless the TP is healthy (see above); shows no authorizer table")
+	cmd.Flags().Duration("max-ticket-age", 30*time.Minute, "With --check: the oldest acceptable component_ticket")
+	return cmd
+}
+
+var authorizerStates = []string{string(tokensource.StateActive), string(tokensource.StateNeedsRecovery), string(tokensource.StateUnauthorized)}
+
+func cmdStatus(fl caddycmd.Flags, cio cliIO) (int, error) {
 	c, err := newAdminClient(fl)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	asJSON := fl.Bool("json")
-	if args := fl.Args(); len(args) == 1 {
-		return showAuthorizer(c, args[0], asJSON, out)
-	}
 	state := fl.String("state")
+	if state != "" {
+		if err := oneOf("state", state, authorizerStates...); err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+	}
 	limit := fl.Int("limit")
+	if limit < 0 {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("--limit %d: want 0 (all) or more", limit)
+	}
+	check := fl.Bool("check")
+	maxTicketAge, _ := fl.GetDuration("max-ticket-age")
+	if maxTicketAge <= 0 {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("--max-ticket-age %s: want a positive duration", maxTicketAge)
+	}
+	if args := fl.Args(); len(args) == 1 {
+		if check || state != "" || limit != 0 {
+			return caddy.ExitCodeFailedStartup, errors.New("--check, --state and --limit apply to the whole status, not to one appid")
+		}
+		return showAuthorizer(c, args[0], asJSON, cio.out)
+	}
 
 	var comps componentsAnswer
 	if err := c.do(http.MethodGet, "/tptoken/component", nil, nil, &comps); err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	res := statusJSON{Components: comps.Components, Authorizers: map[string][]tokensource.Info{}}
-	for _, comp := range comps.Components {
-		cc := &adminClient{addr: c.addr, component: comp.ComponentAppID}
-		infos, err := cc.listAll(state, limit)
-		if err != nil {
-			return caddy.ExitCodeFailedStartup, err
+	res := statusJSON{Components: comps.Components}
+	now := time.Now()
+	if check {
+		h := checkHealth(comps.Components, maxTicketAge, now)
+		res.Health = &h
+	} else {
+		res.Authorizers = map[string][]tokensource.Info{}
+		for _, comp := range comps.Components {
+			infos, err := c.forComponent(comp.ComponentAppID).listAll(state, limit)
+			if err != nil {
+				return caddy.ExitCodeFailedStartup, err
+			}
+			res.Authorizers[comp.ComponentAppID] = infos
 		}
-		res.Authorizers[comp.ComponentAppID] = infos
 	}
 	if asJSON {
-		return caddy.ExitCodeSuccess, printJSON(out, res)
+		if err := printJSON(cio.out, res); err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+	} else if err := printStatus(cio.out, res, now); err != nil {
+		return caddy.ExitCodeFailedStartup, err
 	}
-	now := time.Now()
+	if res.Health != nil && !res.Health.Healthy {
+		return 2, fmt.Errorf("not healthy: %s", strings.Join(res.Health.Problems, "; "))
+	}
+	return caddy.ExitCodeSuccess, nil
+}
+
+// checkHealth applies the --check rules to each component.
+func checkHealth(comps []componentStatus, maxTicketAge time.Duration, now time.Time) healthJSON {
+	var problems []string
+	for _, s := range comps {
+		id := s.ComponentAppID
+		switch {
+		case s.TicketReceivedAt.IsZero():
+			problems = append(problems, id+": no component_ticket received yet (is the 授权事件接收 URL reaching tptoken_events?)")
+		case now.Sub(s.TicketReceivedAt) > maxTicketAge:
+			problems = append(problems, fmt.Sprintf("%s: the newest component_ticket is %s old (more than %s): pushes are not arriving", id, shortDuration(now.Sub(s.TicketReceivedAt)), maxTicketAge))
+		}
+		switch {
+		case s.TokenExpiry.IsZero():
+			problems = append(problems, id+": no component token on record")
+		case !s.TokenExpiry.After(now):
+			problems = append(problems, fmt.Sprintf("%s: the component token expired %s ago", id, shortDuration(now.Sub(s.TokenExpiry))))
+		}
+		if s.Sweep != nil && s.Sweep.Unreadable > 0 {
+			problems = append(problems, fmt.Sprintf("%s: the last sweep could not read %d authorizer record(s) (wrong or missing encryption_key? see the log)", id, s.Sweep.Unreadable))
+		}
+	}
+	if len(comps) == 0 {
+		problems = append(problems, "no component is configured")
+	}
+	return healthJSON{Healthy: len(problems) == 0, Problems: problems}
+}
+
+func printStatus(out io.Writer, res statusJSON, now time.Time) error {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "COMPONENT\tAPI\tTICKET AGE\tCOMPONENT TOKEN\tLAST SWEEP\tACTIVE\tNEEDS RECOVERY\tUNAUTHORIZED\tEARLIEST REFRESH EXPIRY")
-	for _, s := range comps.Components {
+	for _, s := range res.Components {
 		ticket := "none"
 		if !s.TicketReceivedAt.IsZero() {
 			ticket = shortDuration(now.Sub(s.TicketReceivedAt))
@@ -266,9 +450,26 @@ func cmdStatus(fl caddycmd.Flags, out io.Writer) (int, error) {
 			expiresText(s.TokenExpiry, now), sweep, active, recov, unauth, earliest)
 	}
 	if err := tw.Flush(); err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return err
 	}
-	for _, s := range comps.Components {
+	for _, s := range res.Components {
+		if s.Sweep != nil && s.Sweep.NotSealedWithKey > 0 {
+			fmt.Fprintf(out, "%s: %d authorizer record(s) not sealed with the current encryption_key yet (caddy tptoken reseal)\n",
+				s.ComponentAppID, s.Sweep.NotSealedWithKey)
+		}
+	}
+	if res.Health != nil {
+		if res.Health.Healthy {
+			fmt.Fprintln(out, "\nhealthy")
+		} else {
+			fmt.Fprintln(out, "\nNOT HEALTHY:")
+			for _, p := range res.Health.Problems {
+				fmt.Fprintln(out, "  "+p)
+			}
+		}
+		return nil
+	}
+	for _, s := range res.Components {
 		infos := res.Authorizers[s.ComponentAppID]
 		fmt.Fprintf(out, "\nAuthorizers of %s: %d shown\n", s.ComponentAppID, len(infos))
 		if len(infos) == 0 {
@@ -281,10 +482,10 @@ func cmdStatus(fl caddycmd.Flags, out io.Writer) (int, error) {
 				expiresText(in.AccessExpiry, now), expiresText(in.RefreshExpiry, now), relTime(in.LastRefresh, now), lastErrorText(in.LastError, now))
 		}
 		if err := tw.Flush(); err != nil {
-			return caddy.ExitCodeFailedStartup, err
+			return err
 		}
 	}
-	return caddy.ExitCodeSuccess, nil
+	return nil
 }
 
 // listAll pages through the authorizers (in state, when given), up to limit (0: all).
@@ -317,11 +518,16 @@ func (c *adminClient) listAll(state string, limit int) ([]tokensource.Info, erro
 }
 
 func showAuthorizer(c *adminClient, appid string, asJSON bool, out io.Writer) (int, error) {
-	if !tokensource.ValidAppID(appid) {
-		return caddy.ExitCodeFailedStartup, tokensource.CheckAppID(appid)
+	ts, err := c.resolve([]string{appid})
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	t := ts[0]
+	if t.problem != "" {
+		return caddy.ExitCodeFailedStartup, errors.New(t.problem)
 	}
 	var in tokensource.Info
-	if err := c.do(http.MethodGet, "/tptoken/authorizers/"+appid, nil, nil, &in); err != nil {
+	if err := c.forComponent(t.component).do(http.MethodGet, "/tptoken/authorizers/"+t.appid, nil, nil, &in); err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	if asJSON {
@@ -359,59 +565,119 @@ func printInfo(out io.Writer, in tokensource.Info, now time.Time) {
 	_ = tw.Flush()
 }
 
-// refresh / recover
+// refresh / recover / delete
 
-// actionResult is one line of `refresh` / `recover --json`.
-type actionResult struct {
-	AppID      string            `json:"appid"`
-	OK         bool              `json:"ok"`
-	Authorizer *tokensource.Info `json:"authorizer,omitempty"`
-	Error      string            `json:"error,omitempty"`
+func refreshCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "refresh <appid>...",
+		Short: "Renews authorizer tokens now (single-flight, under the storage lock)",
+		Long: `
+Renews the tokens of each authorizer now. Forced refreshes and recoveries are
+limited to 3 per authorizer per 10 minutes, counted across all instances: over
+that, the authorizer's line says when to try again (HTTP 429 from the admin API).
+`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: runWith(cmdAction("refresh")),
+	}
 }
 
-func cmdAction(action string) func(caddycmd.Flags, io.Writer) (int, error) {
-	return func(fl caddycmd.Flags, out io.Writer) (int, error) {
+func recoverCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "recover <appid>...",
+		Short: "Recovers authorizers: retrieves a new authorization code and exchanges it",
+		Long: `
+Recovers each authorizer whose refresh token is lost: retrieves a new
+authorization code (找回授权码) and exchanges it. Shares the budget of refresh
+(3 forced operations per authorizer per 10 minutes).
+
+An appid tptoken has no record of is refused, changing nothing. With --new it is
+recovered if the platform says it is authorized to the TP (for example an
+authorizer that authorized after the backup you restored); if not, nothing is
+stored. --new sends the appid in an admin URL, which Caddy logs: use it with
+appids you know.
+`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: runWith(cmdAction("recover")),
+	}
+	cmd.Flags().Bool("new", false, "Also recover appids with no record (the platform must know them)")
+	return cmd
+}
+
+func deleteCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "delete <appid>... --yes",
+		Short: "Forgets authorizers: their records and refresh tokens are deleted for good",
+		Long: `
+Deletes each authorizer's record. Its refresh token is lost: only a new
+authorization (the AUTHORIZED push) or caddy tptoken recover --new brings it
+back. --yes confirms.
+`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: runWith(cmdAction("delete")),
+	}
+	cmd.Flags().Bool("yes", false, "Confirm: the refresh tokens are lost")
+	return cmd
+}
+
+// actionResult is one line of `refresh` / `recover` / `delete --json`.
+type actionResult struct {
+	AppID       string            `json:"appid,omitempty"`       // once confirmed
+	Fingerprint string            `json:"fingerprint,omitempty"` // of an appid not confirmed
+	OK          bool              `json:"ok"`
+	Authorizer  *tokensource.Info `json:"authorizer,omitempty"`
+	Error       string            `json:"error,omitempty"`
+}
+
+func cmdAction(action string) func(caddycmd.Flags, cliIO) (int, error) {
+	return func(fl caddycmd.Flags, cio cliIO) (int, error) {
 		c, err := newAdminClient(fl)
 		if err != nil {
 			return caddy.ExitCodeFailedStartup, err
 		}
-		var results []actionResult
+		allowNew := action == "recover" && fl.Bool("new")
+		if action == "delete" && !fl.Bool("yes") {
+			return caddy.ExitCodeFailedStartup, errors.New("delete forgets each authorizer's refresh token for good (only a new authorization brings it back): add --yes to confirm")
+		}
+		var targets []target
+		if allowNew {
+			// The operator says these are appids: no lookup (they have no record).
+			for _, a := range fl.Args() {
+				t := target{appid: a, fingerprint: tokensource.Secret(a).Fingerprint(), component: c.component}
+				if err := tokensource.CheckAppID(a); err != nil {
+					t.appid, t.problem = "", err.Error()
+				}
+				targets = append(targets, t)
+			}
+		} else if targets, err = c.resolve(fl.Args()); err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+		results := make([]actionResult, 0, len(targets))
 		failed := 0
-		for _, appid := range fl.Args() {
-			r := actionResult{AppID: appid}
-			var in tokensource.Info
-			err := tokensource.CheckAppID(appid)
-			if err == nil {
-				err = c.do(http.MethodPost, "/tptoken/authorizers/"+appid+"/"+action, nil, nil, &in)
+		for _, t := range targets {
+			r := actionResult{AppID: t.appid}
+			if t.appid == "" {
+				r.Fingerprint = t.fingerprint
+			}
+			err := error(nil)
+			if t.problem != "" {
+				err = errors.New(t.problem)
+			} else {
+				err = runAction(c.forComponent(t.component), action, t.appid, allowNew, &r)
 			}
 			if err != nil {
 				r.Error = err.Error()
 				failed++
 			} else {
-				r.OK, r.Authorizer = true, &in
+				r.OK = true
 			}
 			results = append(results, r)
 		}
 		if fl.Bool("json") {
-			if err := printJSON(out, results); err != nil {
+			if err := printJSON(cio.out, results); err != nil {
 				return caddy.ExitCodeFailedStartup, err
 			}
-		} else {
-			now := time.Now()
-			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "APPID\tRESULT\tSTATE\tGEN\tACCESS TOKEN\tREFRESH TOKEN\tDETAIL")
-			for _, r := range results {
-				if !r.OK {
-					fmt.Fprintf(tw, "%s\tfailed\t-\t-\t-\t-\t%s\n", r.AppID, r.Error)
-					continue
-				}
-				in := r.Authorizer
-				fmt.Fprintf(tw, "%s\tok\t%s\t%d\t%s\t%s\t%s\n", r.AppID, stateText(*in), in.Generation,
-					expiresText(in.AccessExpiry, now), expiresText(in.RefreshExpiry, now), lastErrorText(in.LastError, now))
-			}
-			if err := tw.Flush(); err != nil {
-				return caddy.ExitCodeFailedStartup, err
-			}
+		} else if err := printActions(cio.out, results); err != nil {
+			return caddy.ExitCodeFailedStartup, err
 		}
 		if failed > 0 {
 			return 1, fmt.Errorf("%s failed for %d of %d authorizers", action, failed, len(results))
@@ -420,7 +686,186 @@ func cmdAction(action string) func(caddycmd.Flags, io.Writer) (int, error) {
 	}
 }
 
+// runAction runs one action on a confirmed appid (or one given with --new).
+func runAction(c *adminClient, action, appid string, allowNew bool, r *actionResult) error {
+	if action == "delete" {
+		return c.do(http.MethodDelete, "/tptoken/authorizers/"+appid, nil, nil, nil)
+	}
+	var q url.Values
+	if allowNew {
+		q = url.Values{"new": {"1"}}
+	}
+	var in tokensource.Info
+	if err := c.do(http.MethodPost, "/tptoken/authorizers/"+appid+"/"+action, q, nil, &in); err != nil {
+		if allowNew {
+			r.AppID, r.Fingerprint = "", tokensource.Secret(appid).Fingerprint() // not confirmed by the platform
+		}
+		return err
+	}
+	r.Authorizer = &in
+	return nil
+}
+
+func printActions(out io.Writer, results []actionResult) error {
+	now := time.Now()
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "APPID\tRESULT\tSTATE\tGEN\tACCESS TOKEN\tREFRESH TOKEN\tDETAIL")
+	for _, r := range results {
+		switch {
+		case !r.OK:
+			fmt.Fprintf(tw, "%s\tfailed\t-\t-\t-\t-\t%s\n", orDash(r.AppID), r.Error)
+		case r.Authorizer == nil:
+			fmt.Fprintf(tw, "%s\tok\t-\t-\t-\t-\tdeleted\n", r.AppID)
+		default:
+			in := r.Authorizer
+			fmt.Fprintf(tw, "%s\tok\t%s\t%d\t%s\t%s\t%s\n", r.AppID, stateText(*in), in.Generation,
+				expiresText(in.AccessExpiry, now), expiresText(in.RefreshExpiry, now), lastErrorText(in.LastError, now))
+		}
+	}
+	return tw.Flush()
+}
+
+// seed-code
+
+func seedCodeCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "seed-code [--appid <appid>]",
+		Short: "Exchanges an authorization code read from standard input",
+		Long: `
+Exchanges an authorization code (from the redirect of an authorization link,
+or from the platform's console) and stores the authorizer it belongs to: the
+way in for an authorizer whose AUTHORIZED push never arrived. The code is read
+from standard input (the first line), so it stays out of the shell history and
+the process list:
+
+  printf '%s\n' "$CODE" | caddy tptoken seed-code
+
+The platform's answer names the authorizer; --appid makes sure it is that one.
+With several components, name the TP with --component.
+`,
+		Args: cobra.NoArgs,
+		RunE: runWith(cmdSeedCode),
+	}
+	cmd.Flags().String("appid", "", "The authorizer the code must belong to")
+	return cmd
+}
+
+func cmdSeedCode(fl caddycmd.Flags, cio cliIO) (int, error) {
+	c, err := newAdminClient(fl)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	appid := fl.String("appid")
+	if appid != "" {
+		if err := tokensource.CheckAppID(appid); err != nil {
+			return caddy.ExitCodeFailedStartup, fmt.Errorf("--appid: %v", err)
+		}
+	}
+	line, err := bufio.NewReader(io.LimitReader(cio.in, maxAdminBody)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("reading the code from standard input: %v", err)
+	}
+	code := strings.TrimSpace(line)
+	if code == "" {
+		return caddy.ExitCodeFailedStartup, errors.New("no code on standard input: printf '%s\\n' \"$CODE\" | caddy tptoken seed-code")
+	}
+	var in tokensource.Info
+	if err := c.do(http.MethodPost, "/tptoken/code", nil, codeRequest{AuthorizationCode: code, AppID: appid}, &in); err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if fl.Bool("json") {
+		return caddy.ExitCodeSuccess, printJSON(cio.out, in)
+	}
+	printInfo(cio.out, in, time.Now())
+	return caddy.ExitCodeSuccess, nil
+}
+
+// reseal
+
+func resealCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "reseal",
+		Short: "Seals every stored record with the current encryption_key",
+		Long: `
+Rewrites every record (authorizers, ticket, component tokens) that is plain or
+sealed with one of previous_encryption_keys, sealing it with encryption_key:
+the last step of a key rotation (docs/deployment.md). Records are rewritten
+under their storage locks; running it again does nothing. With several
+components, all are resealed unless --component names one.
+`,
+		Args: cobra.NoArgs,
+		RunE: runWith(cmdReseal),
+	}
+}
+
+func cmdReseal(fl caddycmd.Flags, cio cliIO) (int, error) {
+	c, err := newAdminClient(fl)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	var ans resealAnswer
+	if err := c.do(http.MethodPost, "/tptoken/reseal", nil, nil, &ans); err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if fl.Bool("json") {
+		if err := printJSON(cio.out, ans); err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+	} else {
+		tw := tabwriter.NewWriter(cio.out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "COMPONENT\tKEY ID\tRESEALED\tALREADY CURRENT\tFAILED")
+		for _, r := range ans.Components {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", r.ComponentAppID, r.KeyID, r.Resealed, r.Current, r.Failed)
+		}
+		_ = tw.Flush()
+		for _, r := range ans.Components {
+			for _, e := range r.Errors {
+				fmt.Fprintf(cio.out, "%s: %s\n", r.ComponentAppID, e)
+			}
+		}
+	}
+	failed := 0
+	for _, r := range ans.Components {
+		failed += r.Failed
+	}
+	if failed > 0 {
+		return 1, fmt.Errorf("%d record(s) could not be resealed: keep the previous keys configured and run reseal again", failed)
+	}
+	return caddy.ExitCodeSuccess, nil
+}
+
 // import
+
+func importCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "import <file|->",
+		Short: "Imports refresh tokens from a legacy store (JSON or CSV)",
+		Long: `
+Imports authorizer refresh tokens exported from a legacy token store. Each token
+is verified by one refresh under the authorizer's lock; a token the platform
+rejects is recovered (retrieve code + exchange) when the authorization still
+exists. Every row is reported: imported, recovered, unchanged (imported
+before), skipped (already active in tptoken) or failed. Importing the same file
+again changes nothing.
+
+The file is a JSON array of {"appid", "authorizer_refresh_token",
+"refresh_expires_at"?} or CSV rows appid,authorizer_refresh_token[,refresh_expires_at]
+(an optional header row, '#' comments). refresh_expires_at is RFC 3339 or Unix
+seconds. Stop the legacy refresher for these authorizers first: a refresh by
+both systems burns the token chain.
+
+No value of the file is printed unless it is a confirmed appid: a failed row is
+shown by its row number and the fingerprint of its appid field (the first 16
+hex digits of its SHA-256: printf %s "$APPID" | sha256sum | cut -c1-16).
+Platform calls of an import are counted with cause="import" in the metrics.
+`,
+		Args: cobra.ExactArgs(1),
+		RunE: runWith(cmdImport),
+	}
+	cmd.Flags().String("format", "", "json or csv (default: from the file extension, else guessed from the content)")
+	cmd.Flags().Int("batch", 50, "Rows per admin API request (at most 1000)")
+	return cmd
+}
 
 // importFileRow is a row read from the import file, with its position there.
 type importFileRow struct {
@@ -436,7 +881,7 @@ type importJSON struct {
 	Counts  map[string]int    `json:"counts"`
 }
 
-func cmdImport(fl caddycmd.Flags, out io.Writer) (int, error) {
+func cmdImport(fl caddycmd.Flags, cio cliIO) (int, error) {
 	c, err := newAdminClient(fl)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
@@ -445,17 +890,23 @@ func cmdImport(fl caddycmd.Flags, out io.Writer) (int, error) {
 	if batch < 1 || batch > maxImportRows {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("--batch %d: want 1 to %d", batch, maxImportRows)
 	}
+	format := fl.String("format")
+	if format != "" {
+		if err := oneOf("format", format, "json", "csv"); err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
+	}
 	name := fl.Args()[0]
 	var data []byte
 	if name == "-" {
-		data, err = io.ReadAll(io.LimitReader(os.Stdin, 256<<20))
+		data, err = io.ReadAll(io.LimitReader(cio.in, 256<<20))
 	} else {
 		data, err = os.ReadFile(name)
 	}
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("reading %s: %v", name, err)
 	}
-	rows, err := parseImportFile(name, fl.String("format"), data)
+	rows, err := parseImportFile(name, format, data)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
@@ -464,47 +915,56 @@ func cmdImport(fl caddycmd.Flags, out io.Writer) (int, error) {
 	}
 
 	res := importJSON{File: name, Counts: map[string]int{}}
+	failRow := func(r *importFileRow, detail string) {
+		res.Results = append(res.Results, importRowResult{Row: r.pos, ImportResult: tokensource.ImportResult{
+			Fingerprint: tokensource.Secret(r.row.AppID).Fingerprint(), Result: "failed", Detail: detail}})
+	}
 	var pending []*importFileRow
-	flush := func() error {
+	var sendErr error
+	flush := func() {
 		if len(pending) == 0 {
-			return nil
+			return
+		}
+		if sendErr != nil { // an earlier batch failed: these rows are not sent
+			for _, r := range pending {
+				failRow(r, "not sent: an earlier batch failed (see below); import the file again")
+			}
+			pending = pending[:0]
+			return
 		}
 		body := make([]importRow, len(pending))
 		for i, r := range pending {
 			body[i] = r.row
 		}
 		var ans importAnswer
-		if err := c.do(http.MethodPost, "/tptoken/import", nil, body, &ans); err != nil {
-			return fmt.Errorf("importing rows %d-%d: %v", pending[0].pos, pending[len(pending)-1].pos, err)
+		err := c.do(http.MethodPost, "/tptoken/import", nil, body, &ans)
+		if err == nil && len(ans.Results) != len(pending) {
+			err = fmt.Errorf("the admin API answered %d results for %d rows", len(ans.Results), len(pending))
 		}
-		if len(ans.Results) != len(pending) {
-			return fmt.Errorf("importing rows %d-%d: the admin API answered %d results for %d rows",
-				pending[0].pos, pending[len(pending)-1].pos, len(ans.Results), len(pending))
-		}
-		for i, r := range ans.Results {
-			r.Row = pending[i].pos
-			res.Results = append(res.Results, r)
+		if err != nil {
+			sendErr = fmt.Errorf("importing rows %d-%d: %v", pending[0].pos, pending[len(pending)-1].pos, err)
+			for _, r := range pending {
+				failRow(r, "not imported: the request for its batch failed: "+err.Error())
+			}
+		} else {
+			for i, r := range ans.Results {
+				r.Row = pending[i].pos
+				res.Results = append(res.Results, r)
+			}
 		}
 		pending = pending[:0]
-		return nil
 	}
-	var sendErr error
 	for _, r := range rows {
 		if r.err != "" {
-			res.Results = append(res.Results, importRowResult{Row: r.pos,
-				ImportResult: tokensource.ImportResult{AppID: r.row.AppID, Result: "failed", Detail: r.err}})
+			failRow(r, r.err)
 			continue
 		}
 		pending = append(pending, r)
 		if len(pending) == batch {
-			if sendErr = flush(); sendErr != nil {
-				break
-			}
+			flush()
 		}
 	}
-	if sendErr == nil {
-		sendErr = flush()
-	}
+	flush()
 	sort.SliceStable(res.Results, func(i, j int) bool { return res.Results[i].Row < res.Results[j].Row })
 	failed := 0
 	for _, r := range res.Results {
@@ -514,11 +974,11 @@ func cmdImport(fl caddycmd.Flags, out io.Writer) (int, error) {
 		}
 	}
 	if fl.Bool("json") {
-		if err := printJSON(out, res); err != nil {
+		if err := printJSON(cio.out, res); err != nil {
 			return caddy.ExitCodeFailedStartup, err
 		}
 	} else {
-		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		tw := tabwriter.NewWriter(cio.out, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "ROW\tAPPID\tRESULT\tSTATE\tGEN\tDETAIL")
 		for _, r := range res.Results {
 			state, gen := "-", "-"
@@ -526,19 +986,19 @@ func cmdImport(fl caddycmd.Flags, out io.Writer) (int, error) {
 				state, gen = string(r.Info.State), strconv.FormatUint(r.Info.Generation, 10)
 			}
 			detail := r.Detail
-			if detail == "" {
-				detail = "-"
+			if r.AppID == "" && r.Fingerprint != "" {
+				detail = "appid fingerprint " + r.Fingerprint + ": " + detail
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Row, orDash(r.AppID), r.Result, state, gen, detail)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Row, orDash(r.AppID), r.Result, state, gen, orDash(detail))
 		}
 		_ = tw.Flush()
-		fmt.Fprintf(out, "\n%s\n", countsText(res.Counts, len(rows)))
+		fmt.Fprintf(cio.out, "\n%s\n", countsText(res.Counts, len(res.Results)))
 	}
 	if sendErr != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("%v (rows before it were imported; importing the file again is safe)", sendErr)
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("%v (every row of it and after it is marked failed; rows before were imported; importing the file again is safe)", sendErr)
 	}
 	if failed > 0 {
-		return 1, fmt.Errorf("%d of %d rows failed: see the DETAIL column; fix them and import the file again (done rows stay unchanged)", failed, len(rows))
+		return 1, fmt.Errorf("%d of %d rows failed: see the DETAIL column; fix them and import the file again (done rows stay unchanged)", failed, len(res.Results))
 	}
 	return caddy.ExitCodeSuccess, nil
 }
@@ -589,8 +1049,8 @@ func parseImportJSON(data []byte) ([]*importFileRow, error) {
 			var peek struct {
 				AppID string `json:"appid"`
 			}
-			if json.Unmarshal(m, &peek) == nil && tokensource.ValidAppID(peek.AppID) {
-				r.row.AppID = peek.AppID
+			if json.Unmarshal(m, &peek) == nil {
+				r.row.AppID = peek.AppID // for its fingerprint
 			}
 		}
 		rows[i] = r
@@ -627,6 +1087,7 @@ func parseImportCSV(data []byte) ([]*importFileRow, error) {
 		case len(rec) == 1 && strings.TrimSpace(rec[0]) == "":
 			continue // blank line
 		case len(rec) < 2 || len(rec) > 3:
+			r.row.AppID = strings.TrimSpace(rec[0])
 			r.err = fmt.Sprintf("CSV line %d: %d field(s), want appid,authorizer_refresh_token[,refresh_expires_at]", line, len(rec))
 		default:
 			r.row.AppID = strings.TrimSpace(rec[0])

@@ -2,7 +2,6 @@ package tptoken
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -44,7 +43,14 @@ the referrer): put it on such a page rather than sending it as is.
 	return cmd
 }
 
-func cmdAuthLink(fl caddycmd.Flags, out io.Writer) (int, error) {
+func cmdAuthLink(fl caddycmd.Flags, cio cliIO) (int, error) {
+	out := cio.out
+	if err := oneOf("state", fl.String("state"), "path", "query", "none"); err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if t := fl.Int("type"); t != 1 && t != 2 {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("--type %d: use 1 (authorize an existing mini-app) or 2 (create and authorize)", t)
+	}
 	c, err := newAdminClient(fl)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err

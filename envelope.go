@@ -30,6 +30,9 @@ func failureOf(err error) failure {
 	if errors.As(err, &na) {
 		return failure{status: http.StatusForbidden, kind: "not_allowed", errno: 40008}
 	}
+	if errors.As(err, new(errNoTransport)) {
+		return failure{status: http.StatusBadGateway, kind: "no_transport", errno: 40000}
+	}
 	var te *tokensource.Error
 	if !errors.As(err, &te) {
 		return failure{status: http.StatusBadGateway, kind: "internal", errno: 40000}

@@ -18,7 +18,7 @@ import (
 // state (authorizers by state, earliest refresh-token expiry, ticket age) are
 // read at scrape time by a collector bound to the config's components.
 //
-// Labels are bounded: component_appid, op, result, state. An appid label
+// Labels are bounded: component_appid, op, cause, result, state. An appid label
 // exists only on the *_authorizer_* series, made only when the app sets
 // metrics_per_appid. No token or secret is ever a label value: the observer
 // is handed appids, operation names and result codes only.
@@ -33,12 +33,14 @@ const (
 type metricSet struct {
 	lookups          *prometheus.CounterVec   // component_appid, token, result
 	lookupsPerApp    *prometheus.CounterVec   // component_appid, appid, result
-	calls            *prometheus.CounterVec   // component_appid, op, result
+	calls            *prometheus.CounterVec   // component_appid, op, cause, result
 	callsPerApp      *prometheus.CounterVec   // component_appid, appid, op, result
 	callDuration     *prometheus.HistogramVec // component_appid, op
 	replays          *prometheus.CounterVec   // component_appid, result
-	recoveries       *prometheus.CounterVec   // component_appid, result
+	recoveries       *prometheus.CounterVec   // component_appid, cause, result
 	recoveriesPerApp *prometheus.CounterVec   // component_appid, appid, result
+	importRows       *prometheus.CounterVec   // component_appid, result
+	notInjected      *prometheus.CounterVec   // component_appid
 
 	comps sync.Map // component appid -> *componentMetrics
 }
@@ -67,8 +69,8 @@ func newMetricSet() *metricSet {
 			"Authorizer token lookups by appid and result (hit, obtained); only with metrics_per_appid.",
 			"component_appid", "appid", "result"),
 		calls: counter("platform_calls_total",
-			"Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list) and result (ok, a platform errno, http_<status>, timeout, network, malformed).",
-			"component_appid", "op", "result"),
+			"Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list), cause (live; import: rows of an import of legacy refresh tokens) and result (ok, a platform errno, http_<status>, timeout, network, malformed).",
+			"component_appid", "op", "cause", "result"),
 		callsPerApp: counter("authorizer_platform_calls_total",
 			"Calls to the platform's token endpoints about one authorizer, by appid, op and result; only with metrics_per_appid.",
 			"component_appid", "appid", "op", "result"),
@@ -81,18 +83,24 @@ func newMetricSet() *metricSet {
 			"Upstream answers that rejected the injected token, by result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).",
 			"component_appid", "result"),
 		recoveries: counter("recoveries_total",
-			"Recoveries of a lost or rejected refresh token (retrieve code + exchange), by result (ok, failed).",
-			"component_appid", "result"),
+			"Recoveries of a lost or rejected refresh token (retrieve code + exchange), by cause (live; import: rows of an import of legacy refresh tokens) and result (ok, failed).",
+			"component_appid", "cause", "result"),
 		recoveriesPerApp: counter("authorizer_recoveries_total",
 			"Recoveries by appid and result; only with metrics_per_appid.",
 			"component_appid", "appid", "result"),
+		importRows: counter("import_rows_total",
+			"Rows of imports of legacy refresh tokens, by result (imported, recovered, unchanged, skipped, failed).",
+			"component_appid", "result"),
+		notInjected: counter("requests_not_injected_total",
+			"Requests a tptoken handler resolved a token for that reached a reverse_proxy without `transport tptoken`: refused with 502, never sent without their token.",
+			"component_appid"),
 	}
 }
 
 // collectors lists the set's collectors; the per-appid ones only when asked,
 // so a config without metrics_per_appid exports none of their past series.
 func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
-	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries}
+	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected}
 	if perAppID {
 		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
 	}
@@ -124,8 +132,12 @@ func (s *metricSet) component(appid string) *componentMetrics {
 	}
 	m.replayed = s.replays.WithLabelValues(appid, replayReplayed)
 	m.notReplayed = s.replays.WithLabelValues(appid, replayNoFreshToken)
-	m.recoveredOK = s.recoveries.WithLabelValues(appid, "ok")
-	m.recoveredFailed = s.recoveries.WithLabelValues(appid, "failed")
+	m.notInjected = s.notInjected.WithLabelValues(appid)
+	for _, cause := range []string{tokensource.CauseLive, tokensource.CauseImport} {
+		for _, res := range []string{"ok", "failed"} {
+			s.recoveries.WithLabelValues(appid, cause, res) // exported from 0, so increase() sees the first one
+		}
+	}
 	v, _ := s.comps.LoadOrStore(appid, m)
 	return v.(*componentMetrics)
 }
@@ -138,10 +150,10 @@ type componentMetrics struct {
 	appID    string
 	perAppID atomic.Bool // metrics_per_appid of the latest config
 
-	lookup                       [2][3]prometheus.Counter // [authorizer, component][hit, obtained, error]
-	durations                    map[string]prometheus.Observer
-	replayed, notReplayed        prometheus.Counter
-	recoveredOK, recoveredFailed prometheus.Counter
+	lookup                [2][3]prometheus.Counter // [authorizer, component][hit, obtained, error]
+	durations             map[string]prometheus.Observer
+	replayed, notReplayed prometheus.Counter
+	notInjected           prometheus.Counter
 }
 
 // Lookup implements tokensource.Observer. It is on the request path.
@@ -166,8 +178,8 @@ func (m *componentMetrics) Lookup(appid, result string) {
 }
 
 // PlatformCall implements tokensource.Observer.
-func (m *componentMetrics) PlatformCall(op, appid, result string, took time.Duration) {
-	m.set.calls.WithLabelValues(m.appID, op, result).Inc()
+func (m *componentMetrics) PlatformCall(op, appid, cause, result string, took time.Duration) {
+	m.set.calls.WithLabelValues(m.appID, op, cause, result).Inc()
 	d, ok := m.durations[op]
 	if !ok {
 		d = m.set.callDuration.WithLabelValues(m.appID, op)
@@ -179,14 +191,12 @@ func (m *componentMetrics) PlatformCall(op, appid, result string, took time.Dura
 }
 
 // Recovery implements tokensource.Observer.
-func (m *componentMetrics) Recovery(appid string, ok bool) {
+func (m *componentMetrics) Recovery(appid, cause string, ok bool) {
 	res := "ok"
-	if ok {
-		m.recoveredOK.Inc()
-	} else {
+	if !ok {
 		res = "failed"
-		m.recoveredFailed.Inc()
 	}
+	m.set.recoveries.WithLabelValues(m.appID, cause, res).Inc()
 	if appid != "" && m.perAppID.Load() {
 		m.set.recoveriesPerApp.WithLabelValues(m.appID, appid, res).Inc()
 	}
@@ -199,6 +209,11 @@ func (m *componentMetrics) replay(replayed bool) {
 	} else {
 		m.notReplayed.Inc()
 	}
+}
+
+// importRow counts one row of an import by its result.
+func (m *componentMetrics) importRow(result string) {
+	m.set.importRows.WithLabelValues(m.appID, result).Inc()
 }
 
 // forget drops the per-appid series of an authorizer whose record was deleted.

@@ -34,25 +34,30 @@ func TestObserverCountsLookupsPlatformCallsReplaysAndRecoveries(t *testing.T) {
 	m.Lookup("tt01", "obtained")
 	m.Lookup("tt02", "error")
 	m.Lookup("", "hit") // component token
-	m.PlatformCall(tokensource.OpRefresh, "tt01", "ok", 120*time.Millisecond)
-	m.PlatformCall(tokensource.OpRefresh, "tt02", "40021", 80*time.Millisecond)
-	m.PlatformCall(tokensource.OpComponentToken, "", "http_502", 3*time.Second)
-	m.Recovery("tt02", true)
-	m.Recovery("tt03", false)
+	m.PlatformCall(tokensource.OpRefresh, "tt01", "live", "ok", 120*time.Millisecond)
+	m.PlatformCall(tokensource.OpRefresh, "tt02", "live", "40021", 80*time.Millisecond)
+	m.PlatformCall(tokensource.OpComponentToken, "", "live", "http_502", 3*time.Second)
+	m.PlatformCall(tokensource.OpRefresh, "", "import", "40021", 80*time.Millisecond)
+	m.Recovery("tt02", "live", true)
+	m.Recovery("tt03", "live", false)
+	m.Recovery("", "import", false)
 	countReplayOn(m, true)
 	countReplayOn(m, false)
 	countReplayOn(m, true)
 
 	const want = `
-# HELP caddy_tptoken_platform_calls_total Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list) and result (ok, a platform errno, http_<status>, timeout, network, malformed).
+# HELP caddy_tptoken_platform_calls_total Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list), cause (live; import: rows of an import of legacy refresh tokens) and result (ok, a platform errno, http_<status>, timeout, network, malformed).
 # TYPE caddy_tptoken_platform_calls_total counter
-caddy_tptoken_platform_calls_total{component_appid="ttcomp",op="component_token",result="http_502"} 1
-caddy_tptoken_platform_calls_total{component_appid="ttcomp",op="refresh",result="40021"} 1
-caddy_tptoken_platform_calls_total{component_appid="ttcomp",op="refresh",result="ok"} 1
-# HELP caddy_tptoken_recoveries_total Recoveries of a lost or rejected refresh token (retrieve code + exchange), by result (ok, failed).
+caddy_tptoken_platform_calls_total{cause="import",component_appid="ttcomp",op="refresh",result="40021"} 1
+caddy_tptoken_platform_calls_total{cause="live",component_appid="ttcomp",op="component_token",result="http_502"} 1
+caddy_tptoken_platform_calls_total{cause="live",component_appid="ttcomp",op="refresh",result="40021"} 1
+caddy_tptoken_platform_calls_total{cause="live",component_appid="ttcomp",op="refresh",result="ok"} 1
+# HELP caddy_tptoken_recoveries_total Recoveries of a lost or rejected refresh token (retrieve code + exchange), by cause (live; import: rows of an import of legacy refresh tokens) and result (ok, failed).
 # TYPE caddy_tptoken_recoveries_total counter
-caddy_tptoken_recoveries_total{component_appid="ttcomp",result="failed"} 1
-caddy_tptoken_recoveries_total{component_appid="ttcomp",result="ok"} 1
+caddy_tptoken_recoveries_total{cause="import",component_appid="ttcomp",result="failed"} 1
+caddy_tptoken_recoveries_total{cause="import",component_appid="ttcomp",result="ok"} 0
+caddy_tptoken_recoveries_total{cause="live",component_appid="ttcomp",result="failed"} 1
+caddy_tptoken_recoveries_total{cause="live",component_appid="ttcomp",result="ok"} 1
 # HELP caddy_tptoken_replays_total Upstream answers that rejected the injected token, by result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).
 # TYPE caddy_tptoken_replays_total counter
 caddy_tptoken_replays_total{component_appid="ttcomp",result="no_fresh_token"} 1
@@ -73,12 +78,12 @@ caddy_tptoken_token_lookups_total{component_appid="ttcomp",result="obtained",tok
 	}
 
 	// The histogram has the five known ops resolved up front; the refresh and
-	// component_token series saw two and one calls.
+	// component_token series saw three and one calls.
 	if n := testutil.CollectAndCount(set.callDuration); n != 5 {
 		t.Fatalf("duration series = %d, want 5 (one per op)", n)
 	}
-	if c := histogramCount(t, reg, "caddy_tptoken_platform_call_duration_seconds", "op", "refresh"); c != 2 {
-		t.Fatalf("refresh duration count = %d, want 2", c)
+	if c := histogramCount(t, reg, "caddy_tptoken_platform_call_duration_seconds", "op", "refresh"); c != 3 {
+		t.Fatalf("refresh duration count = %d, want 3", c)
 	}
 	if c := histogramCount(t, reg, "caddy_tptoken_platform_call_duration_seconds", "op", "component_token"); c != 1 {
 		t.Fatalf("component_token duration count = %d, want 1", c)
@@ -140,7 +145,7 @@ func TestPerAppIDMetricsOnlyWhenOptedInAndForgottenWithTheRecord(t *testing.T) {
 	m := set.component("ttcomp")
 
 	m.Lookup("tt01", "hit") // off: counted in the aggregate only
-	m.PlatformCall(tokensource.OpRefresh, "tt01", "ok", time.Millisecond)
+	m.PlatformCall(tokensource.OpRefresh, "tt01", "live", "ok", time.Millisecond)
 	if n := testutil.CollectAndCount(set.lookupsPerApp) + testutil.CollectAndCount(set.callsPerApp); n != 0 {
 		t.Fatalf("%d per-appid series while metrics_per_appid is off", n)
 	}
@@ -150,9 +155,10 @@ func TestPerAppIDMetricsOnlyWhenOptedInAndForgottenWithTheRecord(t *testing.T) {
 	m.Lookup("tt01", "obtained")
 	m.Lookup("tt99", "error") // errors are never per appid: any appid a client sends would make a series
 	m.Lookup("", "hit")       // component token: no appid
-	m.PlatformCall(tokensource.OpRefresh, "tt01", "40021", time.Millisecond)
-	m.PlatformCall(tokensource.OpComponentToken, "", "ok", time.Millisecond)
-	m.Recovery("tt01", true)
+	m.PlatformCall(tokensource.OpRefresh, "tt01", "live", "40021", time.Millisecond)
+	m.PlatformCall(tokensource.OpComponentToken, "", "live", "ok", time.Millisecond)
+	m.PlatformCall(tokensource.OpRefresh, "", "import", "40021", time.Millisecond) // an appid not confirmed: no series
+	m.Recovery("tt01", "live", true)
 	const want = `
 # HELP caddy_tptoken_authorizer_platform_calls_total Calls to the platform's token endpoints about one authorizer, by appid, op and result; only with metrics_per_appid.
 # TYPE caddy_tptoken_authorizer_platform_calls_total counter
@@ -302,11 +308,11 @@ func TestMetricsOnCaddysRegistryFollowARealRunAndReloads(t *testing.T) {
 		"hit":       set.lookups.WithLabelValues(e2eComponent, "authorizer", "hit"),
 		"obtained":  set.lookups.WithLabelValues(e2eComponent, "authorizer", "obtained"),
 		"component": set.lookups.WithLabelValues(e2eComponent, "component", "hit"),
-		"exchange":  set.calls.WithLabelValues(e2eComponent, "exchange", "ok"),
-		"refresh":   set.calls.WithLabelValues(e2eComponent, "refresh", "ok"),
-		"retrieve":  set.calls.WithLabelValues(e2eComponent, "retrieve", "ok"),
+		"exchange":  set.calls.WithLabelValues(e2eComponent, "exchange", "live", "ok"),
+		"refresh":   set.calls.WithLabelValues(e2eComponent, "refresh", "live", "ok"),
+		"retrieve":  set.calls.WithLabelValues(e2eComponent, "retrieve", "live", "ok"),
 		"replayed":  set.replays.WithLabelValues(e2eComponent, "replayed"),
-		"recovered": set.recoveries.WithLabelValues(e2eComponent, "ok"),
+		"recovered": set.recoveries.WithLabelValues(e2eComponent, "live", "ok"),
 		"app_hit":   set.lookupsPerApp.WithLabelValues(e2eComponent, "tt01app", "hit"),
 	}
 	before := map[string]float64{}

@@ -26,6 +26,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/time/rate"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
@@ -51,6 +52,7 @@ type App struct {
 	order   []string
 	storage certmagic.Storage
 	logger  *zap.Logger
+	ctx     caddy.Context // to find the http app once every app is provisioned (Start)
 }
 
 // Component configures one TP (component appid). Secret fields accept {env.*}
@@ -75,6 +77,10 @@ type Component struct {
 	RefreshTokenMargin caddy.Duration `json:"refresh_token_margin,omitempty"`
 	// EncryptionKey seals records at rest with AES-256-GCM (32 bytes: raw, hex or base64).
 	EncryptionKey string `json:"encryption_key,omitempty"`
+	// PreviousEncryptionKeys are earlier encryption keys: records sealed with
+	// them are still read, and sealed with EncryptionKey when next written (or
+	// by `caddy tptoken reseal`). For rotating the key.
+	PreviousEncryptionKeys []string `json:"previous_encryption_keys,omitempty"`
 	// Timeout bounds one platform call. Default 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// LockTimeout bounds the wait for the storage lock. Default 15s.
@@ -111,6 +117,7 @@ type component struct {
 	push    *tokensource.PushCrypto // nil without message_token / encoding_aes_key
 	state   *stateSigner            // authorization-link states (authstate.go)
 	poolKey string
+	rawKey  bool // an encryption key was 32 characters taken as bytes (a passphrase)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -161,7 +168,7 @@ func (p *pooledEngine) Destruct() error {
 // Provision resolves secrets, checks the configuration and gets (or builds) the
 // engines. It makes no network call.
 func (a *App) Provision(ctx caddy.Context) error {
-	a.logger = ctx.Logger()
+	a.logger, a.ctx = ctx.Logger(), ctx
 	a.comps = make(map[string]*component)
 	if a.StorageRaw != nil {
 		mod, err := ctx.LoadModule(a, "StorageRaw")
@@ -181,8 +188,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		rc, err := a.provisionComponent(repl, c)
 		if err != nil {
 			a.release()
-			return fmt.Errorf("tptoken component %d (%s): %w", i+1, c.ComponentAppID, err)
+			return configError(a.logger, fmt.Errorf("tptoken component %d (%s): %w", i+1, c.ComponentAppID, err))
 		}
+		warnRiskySetup(a.logger.With(zap.String("component_appid", rc.appID)), c, rc.rawKey)
 		a.comps[rc.appID] = rc
 		a.order = append(a.order, rc.appID)
 	}
@@ -246,7 +254,25 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 			return nil, err
 		}
 	}
-	rc := &component{appID: appID, family: family, state: newStateSigner(secret, appID)}
+	rawKey := len(encKeyRaw) == 32
+	var prevKeys [][]byte
+	for i, raw := range c.PreviousEncryptionKeys {
+		v, err := secretValue(repl, fmt.Sprintf("previous_encryption_keys[%d]", i), raw, true)
+		if err != nil {
+			return nil, err
+		}
+		k, err := tokensource.ParseEncryptionKey(v)
+		if err != nil {
+			return nil, fmt.Errorf("previous_encryption_keys[%d]: %v", i, err)
+		}
+		prevKeys = append(prevKeys, k)
+		rawKey = rawKey || len(v) == 32
+		encKeyRaw += "\x00" + v // the pool key covers them
+	}
+	if len(prevKeys) > 0 && encKey == nil {
+		return nil, errors.New("previous_encryption_keys needs encryption_key, the key records are sealed with now")
+	}
+	rc := &component{appID: appID, family: family, rawKey: rawKey, state: newStateSigner(secret, appID)}
 	if msgToken != "" || aesKey != "" {
 		if msgToken == "" || aesKey == "" {
 			return nil, errors.New("message_token and encoding_aes_key go together: set both to receive pushes")
@@ -278,7 +304,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 		store := new(liveStore)
 		store.add(a.storage)
 		e, err := tokensource.New(tokensource.Config{
-			ComponentAppID: appID, Client: client, Store: store, EncryptionKey: encKey, Logger: logger,
+			ComponentAppID: appID, Client: client, Store: store, EncryptionKey: encKey, PreviousEncryptionKeys: prevKeys, Logger: logger,
 			Observer:     metricsFor(appID), // process-wide collectors: counts survive reloads
 			RefreshAhead: time.Duration(c.RefreshAhead), RefreshTokenMargin: time.Duration(c.RefreshTokenMargin),
 			LockTimeout: time.Duration(c.LockTimeout), AllowUnlocked: c.SingleInstance,
@@ -315,9 +341,14 @@ func storageIdentity(s certmagic.Storage) string {
 	return fmt.Sprintf("%T", s)
 }
 
-// Start starts the engines' background work (once per engine, however many
-// configs share it): component token upkeep, refresh-ahead and the renewal sweep.
+// Start refuses a config whose routes would send requests without their
+// token (checkRoutes), then starts the engines' background work (once per
+// engine, however many configs share it): component token upkeep,
+// refresh-ahead and the renewal sweep.
 func (a *App) Start() error {
+	if err := a.checkRoutes(); err != nil {
+		return err
+	}
 	for _, id := range a.order {
 		a.comps[id].pooled.start()
 	}
@@ -421,7 +452,7 @@ type Handler struct {
 	takeCarrier bool   // read (and remove) the appid carrier
 	headerKey   string // canonical form of the appid header
 	logger      *zap.Logger
-	noTransport *sync.Once // logs the missing-transport error once
+	noTransport *rate.Sometimes // bounds the log lines about a missing transport
 }
 
 // AppIDSource is where the appid comes from.
@@ -443,10 +474,15 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.tptoken", New: func() caddy.Module { return new(Handler) }}
 }
 
-// Provision finds the component and checks the configuration.
+// Provision finds the component and checks the configuration. An error is
+// also logged as a short first line (configError).
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.noTransport = new(sync.Once)
+	return configError(h.logger, h.provision(ctx))
+}
+
+func (h *Handler) provision(ctx caddy.Context) error {
+	h.noTransport = &rate.Sometimes{First: 1, Interval: time.Minute}
 	h.component = h.Token == "component"
 	// A component token needs no appid: its carrier is read only when configured.
 	h.takeCarrier = !h.component || h.AppID != nil
@@ -536,14 +572,42 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if c := h.logger.Check(zapcore.DebugLevel, "token resolved"); c != nil {
 		c.Write(zap.String("appid", inj.appid), zap.Uint64("generation", inj.tok.Generation), zap.Time("expiry", inj.tok.Expiry))
 	}
+	// The guard makes any transport but tptoken's refuse to send the request
+	// (routecheck.go): a request never leaves without its token.
+	r.Header[guardHeader] = guardValue
 	err = next.ServeHTTP(w, attach(r, inj))
+	delete(r.Header, guardHeader)
 	if !inj.used.Load() {
-		h.noTransport.Do(func() {
-			h.logger.Error("the token was not injected: no `transport tptoken` handled this request; " +
-				"add it to the reverse_proxy after the tptoken handler (reverse_proxy ... { transport tptoken })")
-		})
+		return h.notInjected(w, r, repl, err)
 	}
 	return err
+}
+
+// notInjected handles a request whose token no tptoken transport took. If a
+// transport refused it because of the guard, nothing was sent: the client
+// gets 502 no_transport and the refusal is counted. Either way the route is
+// logged, at most once a minute.
+func (h *Handler) notInjected(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err error) error {
+	refused := err != nil && strings.Contains(err.Error(), guardHeader)
+	h.noTransport.Do(func() {
+		h.logger.Error("the token was not injected: no `transport tptoken` handled this request; add it to the reverse_proxy after "+
+			"the tptoken handler (reverse_proxy ... { transport tptoken }). Requests that reached another transport were refused, not sent",
+			zap.String("host", r.Host), zap.String("path", r.URL.Path), zap.Bool("refused", refused))
+	})
+	if !refused {
+		return err
+	}
+	metricsFor(h.comp.appID).notInjected.Inc()
+	return h.fail(w, r, repl, errNoTransport{})
+}
+
+// errNoTransport: the request reached a reverse_proxy without `transport
+// tptoken`, which refused to send it (the guard).
+type errNoTransport struct{}
+
+func (errNoTransport) Error() string {
+	return "the request was not sent: the reverse_proxy of this route lacks `transport tptoken`, so it would have left without its token; " +
+		"the Caddy configuration must be fixed (reverse_proxy ... { transport tptoken })"
 }
 
 // takeAppID reads the appid from its carrier and removes the carrier (header,

@@ -2,7 +2,7 @@
 # bench-load.sh: the cost of tptoken under load, measured side by side with
 # plain reverse_proxy in ONE Caddy process (what `make bench-load` runs).
 #
-# One Caddy (bin/caddy, scripts/bench-load.Caddyfile) serves three sites in
+# One Caddy (bin/caddy-sandbox, scripts/bench-load.Caddyfile) serves three sites in
 # front of the same fast upstream (bench/upstream, small JSON answers):
 #
 #	A  plain reverse_proxy
@@ -69,8 +69,8 @@ fi
 command -v curl >/dev/null || die "curl is needed"
 command -v "$GO" >/dev/null || die "Go is missing"
 
-echo "==> building bin/caddy and bin/bench-upstream"
-"$GO" build -o bin/caddy ./cmd/caddy
+echo "==> building bin/caddy-sandbox and bin/bench-upstream"
+"$GO" build -o bin/caddy-sandbox ./cmd/caddy-sandbox
 "$GO" build -o bin/bench-upstream ./bench/upstream
 
 mkdir -p .bench "$OUT"
@@ -128,7 +128,7 @@ fi
 
 "${pin_load[@]}" bin/bench-upstream -listen "127.0.0.1:$BENCH_UPSTREAM_PORT" >"$OUT/upstream.log" 2>&1 &
 pids+=($!)
-"${pin_caddy[@]}" bin/caddy run --adapter caddyfile --config scripts/bench-load.Caddyfile >"$OUT/caddy.log" 2>&1 &
+"${pin_caddy[@]}" bin/caddy-sandbox run --adapter caddyfile --config scripts/bench-load.Caddyfile >"$OUT/caddy.log" 2>&1 &
 caddy_pid=$!
 pids+=("$caddy_pid")
 
@@ -274,7 +274,7 @@ if [ "$PROFILE" = 1 ]; then
 		sleep 0.2
 		wrk_run "$s" $((DURATION + 1)) "$OUT/profile-$s.txt"
 		wait "$prof"
-		echo "    $OUT/cpu-$s.pprof   (go tool pprof -top bin/caddy $OUT/cpu-$s.pprof)"
+		echo "    $OUT/cpu-$s.pprof   (go tool pprof -top bin/caddy-sandbox $OUT/cpu-$s.pprof)"
 	done
 fi
 echo

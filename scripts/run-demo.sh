@@ -60,8 +60,8 @@ get() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-echo "==> building Caddy with tptoken (go build -o bin/caddy ./cmd/caddy)"
-"$GO" build -o bin/caddy ./cmd/caddy
+echo "==> building Caddy with tptoken and the emulator (go build -o bin/caddy-sandbox ./cmd/caddy-sandbox)"
+"$GO" build -o bin/caddy-sandbox ./cmd/caddy-sandbox
 
 for p in 2019 8081 8082 8090 8091 8092; do
 	if port_in_use "$p"; then
@@ -78,7 +78,7 @@ printf '*\n' >.sandbox/.gitignore # the sandbox's records and log stay out of gi
 log=.sandbox/caddy.log
 
 echo "==> starting the sandbox (examples/sandbox.Caddyfile; log: $log)"
-bin/caddy run --adapter caddyfile --config examples/sandbox.Caddyfile >"$log" 2>&1 &
+bin/caddy-sandbox run --adapter caddyfile --config examples/sandbox.Caddyfile >"$log" 2>&1 &
 caddy_pid=$!
 stop() {
 	if kill -0 "$caddy_pid" 2>/dev/null; then

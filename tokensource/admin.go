@@ -70,9 +70,16 @@ func (e *Engine) List(ctx context.Context, after string, limit int) ([]Info, str
 
 // Refresh renews the authorizer's tokens now (single-flight like any refresh),
 // unless another instance renewed them while this call waited for the lock.
+// Forced operations are budgeted per authorizer (forcedWait): over the budget
+// it fails with KindRateLimited and calls nothing.
 func (e *Engine) Refresh(ctx context.Context, appid string) (Info, error) {
 	if err := CheckAppID(appid); err != nil {
 		return Info{}, err
+	}
+	if rec, err := e.loadRecord(ctx, appid); err == nil {
+		if w := forcedWait(rec, e.now()); w > 0 {
+			return Info{}, rateLimited(appid, w) // before queueing for the lock
+		}
 	}
 	if _, err := e.wait(ctx, forced.key(appid), func() (any, error) { return e.obtain(appid, forced) }); err != nil {
 		return Info{}, err
@@ -81,29 +88,82 @@ func (e *Engine) Refresh(ctx context.Context, appid string) (Info, error) {
 }
 
 // Recover gets a new code with the retrieve API and exchanges it, under the
-// authorizer's lock: for a record whose refresh token is lost.
-func (e *Engine) Recover(ctx context.Context, appid string) (Info, error) {
+// authorizer's lock: for a record whose refresh token is lost. It counts
+// against the authorizer's forced-operation budget.
+//
+// An appid with no record is refused (KindUnknownAuthorizer, nothing stored)
+// unless allowNew: then it is recovered if the platform says it is authorized
+// to the TP (after restoring an old backup, say), and a failure stores nothing.
+// Such recoveries are rate-limited per engine, and the appid stays out of logs
+// and metric labels until the platform confirms it.
+func (e *Engine) Recover(ctx context.Context, appid string, allowNew bool) (Info, error) {
 	if err := CheckAppID(appid); err != nil {
 		return Info{}, err
 	}
+	tag, untag := e.tagApp(appid, CauseLive, !e.onRecord(ctx, appid))
+	defer untag()
 	_, err := e.locked(ctx, "\x00recover:", appid, "recover", func(octx context.Context, s *slot, prev *Record) (any, error) {
+		now := e.now()
 		if prev == nil {
-			prev = &Record{AppID: appid, Family: e.family}
+			return e.recoverNewLocked(octx, appid, s, allowNew)
 		}
+		tag.unconfirmed.Store(false)
+		if w := forcedWait(prev, now); w > 0 {
+			return nil, rateLimited(appid, w)
+		}
+		prev = prev.withForced(now)
 		next, err := e.recoverLocked(octx, prev)
 		if err != nil {
 			cur := s.cur.Load()
 			if cur == nil || cur.rec == nil {
-				cur = e.newEntry(prev, e.now())
+				cur = e.newEntry(prev, now)
 			}
 			return e.failedLocked(octx, appid, s, cur, prev, "recover", err)
 		}
 		return e.commitLocked(octx, s, next), nil
 	})
+	if tag.unconfirmed.Load() {
+		e.dropEmptySlot(appid)
+		return Info{}, WithoutAppID(err, appid)
+	}
 	if err != nil {
 		return Info{}, err
 	}
 	return e.Info(ctx, appid)
+}
+
+// recoverNewLocked recovers an appid that has no record; it stores nothing
+// unless the recovery succeeds. The storage lock of appid is held.
+func (e *Engine) recoverNewLocked(ctx context.Context, appid string, s *slot, allowNew bool) (any, error) {
+	if !allowNew {
+		return nil, &Error{Kind: KindUnknownAuthorizer, Msg: "no record for this appid, so nothing to recover and nothing was changed. " +
+			"If it is an authorizer of this TP that tptoken never recorded (for example one authorized after the backup you restored), " +
+			"recover it as new (admin API ?new=1, CLI --new)"}
+	}
+	if !e.newApps.Allow() {
+		return nil, &Error{Kind: KindRateLimited, RetryAfter: newAppRecoveryEvery,
+			Msg: fmt.Sprintf("recoveries of appids with no record are limited to %d at once, then one per %s, on each instance; try again later", newAppRecoveryBurst, newAppRecoveryEvery)}
+	}
+	next, err := e.recoverLocked(ctx, &Record{AppID: appid, Family: e.family})
+	if err != nil {
+		return nil, err // nothing stored: the appid may not even be one
+	}
+	next.ForcedAt = []time.Time{e.now()}
+	return e.commitLocked(ctx, s, next), nil
+}
+
+// onRecord reports whether storage holds a record of appid, which makes it
+// a confirmed appid (see opTag). Under the lock, the operation checks again.
+func (e *Engine) onRecord(ctx context.Context, appid string) bool {
+	_, err := e.loadRecord(ctx, appid)
+	return err == nil
+}
+
+// dropEmptySlot forgets the in-memory slot of an appid that got no record.
+func (e *Engine) dropEmptySlot(appid string) {
+	if v, ok := e.slots.Get(appid); ok && v.(*slot).cur.Load() == nil {
+		e.slots.Delete(appid)
+	}
 }
 
 // Forget deletes the authorizer's record. Its refresh token is lost for good:
@@ -125,10 +185,14 @@ func (e *Engine) Forget(ctx context.Context, appid string) error {
 
 // ImportResult is the outcome of importing one legacy refresh token.
 type ImportResult struct {
-	AppID  string `json:"appid"`
-	Result string `json:"result"` // imported, recovered, unchanged, skipped, failed
-	Detail string `json:"detail,omitempty"`
-	Info   *Info  `json:"authorizer,omitempty"`
+	// AppID is the row's appid once confirmed (see opTag); "" otherwise.
+	AppID string `json:"appid,omitempty"`
+	// Fingerprint identifies the row's appid value when it is not shown: the
+	// first 16 hex digits of its SHA-256.
+	Fingerprint string `json:"fingerprint,omitempty"`
+	Result      string `json:"result"` // imported, recovered, unchanged, skipped, failed
+	Detail      string `json:"detail,omitempty"`
+	Info        *Info  `json:"authorizer,omitempty"`
 }
 
 // Import takes over an authorizer from a legacy token store: the refresh token
@@ -136,17 +200,24 @@ type ImportResult struct {
 // A record that already serves is left alone (importing an older chain would
 // kill it); importing the same token twice is a no-op. A rejected token (40021)
 // is recovered with the retrieve API when the authorization still exists.
+//
+// The row's appid is not trusted (with swapped columns it is a refresh token):
+// until a record for it exists or the platform accepted a call about it, it is
+// kept out of the result, logs and metric labels, and nothing is stored under
+// it. Platform calls and recoveries are reported with CauseImport.
 func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, refreshExpiry time.Time) ImportResult {
-	res := ImportResult{AppID: appid}
 	if err := CheckAppID(appid); err != nil {
-		res.Result, res.Detail = "failed", err.Error()
-		return res
+		return ImportResult{Fingerprint: Secret(appid).Fingerprint(), Result: "failed", Detail: err.Error()}
 	}
 	if refreshToken == "" {
-		res.Result, res.Detail = "failed", "authorizer_refresh_token is empty"
-		return res
+		return ImportResult{Fingerprint: Secret(appid).Fingerprint(), Result: "failed", Detail: "authorizer_refresh_token is empty"}
 	}
+	tag, untag := e.tagApp(appid, CauseImport, !e.onRecord(ctx, appid))
+	defer untag()
 	v, err := e.locked(ctx, "\x00import:", appid, "import it", func(octx context.Context, s *slot, prev *Record) (any, error) {
+		if prev != nil {
+			tag.unconfirmed.Store(false)
+		}
 		fp := "import:" + refreshToken.Fingerprint()
 		if prev != nil && prev.State == StateActive {
 			if prev.LastCode == fp {
@@ -158,7 +229,7 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 		}
 		base := &Record{AppID: appid, Family: e.family, State: StateActive, RefreshToken: refreshToken, RefreshExpiry: refreshExpiry}
 		if prev != nil {
-			base.Generation, base.AuthorizedAt, base.Permissions = prev.Generation, prev.AuthorizedAt, prev.Permissions
+			base.Generation, base.AuthorizedAt, base.Permissions, base.ForcedAt = prev.Generation, prev.AuthorizedAt, prev.Permissions, prev.ForcedAt
 		}
 		result := "imported"
 		next, err := e.refreshLocked(octx, base)
@@ -182,7 +253,11 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 		return ImportResult{Result: result, Info: &info}, nil
 	})
 	if err != nil {
-		res.Result, res.Detail = "failed", err.Error()
+		res := ImportResult{AppID: appid, Result: "failed", Detail: err.Error()}
+		if tag.unconfirmed.Load() {
+			e.dropEmptySlot(appid)
+			res.AppID, res.Fingerprint, res.Detail = "", Secret(appid).Fingerprint(), WithoutAppID(err, appid).Error()
+		}
 		return res
 	}
 	r := v.(ImportResult)

@@ -13,19 +13,27 @@ import (
 const defaultRefreshLife = 30 * 24 * time.Hour
 
 func (e *Engine) loadRecord(ctx context.Context, appid string) (*Record, error) {
+	rec, _, err := e.loadRecordSeal(ctx, appid)
+	return rec, err
+}
+
+// loadRecordSeal is loadRecord that also says how the record is stored
+// (sealPlain, sealCurrent, sealPrevious).
+func (e *Engine) loadRecordSeal(ctx context.Context, appid string) (*Record, string, error) {
 	key := e.keys.authorizer(appid)
 	b, err := e.store.Load(ctx, key)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var d diskRecord
-	if err := e.codec.decode(key, b, &d); err != nil {
-		return nil, err
+	seal, err := e.codec.decodeSeal(key, b, &d)
+	if err != nil {
+		return nil, "", err
 	}
 	if d.AppID != appid {
-		return nil, fmt.Errorf("record %s holds appid %q", key, d.AppID)
+		return nil, "", fmt.Errorf("record %s holds appid %q", key, d.AppID)
 	}
-	return d.record(), nil
+	return d.record(), seal, nil
 }
 
 // saveRecord writes rec, retrying a failing write twice.
@@ -182,6 +190,14 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 	if !e.due(m, cur, now, seen) {
 		return cur.tok, nil
 	}
+	if m == forced {
+		if w := forcedWait(cur.rec, now); w > 0 {
+			return nil, rateLimited(appid, w)
+		}
+		c := *cur
+		c.rec = cur.rec.withForced(now) // kept by the record the renewal writes
+		cur = &c
+	}
 	return e.renewLocked(ctx, appid, s, cur)
 }
 
@@ -303,11 +319,11 @@ func (e *Engine) recoverLocked(ctx context.Context, rec *Record) (*Record, error
 		})
 	})
 	if err != nil {
-		e.obs.Recovery(appid, false)
+		e.obs.Recovery(e.shownAppID(appid), e.causeOf(appid), false)
 		return nil, err
 	}
 	next, err := e.exchangeLocked(ctx, rec, appid, code)
-	e.obs.Recovery(appid, err == nil)
+	e.obs.Recovery(e.shownAppID(appid), e.causeOf(appid), err == nil)
 	if err != nil {
 		return nil, err
 	}
@@ -360,7 +376,7 @@ func (e *Engine) fromGrant(prev *Record, appid string, g Grant, issued time.Time
 	r.RefreshExpiry = issued.Add(life)
 	if prev != nil {
 		r.Generation = prev.Generation
-		r.AuthorizedAt, r.LastCode, r.LastEventAt = prev.AuthorizedAt, prev.LastCode, prev.LastEventAt
+		r.AuthorizedAt, r.LastCode, r.LastEventAt, r.ForcedAt = prev.AuthorizedAt, prev.LastCode, prev.LastEventAt, prev.ForcedAt
 		if len(r.Permissions) == 0 {
 			r.Permissions = prev.Permissions
 		}
@@ -459,21 +475,34 @@ func lastErrorOf(op string, err error, now time.Time) *LastError {
 }
 
 // logCall logs and observes one platform call that started at t0 (real time).
+// A call answered successfully confirms its appid (see opTag).
 func (e *Engine) logCall(op, appid string, t0 time.Time, err error) {
 	took := time.Since(t0)
 	result := CallResult(err)
-	e.obs.PlatformCall(op, appid, result, took)
+	if t := e.tagOf(appid); t != nil && err == nil {
+		t.unconfirmed.Store(false)
+	}
+	e.obs.PlatformCall(op, e.shownAppID(appid), e.causeOf(appid), result, took)
 	fields := []zap.Field{zap.String("op", op), zap.String("result", result), zap.Duration("duration", took)}
 	if appid != "" {
-		fields = append(fields, zapApp(appid))
+		fields = append(fields, e.appField(appid))
 	}
 	var pe *PlatformError
 	if errors.As(err, &pe) {
 		fields = append(fields, zap.Int("code", pe.Code), zap.String("log_id", pe.LogID))
 	}
 	if err != nil {
-		e.log.Warn("platform call failed", append(fields, zapErr(err))...)
+		e.log.Warn("platform call failed", append(fields, zapErr(e.scrubbed(appid, err)))...)
 		return
 	}
 	e.log.Info("platform call", fields...)
+}
+
+// scrubbed is err without appid while appid is unconfirmed (a platform
+// message may quote it).
+func (e *Engine) scrubbed(appid string, err error) error {
+	if appid == "" || e.shownAppID(appid) != "" {
+		return err
+	}
+	return WithoutAppID(err, appid)
 }

@@ -24,6 +24,7 @@ import (
 	gocache "github.com/patrickmn/go-cache"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 )
 
 // Source is what a request handler needs: a token for an appid, and a way to
@@ -48,9 +49,13 @@ type Config struct {
 	Client         *Client // the platform client of the engine's family
 	Store          Store
 	EncryptionKey  []byte // optional: 32 bytes, records sealed with AES-256-GCM
-	Logger         *zap.Logger
-	Now            func() time.Time
-	Observer       Observer // metrics hooks; optional
+	// PreviousEncryptionKeys are earlier encryption keys: records sealed with
+	// them are still read, and sealed with EncryptionKey when next written
+	// (Reseal rewrites them all). Key rotation.
+	PreviousEncryptionKeys [][]byte
+	Logger                 *zap.Logger
+	Now                    func() time.Time
+	Observer               Observer // metrics hooks; optional
 
 	// RefreshAhead: refresh an access token this long before it expires (capped at
 	// half its lifetime). Default 10m.
@@ -181,6 +186,8 @@ type Engine struct {
 
 	ticket  atomic.Pointer[diskTicket]
 	summary atomic.Pointer[Summary]
+	tags    sync.Map      // appid -> *opTag: operations reported apart (tags.go)
+	newApps *rate.Limiter // forced recoveries of appids with no record (operator.go)
 
 	mu     sync.Mutex // guards closed
 	closed bool
@@ -193,24 +200,25 @@ func New(cfg Config) (*Engine, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	cd, err := newCodec(cfg.EncryptionKey)
+	cd, err := newCodec(cfg.EncryptionKey, cfg.PreviousEncryptionKeys)
 	if err != nil {
 		return nil, err
 	}
 	e := &Engine{
-		cfg:    cfg,
-		family: cfg.Client.Family(),
-		client: cfg.Client,
-		store:  cfg.Store,
-		keys:   newKeys(cfg.ComponentAppID),
-		codec:  cd,
-		log:    cfg.Logger,
-		now:    cfg.Now,
-		obs:    cfg.Observer,
-		slots:  gocache.New(gocache.NoExpiration, 0), // no janitor goroutine: idle slots are swept by the engine
-		calls:  make(chan struct{}, cfg.MaxConcurrentCalls),
-		pushes: newRecentSet[time.Time](pushesKept),
-		done:   make(chan struct{}),
+		cfg:     cfg,
+		family:  cfg.Client.Family(),
+		client:  cfg.Client,
+		store:   cfg.Store,
+		keys:    newKeys(cfg.ComponentAppID),
+		codec:   cd,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		obs:     cfg.Observer,
+		slots:   gocache.New(gocache.NoExpiration, 0), // no janitor goroutine: idle slots are swept by the engine
+		calls:   make(chan struct{}, cfg.MaxConcurrentCalls),
+		pushes:  newRecentSet[time.Time](pushesKept),
+		done:    make(chan struct{}),
+		newApps: rate.NewLimiter(rate.Every(newAppRecoveryEvery), newAppRecoveryBurst),
 	}
 	e.redirect = newRedirectGate(&e.cfg)
 	return e, nil

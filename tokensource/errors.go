@@ -161,6 +161,7 @@ const (
 	KindNoTicket                      // no component_ticket has been received yet (503)
 	KindFamilyMismatch                // the record belongs to the other token family (403)
 	KindBadInput                      // a caller-supplied value is invalid (400)
+	KindRateLimited                   // an operator-forced operation over its budget; try again after RetryAfter (429)
 )
 
 func (k Kind) String() string {
@@ -183,6 +184,8 @@ func (k Kind) String() string {
 		return "family_mismatch"
 	case KindBadInput:
 		return "bad_input"
+	case KindRateLimited:
+		return "rate_limited"
 	}
 	return "internal"
 }

@@ -63,10 +63,10 @@ func (e *Engine) breakAbandonedLock(name string) {
 	}
 	if age := time.Since(meta.Created); age > e.cfg.OpTimeout+lockAttempt {
 		if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
-			e.log.Error("cannot remove an abandoned storage lock", zapLock(name), zapErr(err))
+			e.log.Error("cannot remove an abandoned storage lock", e.lockField(name), zapErr(err))
 			return
 		}
 		e.log.Error("removed an abandoned storage lock (its holder is gone but the lock was kept fresh)",
-			zapLock(name), zap.Duration("held_for", age))
+			e.lockField(name), zap.Duration("held_for", age))
 	}
 }

@@ -82,14 +82,14 @@ func (e *Engine) acquire(ctx context.Context, name string) (release func(), err 
 			return nil, err
 		}
 		e.log.Error("storage lock failed; continuing with the in-process lock only (single-instance mode)",
-			zapLock(name), zapErr(err))
+			e.lockField(name), zapErr(err))
 		return unlocal, nil
 	}
 	return func() {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := e.store.Unlock(uctx, name); err != nil {
-			e.log.Error("releasing storage lock failed; it expires when stale", zapLock(name), zapErr(err))
+			e.log.Error("releasing storage lock failed; it expires when stale", e.lockField(name), zapErr(err))
 		}
 		unlocal()
 	}, nil

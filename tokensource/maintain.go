@@ -25,13 +25,17 @@ import (
 
 // Summary is what the last sweep of storage found.
 type Summary struct {
-	At                  time.Time     `json:"at"`
-	ByState             map[State]int `json:"by_state"`
-	EarliestRefreshExp  time.Time     `json:"earliest_refresh_expiry,omitzero"`
-	EarliestRefreshApp  string        `json:"earliest_refresh_appid,omitempty"`
-	Unreadable          int           `json:"unreadable"`
-	RenewalsScheduled   int           `json:"renewals_scheduled"`
-	SweepDurationMillis int64         `json:"sweep_duration_ms"`
+	At                 time.Time     `json:"at"`
+	ByState            map[State]int `json:"by_state"`
+	EarliestRefreshExp time.Time     `json:"earliest_refresh_expiry,omitzero"`
+	EarliestRefreshApp string        `json:"earliest_refresh_appid,omitempty"`
+	Unreadable         int           `json:"unreadable"`
+	// NotSealedWithKey counts readable records that are plain or sealed with a
+	// previous key while an encryption key is configured: they are sealed with
+	// it when next written, or by Reseal.
+	NotSealedWithKey    int   `json:"not_sealed_with_current_key,omitempty"`
+	RenewalsScheduled   int   `json:"renewals_scheduled"`
+	SweepDurationMillis int64 `json:"sweep_duration_ms"`
 }
 
 // LastSummary is the result of the last sweep (zero before the first).
@@ -168,13 +172,16 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 		if ctx.Err() != nil {
 			return
 		}
-		rec, err := e.loadRecord(ctx, id)
+		rec, seal, err := e.loadRecordSeal(ctx, id)
 		if err != nil {
 			if !isNotExist(err) {
 				sum.Unreadable++
 				e.log.Error("reading an authorizer record failed", zapApp(id), zapErr(err))
 			}
 			continue
+		}
+		if e.codec.cur != nil && seal != sealCurrent {
+			sum.NotSealedWithKey++
 		}
 		sum.ByState[rec.State]++
 		if rec.State == StateActive && !rec.RefreshExpiry.IsZero() &&

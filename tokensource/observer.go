@@ -13,17 +13,19 @@ type Observer interface {
 	// memory), "obtained" (through the slow path) or "error". appid is "" for the
 	// component token.
 	Lookup(appid, result string)
-	// PlatformCall: one call to the platform ended; result is CallResult(err).
-	PlatformCall(op, appid, result string, took time.Duration)
-	// Recovery: a retrieve-code recovery ended.
-	Recovery(appid string, ok bool)
+	// PlatformCall: one call to the platform ended; result is CallResult(err),
+	// cause CauseLive or CauseImport. appid is "" for a component-token call
+	// and for an appid not confirmed yet (see opTag).
+	PlatformCall(op, appid, cause, result string, took time.Duration)
+	// Recovery: a retrieve-code recovery ended (appid and cause as for PlatformCall).
+	Recovery(appid, cause string, ok bool)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) Lookup(string, string)                              {}
-func (nopObserver) PlatformCall(string, string, string, time.Duration) {}
-func (nopObserver) Recovery(string, bool)                              {}
+func (nopObserver) Lookup(string, string)                                      {}
+func (nopObserver) PlatformCall(string, string, string, string, time.Duration) {}
+func (nopObserver) Recovery(string, string, bool)                              {}
 
 // CallResult names the outcome of a platform call with bounded cardinality:
 // "ok", the platform code ("40021"), "http_<status>", "timeout" or "network".

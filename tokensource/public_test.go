@@ -241,7 +241,7 @@ func TestEveryLocalAuthorizationOrdersLaterPushes(t *testing.T) {
 			return err
 		},
 		"recovery": func(appid string, _ tokensource.Secret) error {
-			_, err := e.Recover(ctx, appid)
+			_, err := e.Recover(ctx, appid, false)
 			return err
 		},
 		"import": func(appid string, code tokensource.Secret) error {

@@ -51,6 +51,7 @@ type Record struct {
 	Generation    uint64 // bumped on every stored change; orders writes across instances
 	LastCode      string // fingerprint of the last code exchanged: pushes are retried
 	LastEventAt   time.Time
+	ForcedAt      []time.Time // operator-forced refreshes and recoveries within forcedWindow (cluster-wide budget)
 }
 
 // diskRecord is the stored JSON of a Record. Only encodeRecord/decodeRecord use it.
@@ -72,6 +73,7 @@ type diskRecord struct {
 	Generation    uint64       `json:"generation"`
 	LastCode      string       `json:"last_code,omitempty"`
 	LastEventAt   time.Time    `json:"last_event_at,omitzero"`
+	ForcedAt      []time.Time  `json:"forced_at,omitempty"`
 }
 
 func (r *Record) disk() diskRecord {
@@ -81,7 +83,7 @@ func (r *Record) disk() diskRecord {
 		RefreshToken: r.RefreshToken.Reveal(), RefreshExpiry: r.RefreshExpiry,
 		Permissions: r.Permissions, LastError: r.LastError, LastRefresh: r.LastRefresh,
 		AuthorizedAt: r.AuthorizedAt, UpdatedAt: r.UpdatedAt, Generation: r.Generation,
-		LastCode: r.LastCode, LastEventAt: r.LastEventAt,
+		LastCode: r.LastCode, LastEventAt: r.LastEventAt, ForcedAt: r.ForcedAt,
 	}
 }
 
@@ -92,7 +94,7 @@ func (d *diskRecord) record() *Record {
 		RefreshToken: Secret(d.RefreshToken), RefreshExpiry: d.RefreshExpiry,
 		Permissions: d.Permissions, LastError: d.LastError, LastRefresh: d.LastRefresh,
 		AuthorizedAt: d.AuthorizedAt, UpdatedAt: d.UpdatedAt, Generation: d.Generation,
-		LastCode: d.LastCode, LastEventAt: d.LastEventAt,
+		LastCode: d.LastCode, LastEventAt: d.LastEventAt, ForcedAt: d.ForcedAt,
 	}
 }
 
@@ -100,6 +102,7 @@ func (d *diskRecord) record() *Record {
 func (r *Record) clone() *Record {
 	c := *r
 	c.Permissions = append([]Permission(nil), r.Permissions...)
+	c.ForcedAt = append([]time.Time(nil), r.ForcedAt...)
 	if r.LastError != nil {
 		le := *r.LastError
 		c.LastError = &le

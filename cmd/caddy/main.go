@@ -1,5 +1,8 @@
-// Command caddy is Caddy with the standard modules, tptoken and its platform emulator.
-// It lets `go build ./cmd/caddy` produce a working binary without xcaddy.
+// Command caddy is the production build: Caddy with its standard modules and
+// tptoken, without the platform emulator (a test fixture that reveals every
+// secret it issues). `go build ./cmd/caddy` makes it without xcaddy; the
+// Dockerfile and docs/deployment.md build the same set of modules with xcaddy.
+// The sandbox, the demo and the load benchmarks use ./cmd/caddy-sandbox.
 package main
 
 import (
@@ -8,7 +11,6 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/tptoken/caddy-tptoken"
-	_ "github.com/tptoken/caddy-tptoken/emulator"
 )
 
 func main() {

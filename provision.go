@@ -1,0 +1,62 @@
+package tptoken
+
+import (
+	"strings"
+
+	"go.uber.org/zap"
+)
+
+// configError logs err as the short first line an operator reads, then
+// returns it: Caddy wraps a provisioning error in its whole module chain
+// ("loading new config: loading http app module: provision http: server
+// srv0: setting up route handlers: route 0: ..."), which buries what to fix.
+func configError(logger *zap.Logger, err error) error {
+	if err != nil {
+		logger.Error("configuration error: " + err.Error())
+	}
+	return err
+}
+
+// secretFields are the options that hold a secret, by their Caddyfile name.
+func secretFields(c *Component) map[string][]string {
+	return map[string][]string{
+		"component_appsecret":      {c.ComponentAppSecret},
+		"message_token":            {c.MessageToken},
+		"encoding_aes_key":         {c.EncodingAESKey},
+		"encryption_key":           {c.EncryptionKey},
+		"previous_encryption_keys": c.PreviousEncryptionKeys,
+	}
+}
+
+// resolvedAtProvision reports whether a configured value is read at provision
+// time ({env.*} or {file.*}), so the secret itself is in no config file.
+func resolvedAtProvision(raw string) bool {
+	return strings.Contains(raw, "{env.") || strings.Contains(raw, "{file.")
+}
+
+// warnRiskySetup warns, once per config load, about set-ups that work but put
+// every tenant's authorization at risk. It never blocks and never logs a
+// value. rawKey: an encryption key was given as 32 characters taken as the
+// key bytes (ParseEncryptionKey), that is a passphrase.
+func warnRiskySetup(logger *zap.Logger, c *Component, rawKey bool) {
+	for _, name := range []string{"component_appsecret", "message_token", "encoding_aes_key", "encryption_key", "previous_encryption_keys"} {
+		for _, raw := range secretFields(c)[name] {
+			if raw != "" && !resolvedAtProvision(raw) {
+				logger.Warn("a secret is written in the configuration itself (literally, or through {$VAR}, which the Caddyfile adapter substitutes): "+
+					"it is in the adapted JSON, in autosave.json and in the admin API's GET /config/. Write it as {env.VAR} or {file./path/to/secret}",
+					zap.String("option", name))
+				break
+			}
+		}
+	}
+	if c.EncryptionKey == "" {
+		logger.Warn("no encryption_key: every authorizer's tokens and refresh token are stored as plain JSON, usable by anyone who can read the storage. "+
+			"Set encryption_key {env.TP_STORAGE_KEY} with a key made by `openssl rand -base64 32` (docs/deployment.md, Secrets)",
+			zap.String("option", "encryption_key"))
+	}
+	if rawKey {
+		logger.Warn("an encryption key is 32 characters used as the key bytes themselves: a 32-character passphrase is far weaker than 32 random bytes. "+
+			"Make a key with `openssl rand -base64 32` and rotate to it (previous_encryption_keys; docs/deployment.md, Rotating the storage key)",
+			zap.String("option", "encryption_key"))
+	}
+}
