@@ -207,6 +207,7 @@ type Emulator struct {
 	issued         []string
 	faults         map[string]Faults
 	stats          statsState
+	recent         []APICall // the last maxRecentCalls API calls
 	randCounter    uint64
 }
 

@@ -191,6 +191,7 @@ type call struct {
 	family tokensource.Family
 	now    time.Time
 	appid  string // the authorizer concerned, for logs
+	kind   string // APIs other than the token endpoints: the token kind taken (authorizer, component)
 	after  func() // run after the answer is written, outside the lock
 }
 
@@ -257,6 +258,9 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.now = e.now()
 	data, aerr := rt.handler(e, c)
 	logID := e.logIDLocked(c.now)
+	if c.kind != "" {
+		e.recordCallLocked(c, data, aerr)
+	}
 	e.mu.Unlock()
 
 	fields := []zap.Field{zap.String("op", op), zap.String("family", string(rt.family)), zap.String("appid", c.appid)}
@@ -717,7 +721,7 @@ func v2APIToken(h http.Header) string {
 }
 
 // echo is the success answer of an API call that took the token of owner.
-func (c *call) echo(owner, kind string) DownstreamData {
+func (c *call) echo(owner string) DownstreamData {
 	q := c.r.URL.Query()
 	carriers := map[string]int{}
 	for _, k := range v2TokenHeaders {
@@ -732,7 +736,7 @@ func (c *call) echo(owner, kind string) DownstreamData {
 	}
 	sum := sha256.Sum256(c.body)
 	return DownstreamData{
-		AppID: owner, Family: string(c.family), Token: kind, Method: c.r.Method, Path: c.r.URL.EscapedPath(),
+		AppID: owner, Family: string(c.family), Token: c.kind, Method: c.r.Method, Path: c.r.URL.EscapedPath(),
 		Query: maskQuery(c.r.URL.RawQuery), BodyLen: len(c.body), BodySHA256: hex.EncodeToString(sum[:]),
 		AccessTokenHeaders: len(c.r.Header["Access-Token"]), AccessTokenParams: len(q["authorizer_access_token"]),
 		TokenCarriers: carriers,
@@ -743,6 +747,7 @@ func (c *call) echo(owner, kind string) DownstreamData {
 // component_appid + authorizer_access_token (40020 when invalid or expired), v2
 // header access-token (28001003 invalid, 28001008 expired).
 func (e *Emulator) downstream(c *call) (any, *apiError) {
+	c.kind = "authorizer"
 	q := c.r.URL.Query()
 	v1 := c.family == tokensource.V1
 	invalid := func(appid string, foreign bool, expired bool, why string) (any, *apiError) {
@@ -799,19 +804,64 @@ func (e *Emulator) downstream(c *call) (any, *apiError) {
 	}
 	c.appid = t.appid
 	e.countLocked(t.appid, func(k *Counters) { k.DownstreamOK++ })
-	return c.echo(t.appid, "authorizer"), nil
+	return c.echo(t.appid), nil
 }
 
 // tpAPI is any TP-level API: it takes the component token of the family (v1
 // query component_appid + component_access_token, v2 header access-token) and
 // answers 40009 / 40010 for an expired or wrong one, as the token endpoints do.
 func (e *Emulator) tpAPI(c *call) (any, *apiError) {
+	c.kind = "component"
 	if err := e.checkComponentTokenLocked(c, v2APIToken(c.r.Header)); err != nil {
 		e.countLocked("", func(k *Counters) { k.DownstreamInvalid++ })
 		return nil, err
 	}
 	e.countLocked("", func(k *Counters) { k.DownstreamOK++ })
-	return c.echo(e.appid, "component"), nil
+	return c.echo(e.appid), nil
+}
+
+// maxRecentCalls bounds the API calls kept for RecentCalls.
+const maxRecentCalls = 100
+
+// APICall is one call of an API other than the token endpoints, as the
+// emulator received it (token values masked). Typed SDK methods keep only the
+// answer fields their response model declares, so a test driving such a
+// method reads what arrived here (GET /_emulator/calls).
+type APICall struct {
+	Host string `json:"host"`
+	Code int    `json:"code"` // the errno / err_no answered; 0 on success
+	DownstreamData
+}
+
+// recordCallLocked keeps c in the recent-calls log.
+func (e *Emulator) recordCallLocked(c *call, data any, aerr *apiError) {
+	rec := APICall{Host: c.r.Host}
+	if d, ok := data.(DownstreamData); ok {
+		rec.DownstreamData = d
+	} else {
+		rec.DownstreamData = c.echo(c.appid)
+	}
+	if aerr != nil {
+		rec.Code = aerr.code
+	}
+	if len(e.recent) == maxRecentCalls {
+		e.recent = append(e.recent[:0], e.recent[1:]...)
+	}
+	e.recent = append(e.recent, rec)
+}
+
+// RecentCalls returns the last API calls received (at most 100), oldest first.
+func (e *Emulator) RecentCalls() []APICall {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]APICall{}, e.recent...)
+}
+
+// ClearRecentCalls empties the recent-calls log.
+func (e *Emulator) ClearRecentCalls() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.recent = nil
 }
 
 // maskedParams are query parameters whose values are secrets.
