@@ -4,7 +4,7 @@ GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK ?= $(GOBIN)/staticcheck
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: test vet staticcheck tools build run run-check fmt bench bench-load bench-scale bench-instructions
+.PHONY: test vet staticcheck tools build run run-check test-compat fmt bench bench-load bench-scale bench-instructions
 
 ## test: vet, staticcheck and every test with the race detector
 test: vet staticcheck
@@ -33,6 +33,12 @@ run:
 ## run-check: the same demo, stopped once it has shown an injected token (CI runs it)
 run-check:
 	GO=$(GO) bash scripts/run-demo.sh --check
+
+## test-compat: the official Douyin SDK for Node.js (compat/package.json), unmodified
+## and verified byte for byte, against tptoken serving the platform's hosts over HTTPS,
+## in a private network namespace (compat/run.sh; needs root, Node >= 18 and npm)
+test-compat:
+	GO=$(GO) bash compat/run.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
