@@ -697,15 +697,8 @@ type DownstreamData struct {
 // The places a token travels in the platform's APIs (docs/sdk-compat.md):
 // v2 header access-token, the other SDK hosts' header names, and the v1 query.
 var (
-	v2TokenHeaders    = []string{"Access-Token", "Access_token", "X-Token"}
-	tokenQueryParams  = []string{"authorizer_access_token", "component_access_token", "access_token"}
-	tokenCarrierNames = func() map[string]string {
-		m := map[string]string{}
-		for _, h := range v2TokenHeaders {
-			m[h] = "header:" + strings.ToLower(h)
-		}
-		return m
-	}()
+	v2TokenHeaders   = []string{"Access-Token", "Access_token", "X-Token"} // canonical keys, in the order v2APIToken tries them
+	tokenQueryParams = []string{"authorizer_access_token", "component_access_token", "access_token"}
 )
 
 // v2APIToken is the token of a v2-style API: header access-token, or where
@@ -726,7 +719,7 @@ func (c *call) echo(owner string) DownstreamData {
 	carriers := map[string]int{}
 	for _, k := range v2TokenHeaders {
 		if n := len(c.r.Header[k]); n > 0 {
-			carriers[tokenCarrierNames[k]] = n
+			carriers["header:"+strings.ToLower(k)] = n
 		}
 	}
 	for _, k := range tokenQueryParams {

@@ -18,6 +18,7 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const dns = require('node:dns').promises;
 const http = require('node:http');
+const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 
 const sdk = require('@open-dy/open_api_sdk');
@@ -234,7 +235,9 @@ test('20 concurrent calls on an expired token all succeed, with one refresh', as
 // runNode runs code in a fresh Node process (NODE_EXTRA_CA_CERTS is read at
 // start), with the given extra environment, and returns its JSON output.
 function runNode(code, env) {
-	const r = spawnSync(process.execPath, ['-e', code], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 20_000 });
+	const r = spawnSync(process.execPath, ['-e', code], {
+		cwd: path.join(__dirname, '..'), env: { ...process.env, ...env }, encoding: 'utf8', timeout: 20_000,
+	});
 	assert.equal(r.status, 0, r.stderr);
 	return JSON.parse(r.stdout);
 }
