@@ -101,23 +101,7 @@ type answer struct {
 
 func (h *harness) do(method, path string, q url.Values, hdr http.Header, body []byte) answer {
 	h.t.Helper()
-	u := h.srv.URL + path
-	if q != nil {
-		u += "?" + q.Encode()
-	}
-	req, err := http.NewRequest(method, u, bytes.NewReader(body))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	for k, vs := range hdr {
-		req.Header[k] = vs
-	}
-	resp, err := h.srv.Client().Do(req)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	return decodeAnswer(h.t, resp)
+	return h.doHost("", method, path, q, hdr, body)
 }
 
 func decodeAnswer(t *testing.T, resp *http.Response) answer {
@@ -1207,7 +1191,8 @@ func TestEmulatorSetLifetimesAppliesToNewTokens(t *testing.T) {
 }
 
 // doHost is do with the request sent for host (as a sidecar serving the
-// platform's names forwards it: reverse_proxy keeps the client's Host).
+// platform's names forwards it: reverse_proxy keeps the client's Host); ""
+// keeps the server's address.
 func (h *harness) doHost(host, method, path string, q url.Values, hdr http.Header, body []byte) answer {
 	h.t.Helper()
 	u := h.srv.URL + path
@@ -1218,7 +1203,9 @@ func (h *harness) doHost(host, method, path string, q url.Values, hdr http.Heade
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	req.Host = host
+	if host != "" {
+		req.Host = host
+	}
 	for k, vs := range hdr {
 		req.Header[k] = vs
 	}
