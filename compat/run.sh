@@ -104,4 +104,10 @@ export COMPAT_TP1_APPSECRET="compat-tp1-$RANDOM$RANDOM" COMPAT_TP1_MESSAGE_TOKEN
 export COMPAT_TP2_APPSECRET="compat-tp2-$RANDOM$RANDOM" COMPAT_TP2_MESSAGE_TOKEN="compat-tp2-msg" COMPAT_TP2_ENCODING_AES_KEY=$(key)
 
 echo "==> the suite, inside a private network and mount namespace"
-unshare --net --mount --fork -- bash "$0" --inside "$work"
+status=0
+unshare --net --mount --fork -- bash "$0" --inside "$work" || status=$?
+if [ "$status" != 0 ]; then
+	trap - EXIT
+	echo "compat: failed; Caddy's log and storage (emulated tokens only) are kept in $work" >&2
+fi
+exit "$status"
