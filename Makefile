@@ -4,7 +4,7 @@ GOBIN       ?= $(shell $(GO) env GOPATH)/bin
 STATICCHECK ?= $(GOBIN)/staticcheck
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: test vet staticcheck tools build build-sandbox run run-check check-deployment fmt bench bench-load bench-scale bench-instructions
+.PHONY: test vet staticcheck tools build build-sandbox run run-check check-deployment test-compat fmt bench bench-load bench-scale bench-instructions
 
 ## test: vet, staticcheck and every test with the race detector
 test: vet staticcheck
@@ -43,6 +43,12 @@ run-check:
 ## Dockerfile's build steps, promtool on the alert rules (scripts/check-deployment.sh)
 check-deployment:
 	GO=$(GO) bash scripts/check-deployment.sh
+
+## test-compat: the official Douyin SDK for Node.js (compat/package.json), unmodified
+## and verified byte for byte, against tptoken serving the platform's hosts over HTTPS,
+## in a private network namespace (compat/run.sh; needs root, Node >= 18 and npm)
+test-compat:
+	GO=$(GO) bash compat/run.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -27,6 +27,8 @@ import (
 //	DELETE /_emulator/faults                                  → {"ok":true}
 //	POST   /_emulator/push_url     {"push_url"}              → {"ok":true}
 //	GET    /_emulator/stats                                   → Stats
+//	GET    /_emulator/calls                                   → {"calls":[APICall...]} (the last 100 API calls, oldest first)
+//	DELETE /_emulator/calls                                   → {"ok":true}
 //	GET    /_emulator/secrets                                 → {"secrets":[...]} (IssuedSecrets)
 //	GET    /_emulator/authorizers                             → {"<appid>": authorized}
 
@@ -221,6 +223,11 @@ func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		ok()
 	case "GET /_emulator/stats":
 		writeJSON(w, http.StatusOK, e.Stats())
+	case "GET /_emulator/calls":
+		writeJSON(w, http.StatusOK, map[string][]APICall{"calls": e.RecentCalls()})
+	case "DELETE /_emulator/calls":
+		e.ClearRecentCalls()
+		ok()
 	case "GET /_emulator/secrets":
 		writeJSON(w, http.StatusOK, map[string][]string{"secrets": e.IssuedSecrets()})
 	case "GET /_emulator/authorizers":

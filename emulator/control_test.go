@@ -3,7 +3,9 @@ package emulator
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
@@ -144,5 +146,47 @@ func TestEmulatorControlReportsPushFailures(t *testing.T) {
 	comp := h.componentToken(tokensource.V2)
 	if a := h.exchange(tokensource.V2, comp, out["authorization_code"].(string)); a.code != 0 {
 		t.Fatalf("%+v", a.raw)
+	}
+}
+
+func TestEmulatorCallsLogShowsWhatTheAPIsReceivedAndKeepsTheLast100(t *testing.T) {
+	h := newHarness(t)
+	c2 := h.componentToken(tokensource.V2)
+	a2, _ := h.mustExchange(tokensource.V2, c2, appA)
+	h.doHost("open.douyin.com", "POST", "/api/apps/v1/qrcode/create/", url.Values{"access_token": {a2}, "k": {"v"}},
+		http.Header{"Access-Token": {a2}, "X-Token": {"copy"}}, []byte(`{"path":"x"}`))
+	h.doHost("open.douyin.com", "GET", "/api/apps/v1/x/", nil, http.Header{"Access-Token": {"isvact.stale"}}, nil)
+	h.do("GET", PathV2AppList, url.Values{"page": {"1"}, "size": {"1"}}, http.Header{"Access-Token": {c2}}, nil) // a token endpoint: not logged
+
+	st, out := h.control("GET", "calls", "")
+	calls, _ := out["calls"].([]any)
+	if st != 200 || len(calls) != 2 {
+		t.Fatalf("calls: %d %v", st, out)
+	}
+	ok, bad := calls[0].(map[string]any), calls[1].(map[string]any)
+	if ok["host"] != "open.douyin.com" || ok["code"] != float64(0) || ok["appid"] != appA || ok["token"] != "authorizer" ||
+		ok["method"] != "POST" || ok["path"] != "/api/apps/v1/qrcode/create/" || ok["query"] != "access_token=***&k=v" ||
+		ok["body_len"] != float64(12) || ok["family"] != "v2" {
+		t.Fatalf("first call: %v", ok)
+	}
+	if c := ok["token_carriers"].(map[string]any); c["header:access-token"] != float64(1) || c["header:x-token"] != float64(1) || c["query:access_token"] != float64(1) {
+		t.Fatalf("carriers: %v", c)
+	}
+	if bad["code"] != float64(ErrNoV2AccessTokenInvalid) || bad["appid"] != "" {
+		t.Fatalf("refused call: %v", bad)
+	}
+	b, _ := json.Marshal(out)
+	if bytes.Contains(b, []byte(a2)) {
+		t.Fatal("the calls log holds a token value")
+	}
+
+	for i := 0; i < maxRecentCalls+5; i++ {
+		h.doHost("open.douyin.com", "GET", fmt.Sprintf("/api/apps/v1/n%d/", i), nil, http.Header{"Access-Token": {a2}}, nil)
+	}
+	if l := h.e.RecentCalls(); len(l) != maxRecentCalls || l[0].Path != "/api/apps/v1/n5/" || l[len(l)-1].Path != fmt.Sprintf("/api/apps/v1/n%d/", maxRecentCalls+4) {
+		t.Fatalf("kept %d calls, first %q", len(l), l[0].Path)
+	}
+	if st, _ := h.control("DELETE", "calls", ""); st != 200 || len(h.e.RecentCalls()) != 0 {
+		t.Fatalf("DELETE calls: %d, %d left", st, len(h.e.RecentCalls()))
 	}
 }

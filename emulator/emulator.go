@@ -1,9 +1,10 @@
 // Package emulator is a faithful, deterministic stand-in for the Douyin /
 // ByteDance open platform as seen by one third-party mini-app application (TP):
 // the v1 and v2 token endpoints (component token, code exchange, refresh,
-// retrieve code, authorized-app list), one sample downstream API per family
-// that validates the authorizer token, and the push sender (encrypted
-// component tickets and authorization events).
+// retrieve code, authorized-app list), every other API path of either family
+// (it validates the token of the kind the path takes and answers with the
+// token's owner, so any SDK method can be tried), and the push sender
+// (encrypted component tickets and authorization events).
 //
 // It exists so tptoken's own tests, the README demo and users' legacy apps can
 // run without the real platform, and it reproduces the rules that make token
@@ -207,6 +208,7 @@ type Emulator struct {
 	issued         []string
 	faults         map[string]Faults
 	stats          statsState
+	recent         []APICall // the last maxRecentCalls API calls
 	randCounter    uint64
 }
 

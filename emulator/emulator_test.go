@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -100,23 +101,7 @@ type answer struct {
 
 func (h *harness) do(method, path string, q url.Values, hdr http.Header, body []byte) answer {
 	h.t.Helper()
-	u := h.srv.URL + path
-	if q != nil {
-		u += "?" + q.Encode()
-	}
-	req, err := http.NewRequest(method, u, bytes.NewReader(body))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	for k, vs := range hdr {
-		req.Header[k] = vs
-	}
-	resp, err := h.srv.Client().Do(req)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	return decodeAnswer(h.t, resp)
+	return h.doHost("", method, path, q, hdr, body)
 }
 
 func decodeAnswer(t *testing.T, resp *http.Response) answer {
@@ -1202,5 +1187,209 @@ func TestEmulatorSetLifetimesAppliesToNewTokens(t *testing.T) {
 	}
 	if d := h.downstream(v1, old); d.code != 0 {
 		t.Fatalf("token issued before the change: %+v", d.raw)
+	}
+}
+
+// doHost is do with the request sent for host (as a sidecar serving the
+// platform's names forwards it: reverse_proxy keeps the client's Host); ""
+// keeps the server's address.
+func (h *harness) doHost(host, method, path string, q url.Values, hdr http.Header, body []byte) answer {
+	h.t.Helper()
+	u := h.srv.URL + path
+	if q != nil {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequest(method, u, bytes.NewReader(body))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
+	}
+	resp, err := h.srv.Client().Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	return decodeAnswer(h.t, resp)
+}
+
+func (a answer) carriers() map[string]int64 {
+	m := map[string]int64{}
+	raw, _ := a.data["token_carriers"].(map[string]any)
+	for k, v := range raw {
+		n, _ := v.(json.Number).Int64()
+		m[k] = n
+	}
+	return m
+}
+
+func TestEmulatorAnyPathOnAPlatformHostIsAnAPIOfThatHostsFamily(t *testing.T) {
+	h := newHarness(t)
+	c1, c2 := h.componentToken(v1), h.componentToken(v2)
+	a1, _ := h.mustExchange(v1, c1, appA)
+	a2, _ := h.mustExchange(v2, c2, appB)
+	v1q := url.Values{"component_appid": {tpAppID}, "authorizer_access_token": {a1}, "x": {"1"}}
+	tests := []struct {
+		name, host, method, path string
+		q                        url.Values
+		hdr                      http.Header
+		family, appid            string
+	}{
+		{"v2 GET on open.douyin.com", "open.douyin.com", "GET", "/goodlife/v1/fulfilment/certificate/get/", url.Values{"x": {"1"}},
+			http.Header{"Access-Token": {a2}}, "v2", appB},
+		{"v2 POST, host with port", "open.douyin.com:443", "POST", "/api/apps/v1/qrcode/create/", nil,
+			http.Header{"Access-Token": {a2}, "Content-Type": {"application/json"}}, "v2", appB},
+		{"developer.toutiao.com, header access_token", "developer.toutiao.com", "POST", "/auth/entity/get_basic_auth", nil,
+			http.Header{"Access_token": {a2}}, "v2", appB},
+		{"developer.toutiao.com, header x-token", "Developer.Toutiao.com", "POST", "/api/v2/tags/text/antidirt", nil,
+			http.Header{"X-Token": {a2}}, "v2", appB},
+		{"v1 on open.microapp.bytedance.com, any path", "open.microapp.bytedance.com", "GET", "/openapi/v3/microapp/anything", v1q,
+			nil, "v1", appA},
+		{"v1 /api/ path on the v1 host", "open.microapp.bytedance.com", "POST", "/api/apps/qrcode", v1q, nil, "v1", appA},
+	}
+	for _, tt := range tests {
+		a := h.doHost(tt.host, tt.method, tt.path, tt.q, tt.hdr, []byte(`{"k":"v"}`))
+		if a.status != 200 || a.code != 0 || a.str("family") != tt.family || a.str("appid") != tt.appid ||
+			a.str("token") != "authorizer" || a.str("method") != tt.method || a.str("path") != tt.path || a.num("body_len") != 9 {
+			t.Errorf("%s: %d %+v", tt.name, a.status, a.raw)
+		}
+		if strings.Contains(a.str("query"), a1) {
+			t.Errorf("%s: token echoed: %q", tt.name, a.str("query"))
+		}
+	}
+	// The family is the host's, not the path's: a token of the other family is refused.
+	if a := h.doHost("open.douyin.com", "GET", "/openapi/v1/microapp/app/info", v1q, nil, nil); a.code != ErrNoV2AccessTokenInvalid {
+		t.Errorf("v1 call sent to open.douyin.com: %+v", a.raw)
+	}
+	if a := h.doHost("open.microapp.bytedance.com", "GET", "/api/apps/v1/x/", nil, http.Header{"Access-Token": {a2}}, nil); a.code != ErrnoMissing {
+		t.Errorf("v2 call sent to the v1 host: %+v", a.raw)
+	}
+	if s := h.e.Stats(); s.App(appA).DownstreamOK != 2 || s.App(appB).DownstreamOK != 4 || s.Calls[OpDownstream] != 8 {
+		t.Errorf("stats: %+v", s)
+	}
+}
+
+func TestEmulatorAPIsRefuseBadTokensInTheFamilysEnvelope(t *testing.T) {
+	h := newHarness(t)
+	c1, c2 := h.componentToken(v1), h.componentToken(v2)
+	a1, r1 := h.mustExchange(v1, c1, appA)
+	a2, _ := h.mustExchange(v2, c2, appA)
+	const v1Host, v2Host = "open.microapp.bytedance.com", "open.douyin.com"
+	v1q := func(kv ...string) url.Values {
+		q := url.Values{"component_appid": {tpAppID}}
+		for i := 0; i < len(kv); i += 2 {
+			q.Set(kv[i], kv[i+1])
+		}
+		return q
+	}
+	v2h := func(tok string) http.Header { return http.Header{"Access-Token": {tok}} }
+	tests := []struct {
+		name, host, path string
+		q                url.Values
+		hdr              http.Header
+		want             int
+	}{
+		{"v2 no token", v2Host, "/data/extern/fans/source/", nil, nil, ErrNoV2AccessTokenInvalid},
+		{"v2 unknown token", v2Host, "/data/extern/fans/source/", nil, v2h("isvact.nope"), ErrNoV2AccessTokenInvalid},
+		{"v2 component token on an authorizer API", v2Host, "/api/apps/v1/x/", nil, v2h(c2), ErrNoV2AccessTokenInvalid},
+		{"v2 authorizer token on a TP API", v2Host, "/api/tpapp/v2/template/get_tpl_list/", nil, v2h(a2), ErrnoComponentInvalid},
+		{"v2 no token on a TP API", v2Host, "/api/tpapp/v2/template/get_tpl_list/", nil, nil, ErrnoParam},
+		{"v1 no token", v1Host, "/openapi/v1/microapp/app/modify_app_name", v1q(), nil, ErrnoMissing},
+		{"v1 no component_appid", v1Host, "/openapi/v1/microapp/x", url.Values{"authorizer_access_token": {a1}}, nil, ErrnoMissing},
+		{"v1 refresh token as access token", v1Host, "/openapi/v1/microapp/x", v1q("authorizer_access_token", r1), nil, ErrnoAccessTokenInvalid},
+		{"v1 component token on an authorizer API", v1Host, "/openapi/v1/microapp/x", v1q("authorizer_access_token", c1), nil, ErrnoAccessTokenInvalid},
+		{"v1 authorizer token on a TP API", v1Host, "/openapi/v1/tp/template/list", v1q("component_access_token", a1), nil, ErrnoComponentInvalid},
+		{"v1 no token on a TP API", v1Host, "/openapi/v2/auth/pre_auth_code", v1q(), nil, ErrnoParam},
+	}
+	for _, tt := range tests {
+		a := h.doHost(tt.host, "POST", tt.path, tt.q, tt.hdr, nil)
+		if a.status != 200 || a.code != tt.want {
+			t.Errorf("%s: %d %+v, want HTTP 200 and %d", tt.name, a.status, a.raw, tt.want)
+		}
+		if _, ok := a.raw["err_no"]; ok != (tt.host == v2Host) {
+			t.Errorf("%s: not in the %s envelope: %+v", tt.name, tt.host, a.raw)
+		}
+	}
+	// Expired tokens: 28001008 (v2), 40020 (v1); 40009 for a component token.
+	h.clock.Advance(DefaultAccessTokenTTL)
+	if a := h.doHost(v2Host, "GET", "/api/apps/v1/x/", nil, v2h(a2), nil); a.code != ErrNoV2AccessTokenExpired {
+		t.Errorf("v2 expired: %+v", a.raw)
+	}
+	if a := h.doHost(v1Host, "GET", "/openapi/v1/microapp/x", v1q("authorizer_access_token", a1), nil, nil); a.code != ErrnoAccessTokenInvalid {
+		t.Errorf("v1 expired: %+v", a.raw)
+	}
+	if a := h.doHost(v1Host, "GET", "/openapi/v1/tp/template/list", v1q("component_access_token", c1), nil, nil); a.code != ErrnoComponentExpired {
+		t.Errorf("v1 component token expired: %+v", a.raw)
+	}
+}
+
+func TestEmulatorTPLevelAPIsTakeTheComponentToken(t *testing.T) {
+	h := newHarness(t)
+	c1, c2 := h.componentToken(v1), h.componentToken(v2)
+	a := h.doHost("open.douyin.com", "POST", "/api/tpapp/v2/template/get_tpl_list/", nil,
+		http.Header{"Access-Token": {c2}}, []byte(`{}`))
+	if a.code != 0 || a.str("appid") != tpAppID || a.str("token") != "component" || a.str("family") != "v2" {
+		t.Fatalf("v2 TP API: %+v", a.raw)
+	}
+	// On a loopback host the path decides: /openapi/v1/tp/ is a v1 TP API.
+	a = h.do("GET", "/openapi/v1/tp/template/list", url.Values{"component_appid": {tpAppID}, "component_access_token": {c1}}, nil, nil)
+	if a.code != 0 || a.str("appid") != tpAppID || a.str("token") != "component" || a.str("family") != "v1" ||
+		a.str("query") != "component_access_token=***&component_appid="+tpAppID {
+		t.Fatalf("v1 TP API: %+v", a.raw)
+	}
+	if s := h.e.Stats(); s.Total.DownstreamOK != 2 || len(s.PerApp) != 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
+
+func TestEmulatorLoopbackHostsTellTheFamilyByPath(t *testing.T) {
+	h := newHarness(t)
+	for _, tt := range []struct {
+		path   string
+		status int
+		code   int
+	}{
+		{"/openapi/v1/any/thing", 200, ErrnoMissing},       // v1 API, no token
+		{"/openapi/v2/microapp/x", 200, ErrnoMissing},      // v1 API (legacy host's v2 paths), no token
+		{"/api/whatever/", 200, ErrNoV2AccessTokenInvalid}, // v2 API, no token
+		{"/goodlife/v1/x/", 404, http.StatusNotFound},      // only on a platform host
+		{"/openapi/v9/nothing", 404, http.StatusNotFound},  // not an API version
+	} {
+		if a := h.do("GET", tt.path, nil, nil, nil); a.status != tt.status || a.code != tt.code {
+			t.Errorf("%s: %d %+v, want %d / %d", tt.path, a.status, a.raw, tt.status, tt.code)
+		}
+	}
+	if a := h.doHost("open.douyin.com", "GET", "/goodlife/v1/x/", nil, nil, nil); a.status != 200 || a.code != ErrNoV2AccessTokenInvalid {
+		t.Errorf("platform host: %d %+v", a.status, a.raw)
+	}
+}
+
+func TestEmulatorEchoCountsEveryTokenCarrierAndMasksValues(t *testing.T) {
+	h := newHarness(t)
+	c2 := h.componentToken(v2)
+	a2, _ := h.mustExchange(v2, c2, appA)
+	q := "access_token=" + a2 + "&component_access_token=" + c2 + "&keep=1"
+	a := h.doHost("open.douyin.com", "GET", "/api/apps/v1/x/?"+q, nil,
+		http.Header{"Access-Token": {a2}, "Access_token": {"copy"}, "X-Token": {"c1", "c2"}}, nil)
+	want := map[string]int64{"header:access-token": 1, "header:access_token": 1, "header:x-token": 2,
+		"query:access_token": 1, "query:component_access_token": 1}
+	if got := a.carriers(); a.code != 0 || !maps.Equal(got, want) {
+		t.Fatalf("carriers %v, want %v (%+v)", got, want, a.raw)
+	}
+	if a.str("query") != "access_token=***&component_access_token=***&keep=1" {
+		t.Fatalf("query not masked: %q", a.str("query"))
+	}
+	// access-token wins over the other names when both are sent.
+	a = h.doHost("open.douyin.com", "GET", "/api/apps/v1/x/", nil, http.Header{"Access-Token": {a2}, "X-Token": {"stale"}}, nil)
+	if a.code != 0 || a.str("appid") != appA {
+		t.Fatalf("access-token first: %+v", a.raw)
+	}
+	a = h.doHost("open.douyin.com", "GET", "/api/apps/v1/x/", nil, http.Header{"Access-Token": {"stale"}, "X-Token": {a2}}, nil)
+	if a.code != ErrNoV2AccessTokenInvalid {
+		t.Fatalf("a stale access-token must not fall back to x-token: %+v", a.raw)
 	}
 }

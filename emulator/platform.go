@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -25,17 +26,46 @@ const (
 	PathV1OAuthToken     = "/openapi/v1/oauth/token"
 	PathV1Retrieve       = "/openapi/v1/auth/retrieve"
 	PathV1AppList        = "/openapi/v1/tp/auth_app_list"
-	PathV1Downstream     = "/openapi/v1/microapp/app/info" // sample; any /openapi/v1/microapp/ path behaves the same
+	PathV1Downstream     = "/openapi/v1/microapp/app/info" // sample; any other v1 API path behaves the same
 
 	PathV2ComponentToken = "/openapi/v2/auth/tp/token/"
 	PathV2AuthToken      = "/api/tpapp/v2/auth/get_auth_token/"
 	PathV2Retrieve       = "/api/tpapp/v2/auth/retrieve_auth_code/"
 	PathV2AppList        = "/api/tpapp/v2/auth/get_auth_app_list/"
-	PathV2Downstream     = "/api/apps/v2/basic_info/get_info/" // sample; any /api/apps/ path behaves the same
-
-	v1DownstreamPrefix = "/openapi/v1/microapp/"
-	v2DownstreamPrefix = "/api/apps/"
+	PathV2Downstream     = "/api/apps/v2/basic_info/get_info/" // sample; any other v2 API path behaves the same
 )
+
+// hostFamilies are the platform's hosts (docs/sdk-compat.md §Hosts). Every path
+// that is not a token endpoint is an API of the family of the host it was sent
+// to, so the emulator can stand behind a sidecar that serves these names:
+// reverse_proxy hands the client's Host to the upstream unchanged. The hosts
+// after open.douyin.com are those the official Node.js SDK also calls; they
+// take the token in a header, as v2 does.
+var hostFamilies = map[string]tokensource.Family{
+	"open.microapp.bytedance.com":    tokensource.V1,
+	"open.douyin.com":                tokensource.V2,
+	"developer.toutiao.com":          tokensource.V2,
+	"developer-product.zijieapi.com": tokensource.V2,
+	"minigame.zijieapi.com":          tokensource.V2,
+	"webcast.bytedance.com":          tokensource.V2,
+}
+
+// hostFamily is the family of a platform host (a Host header, port allowed).
+func hostFamily(host string) (tokensource.Family, bool) {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	f, ok := hostFamilies[strings.ToLower(strings.TrimSuffix(host, "."))]
+	return f, ok
+}
+
+// tpPrefixes are the paths of the TP-level APIs, which take the component
+// token; every other API path takes an authorizer token (protocol: v1 TP APIs
+// live under /openapi/v1/tp/ and the auth paths, v2 ones under /api/tpapp/).
+var tpPrefixes = map[tokensource.Family][]string{
+	tokensource.V1: {"/openapi/v1/tp/", "/openapi/v1/auth/", "/openapi/v2/auth/"},
+	tokensource.V2: {"/api/tpapp/"},
+}
 
 // Grant types of the token endpoints.
 const (
@@ -82,25 +112,46 @@ var routes = map[string]route{
 	PathV2AppList:        {tokensource.V2, styleV2Envelope, fixedOp(OpAppList), (*Emulator).appList},
 }
 
-var (
-	v1Downstream = route{tokensource.V1, styleV1Envelope, fixedOp(OpDownstream), (*Emulator).downstream}
-	v2Downstream = route{tokensource.V2, styleV2Envelope, fixedOp(OpDownstream), (*Emulator).downstream}
-)
+// The APIs other than the token endpoints, by family and token kind.
+var apiRoutes = map[tokensource.Family]struct{ authorizer, tp route }{
+	tokensource.V1: {
+		route{tokensource.V1, styleV1Envelope, fixedOp(OpDownstream), (*Emulator).downstream},
+		route{tokensource.V1, styleV1Envelope, fixedOp(OpDownstream), (*Emulator).tpAPI},
+	},
+	tokensource.V2: {
+		route{tokensource.V2, styleV2Envelope, fixedOp(OpDownstream), (*Emulator).downstream},
+		route{tokensource.V2, styleV2Envelope, fixedOp(OpDownstream), (*Emulator).tpAPI},
+	},
+}
 
-func matchRoute(p string) (route, bool) {
+// matchRoute finds the endpoint of a request. The token endpoints match by
+// path on any host. Any other path is an API: of the family of a platform host
+// (hostFamilies); on another host (a test's loopback address) /openapi/v1/ and
+// /openapi/v2/ are v1 APIs, /api/ are v2 APIs, and the rest is unknown.
+func matchRoute(host, p string) (route, bool) {
 	if rt, ok := routes[p]; ok {
 		return rt, true
 	}
 	if rt, ok := routes[p+"/"]; ok && rt.family == tokensource.V2 {
 		return rt, true
 	}
-	switch {
-	case strings.HasPrefix(p, v1DownstreamPrefix):
-		return v1Downstream, true
-	case strings.HasPrefix(p, v2DownstreamPrefix):
-		return v2Downstream, true
+	f, ok := hostFamily(host)
+	if !ok {
+		switch {
+		case strings.HasPrefix(p, "/openapi/v1/"), strings.HasPrefix(p, "/openapi/v2/"):
+			f = tokensource.V1
+		case strings.HasPrefix(p, "/api/"):
+			f = tokensource.V2
+		default:
+			return route{}, false
+		}
 	}
-	return route{}, false
+	for _, prefix := range tpPrefixes[f] {
+		if strings.HasPrefix(p, prefix) {
+			return apiRoutes[f].tp, true
+		}
+	}
+	return apiRoutes[f].authorizer, true
 }
 
 // apiError is a business error answered in the endpoint's envelope.
@@ -140,6 +191,7 @@ type call struct {
 	family tokensource.Family
 	now    time.Time
 	appid  string // the authorizer concerned, for logs
+	kind   string // APIs other than the token endpoints: the token kind taken (authorizer, component)
 	after  func() // run after the answer is written, outside the lock
 }
 
@@ -153,10 +205,11 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.serveAuthorizationPage(w, r)
 		return
 	}
-	rt, ok := matchRoute(r.URL.Path)
+	rt, ok := matchRoute(r.Host, r.URL.Path)
 	if !ok {
 		writeJSON(w, http.StatusNotFound, map[string]any{"errno": http.StatusNotFound,
-			"message": "tptoken emulator: no such endpoint: " + r.Method + " " + r.URL.Path})
+			"message": "tptoken emulator: no such endpoint: " + r.Method + " " + r.URL.Path +
+				" (APIs are under /openapi/v1/, /openapi/v2/ and /api/, or any path on a platform host such as open.douyin.com)"})
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
@@ -209,6 +262,9 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.now = e.now()
 	data, aerr := rt.handler(e, c)
 	logID := e.logIDLocked(c.now)
+	if c.kind != "" {
+		e.recordCallLocked(c, data, aerr)
+	}
 	e.mu.Unlock()
 
 	fields := []zap.Field{zap.String("op", op), zap.String("family", string(rt.family)), zap.String("appid", c.appid)}
@@ -258,7 +314,7 @@ func (e *Emulator) subjectLocked(op string, f tokensource.Family, r *http.Reques
 	case OpDownstream:
 		v := q.Get("authorizer_access_token")
 		if f == tokensource.V2 {
-			v = r.Header.Get("access-token")
+			v = v2APIToken(r.Header)
 		}
 		if t := e.tokens[v]; t != nil {
 			return t.appid
@@ -375,7 +431,12 @@ func (e *Emulator) componentToken(c *call) (any, *apiError) {
 // checkComponentLocked validates the component token of a TP-level call: v1
 // from the query (with component_appid), v2 from the access-token header.
 func (e *Emulator) checkComponentLocked(c *call) *apiError {
-	var v string
+	return e.checkComponentTokenLocked(c, c.r.Header.Get("access-token"))
+}
+
+// checkComponentTokenLocked is checkComponentLocked with the v2 token given
+// (v1 reads its query).
+func (e *Emulator) checkComponentTokenLocked(c *call, v string) *apiError {
 	if c.family == tokensource.V1 {
 		q := c.r.URL.Query()
 		switch q.Get("component_appid") {
@@ -386,8 +447,6 @@ func (e *Emulator) checkComponentLocked(c *call) *apiError {
 			return apiErr(ErrnoUnknownComponent, "找不到相关第三方小程序应用")
 		}
 		v = q.Get("component_access_token")
-	} else {
-		v = c.r.Header.Get("access-token")
 	}
 	if v == "" {
 		return apiErr(ErrnoParam, "参数错误: component_access_token is required")
@@ -619,10 +678,13 @@ func (e *Emulator) appList(c *call) (any, *apiError) {
 	return d, nil
 }
 
-// DownstreamData is what the sample downstream APIs answer on success.
+// DownstreamData is what the APIs other than the token endpoints answer on
+// success: who owns the token received, and what the request carried, with
+// token values masked.
 type DownstreamData struct {
-	AppID              string `json:"appid"`  // the authorizer owning the token
+	AppID              string `json:"appid"`  // the authorizer owning the token; the TP for a TP-level API
 	Family             string `json:"family"` // v1 or v2
+	Token              string `json:"token"`  // the kind of token the API took: authorizer or component
 	Method             string `json:"method"`
 	Path               string `json:"path"`  // as received (escaped form)
 	Query              string `json:"query"` // raw query as received, token values replaced by ***
@@ -630,12 +692,59 @@ type DownstreamData struct {
 	BodySHA256         string `json:"body_sha256"`
 	AccessTokenHeaders int    `json:"access_token_headers"` // access-token headers received
 	AccessTokenParams  int    `json:"access_token_params"`  // authorizer_access_token query parameters received
+	// TokenCarriers counts, for every header and query parameter that carries
+	// a token in some platform API, the values received ("header:x-token": 1):
+	// a proxy that leaves a client's copy next to the token it injected shows here.
+	TokenCarriers map[string]int `json:"token_carriers"`
 }
 
-// downstream validates the authorizer token of the family: v1 query
+// The places a token travels in the platform's APIs (docs/sdk-compat.md):
+// v2 header access-token, the other SDK hosts' header names, and the v1 query.
+var (
+	v2TokenHeaders   = []string{"Access-Token", "Access_token", "X-Token"} // canonical keys, in the order v2APIToken tries them
+	tokenQueryParams = []string{"authorizer_access_token", "component_access_token", "access_token"}
+)
+
+// v2APIToken is the token of a v2-style API: header access-token, or where
+// the SDK's methods for developer.toutiao.com and the other hosts put it
+// (access_token, x-token) when access-token is absent.
+func v2APIToken(h http.Header) string {
+	for _, k := range v2TokenHeaders {
+		if vs := h[k]; len(vs) > 0 {
+			return vs[0]
+		}
+	}
+	return ""
+}
+
+// echo is the success answer of an API call that took the token of owner.
+func (c *call) echo(owner string) DownstreamData {
+	q := c.r.URL.Query()
+	carriers := map[string]int{}
+	for _, k := range v2TokenHeaders {
+		if n := len(c.r.Header[k]); n > 0 {
+			carriers["header:"+strings.ToLower(k)] = n
+		}
+	}
+	for _, k := range tokenQueryParams {
+		if n := len(q[k]); n > 0 {
+			carriers["query:"+k] = n
+		}
+	}
+	sum := sha256.Sum256(c.body)
+	return DownstreamData{
+		AppID: owner, Family: string(c.family), Token: c.kind, Method: c.r.Method, Path: c.r.URL.EscapedPath(),
+		Query: maskQuery(c.r.URL.RawQuery), BodyLen: len(c.body), BodySHA256: hex.EncodeToString(sum[:]),
+		AccessTokenHeaders: len(c.r.Header["Access-Token"]), AccessTokenParams: len(q["authorizer_access_token"]),
+		TokenCarriers: carriers,
+	}
+}
+
+// downstream is any API that takes an authorizer token: v1 query
 // component_appid + authorizer_access_token (40020 when invalid or expired), v2
 // header access-token (28001003 invalid, 28001008 expired).
 func (e *Emulator) downstream(c *call) (any, *apiError) {
+	c.kind = "authorizer"
 	q := c.r.URL.Query()
 	v1 := c.family == tokensource.V1
 	invalid := func(appid string, foreign bool, expired bool, why string) (any, *apiError) {
@@ -672,7 +781,7 @@ func (e *Emulator) downstream(c *call) (any, *apiError) {
 			return nil, apiErr(ErrnoMissing, "缺少参数 authorizer_access_token")
 		}
 	} else {
-		v = c.r.Header.Get("access-token")
+		v = v2APIToken(c.r.Header)
 		if v == "" {
 			return invalid("", false, false, "no access-token header")
 		}
@@ -692,12 +801,64 @@ func (e *Emulator) downstream(c *call) (any, *apiError) {
 	}
 	c.appid = t.appid
 	e.countLocked(t.appid, func(k *Counters) { k.DownstreamOK++ })
-	sum := sha256.Sum256(c.body)
-	return DownstreamData{
-		AppID: t.appid, Family: string(c.family), Method: c.r.Method, Path: c.r.URL.EscapedPath(),
-		Query: maskQuery(c.r.URL.RawQuery), BodyLen: len(c.body), BodySHA256: hex.EncodeToString(sum[:]),
-		AccessTokenHeaders: len(c.r.Header.Values("access-token")), AccessTokenParams: len(q["authorizer_access_token"]),
-	}, nil
+	return c.echo(t.appid), nil
+}
+
+// tpAPI is any TP-level API: it takes the component token of the family (v1
+// query component_appid + component_access_token, v2 header access-token) and
+// answers 40009 / 40010 for an expired or wrong one, as the token endpoints do.
+func (e *Emulator) tpAPI(c *call) (any, *apiError) {
+	c.kind = "component"
+	if err := e.checkComponentTokenLocked(c, v2APIToken(c.r.Header)); err != nil {
+		e.countLocked("", func(k *Counters) { k.DownstreamInvalid++ })
+		return nil, err
+	}
+	e.countLocked("", func(k *Counters) { k.DownstreamOK++ })
+	return c.echo(e.appid), nil
+}
+
+// maxRecentCalls bounds the API calls kept for RecentCalls.
+const maxRecentCalls = 100
+
+// APICall is one call of an API other than the token endpoints, as the
+// emulator received it (token values masked). Typed SDK methods keep only the
+// answer fields their response model declares, so a test driving such a
+// method reads what arrived here (GET /_emulator/calls).
+type APICall struct {
+	Host string `json:"host"`
+	Code int    `json:"code"` // the errno / err_no answered; 0 on success
+	DownstreamData
+}
+
+// recordCallLocked keeps c in the recent-calls log.
+func (e *Emulator) recordCallLocked(c *call, data any, aerr *apiError) {
+	rec := APICall{Host: c.r.Host}
+	if d, ok := data.(DownstreamData); ok {
+		rec.DownstreamData = d
+	} else {
+		rec.DownstreamData = c.echo(c.appid)
+	}
+	if aerr != nil {
+		rec.Code = aerr.code
+	}
+	if len(e.recent) == maxRecentCalls {
+		e.recent = append(e.recent[:0], e.recent[1:]...)
+	}
+	e.recent = append(e.recent, rec)
+}
+
+// RecentCalls returns the last API calls received (at most 100), oldest first.
+func (e *Emulator) RecentCalls() []APICall {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]APICall{}, e.recent...)
+}
+
+// ClearRecentCalls empties the recent-calls log.
+func (e *Emulator) ClearRecentCalls() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.recent = nil
 }
 
 // maskedParams are query parameters whose values are secrets.
