@@ -69,6 +69,10 @@ func (tp *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	tp.mu.Lock()
 	tp.last = r.Clone(context.Background())
 	tp.mu.Unlock()
+	if strings.HasPrefix(r.URL.Path, hostileUpstreamPrefix) {
+		hostileUpstream.ServeHTTP(w, r) // security_test.go: answers a client can steer
+		return
+	}
 	tp.proxy.ServeHTTP(w, r)
 }
 

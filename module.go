@@ -47,6 +47,11 @@ type App struct {
 	// authorizer appid (one series set per authorizer: mind the cardinality).
 	MetricsPerAppID bool `json:"metrics_per_appid,omitempty"`
 
+	// MaxReplayMemory bounds the request-body bytes buffered for replays by all
+	// requests in flight (the process's, across configs). A body that finds
+	// no room is streamed without a replay. Default 64 MiB.
+	MaxReplayMemory int64 `json:"max_replay_memory,omitempty"`
+
 	comps   map[string]*component
 	order   []string
 	storage certmagic.Storage
@@ -304,6 +309,11 @@ func storageIdentity(s certmagic.Storage) string {
 // Start starts the engines' background work (once per engine, however many
 // configs share it): component token upkeep, refresh-ahead and the renewal sweep.
 func (a *App) Start() error {
+	limit := a.MaxReplayMemory
+	if limit <= 0 {
+		limit = defaultMaxReplayMemory
+	}
+	replayMemory.limit.Store(limit) // the newest config's
 	for _, id := range a.order {
 		a.comps[id].pooled.start()
 	}
@@ -486,8 +496,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // token in the request context for the transport.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	inj := &injection{engine: h.comp.engine, family: h.comp.family, componentAppID: h.comp.appID,
-		component: h.component, maxReplayBody: h.MaxReplayBody}
+	inj := &injection{comp: h.comp, component: h.component, maxReplayBody: h.MaxReplayBody}
 
 	if repl != nil {
 		repl.Set("http.tptoken.replayed", false) // the transport sets true when it replays
@@ -522,7 +531,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if c := h.logger.Check(zapcore.DebugLevel, "token resolved"); c != nil {
 		c.Write(zap.String("appid", inj.appid), zap.Uint64("generation", inj.tok.Generation), zap.Time("expiry", inj.tok.Expiry))
 	}
-	err = next.ServeHTTP(w, attach(r, inj))
+	// inj is the ResponseWriter of the rest of the route: it cleans the token
+	// from informational answers (transport.go). The request ends when next
+	// returns: what its body held of the replay memory is given back.
+	inj.ResponseWriter = w
+	err = next.ServeHTTP(inj, attach(r, inj))
+	inj.release()
 	if !inj.used.Load() {
 		h.noTransport.Do(func() {
 			h.logger.Error("the token was not injected: no `transport tptoken` handled this request; " +
