@@ -143,14 +143,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if dropped {
 			level = zapcore.WarnLevel
 		}
-		if c := t.logger.Check(level, "the upstream rejected the token and no other token is available; not replaying"); c != nil {
+		if c := t.logger.Check(level, "the platform rejected the token and no other token is available; not replaying"); c != nil {
 			c.Write(zap.String("appid", inj.appid), zap.Int("code", code), zap.Bool("acted_on", dropped), zap.Error(ferr))
 		}
 		return resp, nil
 	}
 	_ = resp.Body.Close()
 	countReplay(inj.comp.appID, true)
-	t.logger.Info("the upstream rejected the token; replaying once with another one",
+	t.logger.Info("the platform rejected the token; replaying once with a fresh one",
 		zap.String("appid", inj.appid), zap.Int("code", code), zap.Uint64("generation", fresh.Generation))
 	if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.tptoken.replayed", true)
