@@ -135,8 +135,11 @@ var unreserved = func() (t [256]bool) {
 }()
 
 func hasCredentialParam(raw string) bool {
-	if strings.Contains(raw, "%") {
+	if strings.IndexByte(raw, '%') >= 0 {
 		return true // an escaped key may hide one: check each key
+	}
+	if strings.IndexByte(raw, '_') < 0 {
+		return false // every credential name has one
 	}
 	for _, p := range v1CredentialParams {
 		if strings.Contains(raw, p) {
