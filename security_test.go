@@ -242,6 +242,10 @@ func TestSteeredRejectionsCannotForceRefreshLoops(t *testing.T) {
 			if a := x.call("GET", x.apiPath(), appidHeader("tt02app"), ""); a.Status != 200 || a.Errno != 0 {
 				t.Fatalf("after the attack: %+v", a)
 			}
+			if !strings.Contains(x.debugLog(), "not about the token") {
+				t.Fatal("the breaker trip was not logged")
+			}
+			x.assertNoTokenIn("debug log", x.debugLog())
 		})
 	}
 }
