@@ -117,7 +117,7 @@ func BenchmarkInspect(b *testing.B) {
 			for b.Loop() {
 				rd.Reset(tc.body)
 				resp.Body = io.NopCloser(rd)
-				if inspect(resp, false) != 0 {
+				if inspect(resp, tokensource.V1, false) != 0 {
 					b.Fatal("a success answer looked like an invalid token")
 				}
 			}

@@ -49,6 +49,7 @@ func init() {
 //		single_instance                        # refresh without the storage lock if storage locking fails
 //		storage              <module> { ... }  # storage for tptoken records; default: Caddy's storage
 //		metrics_per_appid                      # add metrics labelled by authorizer appid (whole app; opt-in)
+//		max_replay_memory    <size>            # request bodies buffered for replays, all requests together (whole app); default 64MiB
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
@@ -178,6 +179,18 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 				err = d.Errf("metrics_per_appid takes no arguments (got %q)", d.Val())
 			}
 			prev.MetricsPerAppID = true
+		case "max_replay_memory":
+			var v string
+			if err = oneArg(d, &v); err == nil {
+				n, perr := humanize.ParseBytes(v)
+				switch {
+				case perr != nil || n == 0 || n > 1<<62:
+					err = d.Errf("max_replay_memory %q: want a size such as 64MiB", v)
+				case prev.MaxReplayMemory != 0 && prev.MaxReplayMemory != int64(n):
+					err = d.Errf("max_replay_memory is app-wide: an earlier tptoken block set it to %d bytes", prev.MaxReplayMemory)
+				}
+				prev.MaxReplayMemory = int64(n)
+			}
 		case "storage":
 			if !d.NextArg() {
 				return nil, nil, d.Errf("storage: want a storage module name, such as file_system")

@@ -268,6 +268,10 @@ func TestCaddyfileGlobalOptionErrorsNameTheOptionAndLine(t *testing.T) {
 		{"redirect_calls two values", head + "redirect_calls 1 2\n}", "redirect_calls", 4},
 		{"push_window zero", head + "push_window 0s\n}", "push_window", 4},
 		{"metrics_per_appid with a value", head + "metrics_per_appid on\n}", "metrics_per_appid", 4},
+		{"max_replay_memory without value", head + "max_replay_memory\n}", "max_replay_memory", 4},
+		{"max_replay_memory not a size", head + "max_replay_memory lots\n}", "max_replay_memory", 4},
+		{"max_replay_memory zero", head + "max_replay_memory 0\n}", "max_replay_memory", 4},
+		{"max_replay_memory with two values", head + "max_replay_memory 1MiB 2MiB\n}", "max_replay_memory", 4},
 		{"storage without module", head + "storage\n}", "storage", 4},
 		{"storage unknown module", head + "storage nope\n}", "caddy.storage.nope", 4},
 		{"storage module option invalid", head + "storage file_system {\nroot /a /b\n}\n}", "", 5},
@@ -553,4 +557,22 @@ func TestCaddyfileGlobalOptionMetricsPerAppIDIsAppWide(t *testing.T) {
 	if app.MetricsPerAppID {
 		t.Fatal("metrics_per_appid is on without the option")
 	}
+}
+
+// max_replay_memory is app-wide: one block sets it for every route, and two
+// blocks that disagree are an error on the second one's line.
+func TestCaddyfileGlobalOptionMaxReplayMemoryIsAppWide(t *testing.T) {
+	app, first, err := parseGlobal(t, "tptoken {\ncomponent_appid tt_one\ncomponent_appsecret s\nmax_replay_memory 32MiB\n}", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if app.MaxReplayMemory != 32<<20 {
+		t.Fatalf("max_replay_memory = %d", app.MaxReplayMemory)
+	}
+	app, _, err = parseGlobal(t, "tptoken {\ncomponent_appid tt_two\ncomponent_appsecret s\n}", first)
+	if err != nil || app.MaxReplayMemory != 32<<20 {
+		t.Fatalf("after a second block: %d, %v", app.MaxReplayMemory, err)
+	}
+	_, _, err = parseGlobal(t, "tptoken {\ncomponent_appid tt_two\ncomponent_appsecret s\nmax_replay_memory 16MiB\n}", first)
+	wantErr(t, err, "max_replay_memory is app-wide", atLine(4))
 }

@@ -75,6 +75,10 @@ func (tp *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if observe != nil {
 		w = observe(w, r)
 	}
+	if strings.HasPrefix(r.URL.Path, hostileUpstreamPrefix) {
+		hostileUpstream.ServeHTTP(w, r) // security_test.go: answers a client can steer
+		return
+	}
 	tp.proxy.ServeHTTP(w, r)
 }
 

@@ -41,6 +41,8 @@ type metricSet struct {
 	recoveriesPerApp *prometheus.CounterVec   // component_appid, appid, result
 	importRows       *prometheus.CounterVec   // component_appid, result
 	notInjected      *prometheus.CounterVec   // component_appid
+	rejections       *prometheus.CounterVec   // component_appid, token, result
+	unbuffered       *prometheus.CounterVec   // component_appid
 
 	comps sync.Map // component appid -> *componentMetrics
 }
@@ -94,13 +96,19 @@ func newMetricSet() *metricSet {
 		notInjected: counter("requests_not_injected_total",
 			"Requests a tptoken handler resolved a token for that reached a reverse_proxy without `transport tptoken`: refused with 502, never sent without their token.",
 			"component_appid"),
+		rejections: counter("token_rejections_total",
+			"Upstream answers that rejected the current token, by token kind (authorizer, component) and what came of it: invalidated (reloaded, renewed if still current), throttled (the same token was acted on less than a minute ago), breaker_tripped (a token just renewed because of such an answer was rejected again: such answers renew nothing for 10 minutes), breaker_open (ignored meanwhile).",
+			"component_appid", "token", "result"),
+		unbuffered: counter("replay_buffer_full_total",
+			"Request bodies streamed without a replay because max_replay_memory was taken by requests in flight.",
+			"component_appid"),
 	}
 }
 
 // collectors lists the set's collectors; the per-appid ones only when asked,
 // so a config without metrics_per_appid exports none of their past series.
 func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
-	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected}
+	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.rejections, s.unbuffered}
 	if perAppID {
 		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
 	}
@@ -202,6 +210,15 @@ func (m *componentMetrics) Recovery(appid, cause string, ok bool) {
 	}
 }
 
+// Rejection implements tokensource.Observer.
+func (m *componentMetrics) Rejection(appid, result string) {
+	kind := "authorizer"
+	if appid == "" {
+		kind = "component"
+	}
+	m.set.rejections.WithLabelValues(m.appID, kind, result).Inc()
+}
+
 // replay counts an upstream answer that rejected the injected token.
 func (m *componentMetrics) replay(replayed bool) {
 	if replayed {
@@ -222,6 +239,12 @@ func (m *componentMetrics) forget(appid string) {
 	m.set.lookupsPerApp.DeletePartialMatch(l)
 	m.set.callsPerApp.DeletePartialMatch(l)
 	m.set.recoveriesPerApp.DeletePartialMatch(l)
+}
+
+// countUnbuffered is the transport's hook: a request body was streamed
+// without a replay because the replay memory budget was taken.
+func countUnbuffered(componentAppID string) {
+	defaultMetrics().unbuffered.WithLabelValues(componentAppID).Inc()
 }
 
 // countReplay is the transport's hook: an upstream answer rejected the token

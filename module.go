@@ -48,6 +48,11 @@ type App struct {
 	// authorizer appid (one series set per authorizer: mind the cardinality).
 	MetricsPerAppID bool `json:"metrics_per_appid,omitempty"`
 
+	// MaxReplayMemory bounds the request-body bytes buffered for replays by all
+	// requests in flight (the process's, across configs). A body that finds
+	// no room is streamed without a replay. Default 64 MiB.
+	MaxReplayMemory int64 `json:"max_replay_memory,omitempty"`
+
 	comps   map[string]*component
 	order   []string
 	storage certmagic.Storage
@@ -349,6 +354,11 @@ func (a *App) Start() error {
 	if err := a.checkRoutes(); err != nil {
 		return err
 	}
+	limit := a.MaxReplayMemory
+	if limit <= 0 {
+		limit = defaultMaxReplayMemory
+	}
+	replayMemory.limit.Store(limit) // the newest config's
 	for _, id := range a.order {
 		a.comps[id].pooled.start()
 	}
@@ -536,8 +546,7 @@ func (h *Handler) provision(ctx caddy.Context) error {
 // token in the request context for the transport.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	inj := &injection{engine: h.comp.engine, family: h.comp.family, componentAppID: h.comp.appID,
-		component: h.component, maxReplayBody: h.MaxReplayBody}
+	inj := &injection{comp: h.comp, component: h.component, maxReplayBody: h.MaxReplayBody}
 
 	if repl != nil {
 		repl.Set("http.tptoken.replayed", false) // the transport sets true when it replays
@@ -573,10 +582,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		c.Write(zap.String("appid", inj.appid), zap.Uint64("generation", inj.tok.Generation), zap.Time("expiry", inj.tok.Expiry))
 	}
 	// The guard makes any transport but tptoken's refuse to send the request
-	// (routecheck.go): a request never leaves without its token.
+	// (routecheck.go): a request never leaves without its token. inj is the
+	// ResponseWriter of the rest of the route: it cleans the token from
+	// informational answers (transport.go). The request ends when next returns:
+	// what its body held of the replay memory is given back.
 	r.Header[guardHeader] = guardValue
-	err = next.ServeHTTP(w, attach(r, inj))
+	inj.ResponseWriter = w
+	err = next.ServeHTTP(inj, attach(r, inj))
 	delete(r.Header, guardHeader)
+	inj.release()
 	if !inj.used.Load() {
 		return h.notInjected(w, r, repl, err)
 	}

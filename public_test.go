@@ -108,9 +108,9 @@ type floodResult struct {
 	errors    int
 }
 
-// flood sends redirects with made-up codes from workers clients at once: at
+// floodRedirect sends redirects with made-up codes from workers clients at once: at
 // least n, and for at least minTime.
-func (x *e2e) flood(n, workers int, minTime time.Duration) floodResult {
+func (x *e2e) floodRedirect(n, workers int, minTime time.Duration) floodResult {
 	res := floodResult{byStatus: map[int]int{}}
 	var mu sync.Mutex
 	next := make(chan int)
@@ -249,7 +249,7 @@ func TestRedirectFloodCostsAtMostTheBudgetAndRefreshesDoNotWaitBehindIt(t *testi
 	_, logFrom := x.logLines(0)
 	start := time.Now()
 	floodDone := make(chan floodResult, 1)
-	go func() { floodDone <- x.flood(flood, workers, 5*time.Second) }()
+	go func() { floodDone <- x.floodRedirect(flood, workers, 5*time.Second) }()
 
 	// A refresh while made-up exchanges are in flight at the platform.
 	waitUntil(t, 20*time.Second, "an exchange of a made-up code in flight", func() bool { return pw.now(emulator.OpExchange) > 0 })

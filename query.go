@@ -64,26 +64,7 @@ var v1CredentialParams = [...]string{"component_appid", "authorizer_access_token
 func injectV1(raw, componentAppID, tokenParam, token string) string {
 	var b strings.Builder
 	b.Grow(len(raw) + len(componentAppID) + len(tokenParam) + len(token) + 20)
-	kept := 0 // client segments written, empty ones included: raw is kept byte for byte
-	if raw != "" {
-		if !hasCredentialParam(raw) {
-			b.WriteString(raw)
-			kept = 1
-		} else {
-			for seg := range strings.SplitSeq(raw, "&") {
-				k, _, _ := strings.Cut(seg, "=")
-				if isCredentialKey(k) {
-					continue
-				}
-				if kept > 0 {
-					b.WriteByte('&')
-				}
-				b.WriteString(seg)
-				kept++
-			}
-		}
-	}
-	if kept > 0 {
+	if writeWithoutCredentials(&b, raw) > 0 {
 		b.WriteByte('&')
 	}
 	b.WriteString("component_appid=")
@@ -93,6 +74,44 @@ func injectV1(raw, componentAppID, tokenParam, token string) string {
 	b.WriteByte('=')
 	b.WriteString(queryEscape(token))
 	return b.String()
+}
+
+// withoutCredentials returns raw without any v1 credential parameter (byte for
+// byte otherwise): what a v2 route forwards, so that a client cannot slip a v1
+// token past the injection.
+func withoutCredentials(raw string) string {
+	if raw == "" || !hasCredentialParam(raw) || !holdsCredentialKey(raw) {
+		return raw
+	}
+	var b strings.Builder
+	b.Grow(len(raw))
+	writeWithoutCredentials(&b, raw)
+	return b.String()
+}
+
+// writeWithoutCredentials writes raw to b without its credential parameters
+// and returns the number of client segments written, empty ones included: raw
+// is kept byte for byte.
+func writeWithoutCredentials(b *strings.Builder, raw string) (kept int) {
+	if raw == "" {
+		return 0
+	}
+	if !hasCredentialParam(raw) {
+		b.WriteString(raw)
+		return 1
+	}
+	for seg := range strings.SplitSeq(raw, "&") {
+		k, _, _ := strings.Cut(seg, "=")
+		if isCredentialKey(k) {
+			continue
+		}
+		if kept > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(seg)
+		kept++
+	}
+	return kept
 }
 
 // queryEscape is url.QueryEscape with a fast path for the usual case: appids and
@@ -116,11 +135,25 @@ var unreserved = func() (t [256]bool) {
 }()
 
 func hasCredentialParam(raw string) bool {
-	if strings.Contains(raw, "%") {
+	if strings.IndexByte(raw, '%') >= 0 {
 		return true // an escaped key may hide one: check each key
+	}
+	if strings.IndexByte(raw, '_') < 0 {
+		return false // every credential name has one
 	}
 	for _, p := range v1CredentialParams {
 		if strings.Contains(raw, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// holdsCredentialKey reports whether a segment of raw has a credential key.
+func holdsCredentialKey(raw string) bool {
+	for seg := range strings.SplitSeq(raw, "&") {
+		k, _, _ := strings.Cut(seg, "=")
+		if isCredentialKey(k) {
 			return true
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
@@ -30,9 +33,15 @@ func init() {
 // logs never carries the token, so neither does any log line.
 //
 // When the platform answers that the token is invalid (HTTP 200 with v1 errno
-// 40020 or v2 err_no 28001003 / 28001008), the transport invalidates that token
-// (only if it is still the current one), gets a fresh one and replays the request
-// once with the identical body.
+// 40020 or v2 err_no 28001003 / 28001008, in the route's own family field),
+// the transport reports that token to the engine (which drops it only if it is
+// still the current one, within the bounds of tokensource/reject.go), gets the
+// token to use and, if it is another one, replays the request once with the
+// identical body.
+//
+// No response header it hands back carries the token (redact.go): an upstream
+// redirect keeping the query, or an echo of the access-token header, is
+// cleaned before reverse_proxy or any log sees the answer.
 type Transport struct {
 	reverseproxy.HTTPTransport
 
@@ -81,20 +90,25 @@ func injectionOf(r *http.Request) *injection {
 // injection is what the handler resolved for one request. It is allocated for
 // every request: the flags sit together so that it fits the 640-byte size
 // class (scattered, their padding took it to 704).
+//
+// It is also the ResponseWriter the handler gives reverse_proxy, so that the
+// headers of an informational (1xx) answer, which reverse_proxy writes to the
+// client before RoundTrip returns, are cleaned of the token too (WriteHeader).
 type injection struct {
-	engine         *tokensource.Engine
-	family         tokensource.Family
-	componentAppID string
-	appid          string
-	tok            tokensource.Token
-	maxReplayBody  int64 // < 0: no replay
-	used           atomic.Bool
-	component      bool            // component token instead of authorizer token
-	sent           bool            // out is in use
-	bodyRead       bool            // the request body was read (prefix)
-	complete       bool            // prefix is the whole body
-	out            outgoingRequest // the first outgoing request
-	prefix         []byte          // what was read of the request body
+	caddyhttp.ResponseWriterWrapper
+	comp          *component
+	appid         string
+	tok           tokensource.Token
+	replayed      tokensource.Secret // the token of the replay, if any
+	maxReplayBody int64              // < 0: no replay
+	reserved      int64              // bytes of replayMemory held by prefix
+	used          atomic.Bool
+	component     bool            // component token instead of authorizer token
+	sent          bool            // out is in use
+	bodyRead      bool            // the request body was read (prefix)
+	complete      bool            // prefix is the whole body
+	out           outgoingRequest // the first outgoing request
+	prefix        []byte          // what was read of the request body
 }
 
 // Maximum response size inspected for an invalid-token code; larger or
@@ -111,38 +125,59 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	inj.used.Store(true)
 	delete(req.Header, guardHeader) // the guard stops every other transport (routecheck.go)
 
-	body, replay := inj.requestBody(req)
+	body, replay := inj.requestBody(req, t.logger)
 	resp, err := t.send(req, inj, inj.tok, body)
 	if err != nil || !replay {
 		return resp, err
 	}
-	code := inspect(resp, inj.component)
+	code := inspect(resp, inj.comp.family, inj.component)
 	if code == 0 {
 		return resp, nil
 	}
-	fresh, ferr := inj.refetch(req.Context())
+	dropped := inj.invalidate()
+	fresh, ferr := inj.token(req.Context())
 	if ferr != nil || fresh.Value == inj.tok.Value {
-		countReplay(inj.componentAppID, false)
-		t.logger.Warn("the platform rejected the token and no other token is available; not replaying",
-			zap.String("appid", inj.appid), zap.Int("code", code), zap.Error(ferr))
+		countReplay(inj.comp.appID, false)
+		// Once per token at most (tokensource/reject.go): an answer the engine
+		// did not act on is not worth a line each.
+		level := zapcore.DebugLevel
+		if dropped {
+			level = zapcore.WarnLevel
+		}
+		if c := t.logger.Check(level, "the platform rejected the token and no other token is available; not replaying"); c != nil {
+			c.Write(zap.String("appid", inj.appid), zap.Int("code", code), zap.Bool("acted_on", dropped), zap.Error(ferr))
+		}
 		return resp, nil
 	}
 	_ = resp.Body.Close()
-	countReplay(inj.componentAppID, true)
+	countReplay(inj.comp.appID, true)
 	t.logger.Info("the platform rejected the token; replaying once with a fresh one",
 		zap.String("appid", inj.appid), zap.Int("code", code), zap.Uint64("generation", fresh.Generation))
 	if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set("http.tptoken.replayed", true)
 	}
+	inj.replayed = fresh.Value
 	return t.send(req, inj, fresh, body)
 }
 
 // send forwards a copy of req carrying tok. req itself is never modified: it is
-// what reverse_proxy logs.
+// what reverse_proxy logs. The answer's headers are cleaned of tok before
+// anyone sees them.
 func (t *Transport) send(req *http.Request, inj *injection, tok tokensource.Token, body *bodyCopy) (*http.Response, error) {
 	resp, err := t.HTTPTransport.RoundTrip(inj.outgoing(req, tok, body))
-	if err != nil && strings.Contains(err.Error(), tok.Value.Reveal()) {
+	secret := tok.Value.Reveal()
+	if err != nil && holdsSecret(err.Error(), secret) {
 		err = errors.New("upstream round trip failed (error text withheld: it quoted the token)")
+	}
+	if resp != nil {
+		if names := redactHeader(resp.Header, secret); names != nil {
+			if c := t.logger.Check(zapcore.DebugLevel, "removed the injected token from upstream response headers"); c != nil {
+				c.Write(zap.String("appid", inj.appid), zap.Strings("headers", names), zap.Int("status", resp.StatusCode))
+			}
+		}
+		if len(resp.Trailer) > 0 && resp.Body != nil {
+			resp.Body = &trailerRedactor{ReadCloser: resp.Body, resp: resp, secret: secret}
+		}
 	}
 	return resp, err
 }
@@ -150,8 +185,11 @@ func (t *Transport) send(req *http.Request, inj *injection, tok tokensource.Toke
 // outgoing is a shallow copy of req with the token injected for the family:
 // v1 query component_appid + authorizer_access_token (or component_access_token),
 // any client-sent copies removed and the rest of the query kept byte for byte;
-// v2 header access-token. The copy and its URL are one allocation, and the v2
-// header map shares the client's (unmodified) value slices.
+// v2 header access-token. The other family's carriers are removed too (v1: the
+// access-token header; v2: the v1 query parameters), so a client cannot slip a
+// token of its own past the injection. The copy and its URL are one
+// allocation, and a copied header map shares the client's (unmodified) value
+// slices.
 func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *bodyCopy) *http.Request {
 	o := &inj.out // the first send uses the injection's own space: one allocation less
 	if inj.sent {
@@ -161,21 +199,31 @@ func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *b
 	o.Request = *req
 	out := &o.Request
 	secret := tok.Value.Reveal()
-	if inj.family == tokensource.V2 {
+	if inj.comp.family == tokensource.V2 {
 		h := make(http.Header, len(req.Header)+1)
 		for k, v := range req.Header {
 			h[k] = v
 		}
 		h["Access-Token"] = []string{secret}
 		out.Header = h
+		if q := withoutCredentials(req.URL.RawQuery); len(q) != len(req.URL.RawQuery) {
+			o.url = *req.URL
+			o.url.RawQuery = q
+			out.URL = &o.url
+		}
 	} else {
 		o.url = *req.URL
 		param := "authorizer_access_token"
 		if inj.component {
 			param = "component_access_token"
 		}
-		o.url.RawQuery = injectV1(o.url.RawQuery, inj.componentAppID, param, secret)
+		o.url.RawQuery = injectV1(o.url.RawQuery, inj.comp.appID, param, secret)
 		out.URL = &o.url
+		if _, ok := req.Header["Access-Token"]; ok {
+			h := req.Header.Clone()
+			delete(h, "Access-Token")
+			out.Header = h
+		}
 	}
 	if body != nil {
 		out.Body = body.reader()
@@ -195,32 +243,60 @@ type outgoingRequest struct {
 // String keeps the injection out of anything that prints request variables.
 func (inj *injection) String() string { return "tptoken" }
 
-// refetch invalidates the token sent (only if still current) and gets a fresh one.
-func (inj *injection) refetch(ctx context.Context) (tokensource.Token, error) {
+// invalidate reports the token sent as rejected; the engine decides whether to
+// drop it (tokensource/reject.go). It reports whether it was dropped.
+func (inj *injection) invalidate() bool {
 	if inj.component {
-		inj.engine.InvalidateComponent(inj.tok)
-		return inj.engine.ComponentToken(ctx)
+		return inj.comp.engine.InvalidateComponent(inj.tok)
 	}
-	inj.engine.Invalidate(inj.appid, inj.tok)
-	return inj.engine.Token(ctx, inj.appid)
+	return inj.comp.engine.Invalidate(inj.appid, inj.tok)
+}
+
+// token is the token to use now.
+func (inj *injection) token(ctx context.Context) (tokensource.Token, error) {
+	if inj.component {
+		return inj.comp.engine.ComponentToken(ctx)
+	}
+	return inj.comp.engine.Token(ctx, inj.appid)
+}
+
+// WriteHeader cleans the headers of an informational answer (103 Early Hints,
+// forwarded by reverse_proxy as they arrive) of the tokens sent.
+func (inj *injection) WriteHeader(code int) {
+	if code < http.StatusOK {
+		h := inj.Header()
+		redactHeader(h, inj.tok.Value.Reveal())
+		if inj.replayed != "" {
+			redactHeader(h, inj.replayed.Reveal())
+		}
+	}
+	inj.ResponseWriterWrapper.WriteHeader(code)
 }
 
 // requestBody is the body to send. A body of at most maxReplayBody is read
 // once and kept (the request is then replayable); the first part of a larger
-// one is kept and sent in front of the rest. reverse_proxy calls RoundTrip again
-// with the same request after a dial error, and the part already read is not
-// in req.Body any more: every attempt gets the whole body from what is kept.
-// The original body is never closed here (the server closes it).
-func (inj *injection) requestBody(req *http.Request) (body *bodyCopy, replayable bool) {
+// one, or of one that replayMemory has no room for, is kept and sent in front
+// of the rest. reverse_proxy calls RoundTrip again with the same request after
+// a dial error, and the part already read is not in req.Body any more: every
+// attempt gets the whole body from what is kept. The original body is never
+// closed here (the server closes it).
+func (inj *injection) requestBody(req *http.Request, logger *zap.Logger) (body *bodyCopy, replayable bool) {
 	if req.Body == nil || req.Body == http.NoBody {
 		return nil, inj.maxReplayBody >= 0
 	}
 	if !inj.bodyRead {
 		inj.bodyRead = true
 		if inj.maxReplayBody >= 0 && req.ContentLength <= inj.maxReplayBody {
-			buf, err := readUpTo(req.Body, req.ContentLength, inj.maxReplayBody+1)
-			inj.prefix = buf
-			inj.complete = err == nil && int64(len(buf)) <= inj.maxReplayBody
+			b := readBuffered(req.Body, req.ContentLength, inj.maxReplayBody, replayMemory)
+			inj.prefix, inj.reserved = b.buf, b.reserved
+			inj.complete = b.eof && b.err == nil && int64(len(b.buf)) <= inj.maxReplayBody
+			if b.refused {
+				countUnbuffered(inj.comp.appID)
+				replayMemoryFull.Do(func() {
+					logger.Warn("max_replay_memory is taken by requests in flight: streaming request bodies without a replay (logged once a minute; see caddy_tptoken_replay_buffer_full_total)",
+						zap.Int64("max_replay_memory", replayMemory.limit.Load()))
+				})
+			}
 		}
 	}
 	switch {
@@ -232,25 +308,13 @@ func (inj *injection) requestBody(req *http.Request) (body *bodyCopy, replayable
 	return &bodyCopy{buf: inj.prefix, rest: req.Body}, false
 }
 
-// readUpTo is io.ReadAll(io.LimitReader(r, limit)) that reads a body of
-// announced length (a Content-Length) into one buffer of that size, where
-// io.ReadAll starts at 512 bytes and grows (three allocations and twice the
-// bytes for a 1 KiB body).
-func readUpTo(r io.Reader, announced, limit int64) ([]byte, error) {
-	lr := io.LimitReader(r, limit)
-	if announced <= 0 || announced >= limit {
-		return io.ReadAll(lr)
+// release gives back what the request held of replayMemory. The handler calls
+// it when the request ends.
+func (inj *injection) release() {
+	if inj.reserved > 0 {
+		replayMemory.give(inj.reserved)
+		inj.reserved = 0
 	}
-	buf := make([]byte, announced+1) // one more: a body longer than announced shows
-	n, err := io.ReadFull(lr, buf)
-	switch {
-	case err == io.EOF || err == io.ErrUnexpectedEOF:
-		return buf[:n], nil
-	case err != nil:
-		return buf[:n], err
-	}
-	rest, err := io.ReadAll(lr) // longer than announced: the rest, as io.ReadAll would
-	return append(buf, rest...), err
 }
 
 // bodyCopy is what an outgoing request sends as its body.
@@ -279,7 +343,7 @@ type readCloser struct {
 // inspect returns the platform code of a small JSON answer that reports an
 // invalid token, or 0. Only answers with a JSON media type and at most
 // maxInspect bytes are read (the body is then put back); others are untouched.
-func inspect(resp *http.Response, component bool) int {
+func inspect(resp *http.Response, family tokensource.Family, component bool) int {
 	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
 		return 0
 	}
@@ -321,7 +385,7 @@ func inspect(resp *http.Response, component bool) int {
 			return 0
 		}
 	}
-	return invalidTokenCode(plain, component)
+	return invalidTokenCode(plain, family, component)
 }
 
 // firstValue is h.Get(key) for a key already in canonical form.
@@ -358,59 +422,65 @@ func isJSON(contentType string) bool {
 		len(mt) > 5 && strings.EqualFold(mt[len(mt)-5:], "+json")
 }
 
-// invalidCodes are the codes that mean "the token you sent is not valid", as
-// they appear in a JSON body: a body without one of them is not decoded. They
-// are grouped by a common prefix, so a success answer (which holds neither
-// prefix) is scanned twice, not once per code.
-var invalidCodes = []struct {
-	prefix []byte
-	codes  [][]byte
-}{
-	{[]byte("400"), [][]byte{[]byte("40020"), []byte("40009"), []byte("40010")}},
-	{[]byte("2800100"), [][]byte{[]byte("28001003"), []byte("28001008")}},
-}
-
-// holdsInvalidCode reports whether b holds one of invalidCodes anywhere.
-func holdsInvalidCode(b []byte) bool {
-	for _, g := range invalidCodes {
-		if !bytes.Contains(b, g.prefix) {
-			continue
-		}
-		for _, c := range g.codes {
-			if bytes.Contains(b, c) {
-				return true
+// rejections are, per family and token kind, the codes with which an answer
+// rejects the token sent (tokensource.RejectionCodes), in the form they take in
+// a JSON body: a body without one of them is not decoded.
+var rejections = func() (t [2][2][][]byte) {
+	for i, f := range []tokensource.Family{tokensource.V1, tokensource.V2} {
+		for j, component := range []bool{false, true} {
+			for _, c := range tokensource.RejectionCodes(f, component) {
+				t[i][j] = append(t[i][j], []byte(strconv.Itoa(c)))
 			}
 		}
 	}
-	return false
-}
+	return t
+}()
 
-// invalidTokenCode reads errno / err_no of a JSON answer and returns it if it
-// means the token sent was rejected.
-func invalidTokenCode(b []byte, component bool) int {
-	if !holdsInvalidCode(b) {
+// invalidTokenCode returns the code of a JSON answer that rejects the token
+// sent, or 0. Only the family's own top-level field counts (v1 errno, v2
+// err_no), and only the codes for the kind of token the route injects: the
+// client chooses the path and query, so an answer it can steer must not make a
+// code of the other family, or of the other token, or one nested in data, count.
+func invalidTokenCode(b []byte, family tokensource.Family, component bool) int {
+	i, j := 0, 0
+	if family == tokensource.V2 {
+		i = 1
+	}
+	if component {
+		j = 1
+	}
+	held := false
+	for _, c := range rejections[i][j] {
+		if bytes.Contains(b, c) {
+			held = true
+			break
+		}
+	}
+	if !held {
 		return 0
 	}
-	var env struct {
+	var v1 struct {
 		Errno json.Number `json:"errno"`
+	}
+	var v2 struct {
 		ErrNo json.Number `json:"err_no"`
 	}
-	if json.Unmarshal(b, &env) != nil {
+	var err error
+	n := &v1.Errno
+	if i == 0 {
+		err = json.Unmarshal(b, &v1)
+	} else {
+		err, n = json.Unmarshal(b, &v2), &v2.ErrNo
+	}
+	if err != nil {
 		return 0
 	}
-	for _, n := range []json.Number{env.ErrNo, env.Errno} {
-		code, err := n.Int64()
-		if err != nil || code == 0 {
-			continue
-		}
-		switch tokensource.ClassifyCode(int(code)) {
-		case tokensource.ClassInvalidAuthorizerToken:
-			return int(code)
-		case tokensource.ClassComponentToken:
-			if component {
-				return int(code)
-			}
-		}
+	code, err := n.Int64()
+	if err != nil {
+		return 0
+	}
+	if slices.Contains(tokensource.RejectionCodes(family, component), int(code)) {
+		return int(code)
 	}
 	return 0
 }

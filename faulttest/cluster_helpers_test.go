@@ -69,6 +69,9 @@ type cluster struct {
 	storage string
 	base    string // instance folders live here (removed after the cleanup that reads logs)
 	global  string // extra lines for the tptoken global block
+	handler string // the site's handler lines before reverse_proxy; default "tptoken"
+	level   string // log level; default INFO
+	admin   string // Caddy's admin endpoint (host:port); default off
 	insts   []*instance
 	client  *http.Client
 }
@@ -143,14 +146,24 @@ func (c *cluster) launch(in *instance) {
 	in.events = fmt.Sprintf("http://127.0.0.1:%d", freePort(c.t))
 	in.logPath = filepath.Join(dir, "caddy.log")
 	in.cfgPath = filepath.Join(dir, "Caddyfile")
+	handler, level, admin := c.handler, c.level, c.admin
+	if admin == "" {
+		admin = "off"
+	}
+	if handler == "" {
+		handler = "tptoken"
+	}
+	if level == "" {
+		level = "INFO"
+	}
 	cfg := fmt.Sprintf(`{
-	admin off
+	admin %s
 	persist_config off
 	auto_https off
 	storage file_system %s
 	log {
 		output file %s
-		level INFO
+		level %s
 	}
 	tptoken {
 		component_appid {env.TPT_APPID}
@@ -164,7 +177,7 @@ func (c *cluster) launch(in *instance) {
 }
 
 %s {
-	tptoken
+	%s
 	reverse_proxy %s {
 		transport tptoken
 	}
@@ -173,7 +186,7 @@ func (c *cluster) launch(in *instance) {
 %s {
 	tptoken_events
 }
-`, c.storage, in.logPath, c.family, c.emuURL, c.global, in.proxy, c.emuURL, in.events)
+`, admin, c.storage, in.logPath, level, c.family, c.emuURL, c.global, in.proxy, handler, c.emuURL, in.events)
 	if err := os.WriteFile(in.cfgPath, []byte(cfg), 0o644); err != nil {
 		c.t.Fatal(err)
 	}

@@ -198,7 +198,16 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 		c.rec = cur.rec.withForced(now) // kept by the record the renewal writes
 		cur = &c
 	}
-	return e.renewLocked(ctx, appid, s, cur)
+	// Due only because a downstream answer rejected the token: reject.go decides.
+	reported := m != forced && cur.reported() && !e.due(m, cur.unsuspected(), now, seen)
+	if reported && !e.mayRenewSuspect(s, appid, cur, now) {
+		return cur.tok, nil
+	}
+	v, err := e.renewLocked(ctx, appid, s, cur)
+	if tok, ok := v.(Token); reported && ok && err == nil && tok.Value != cur.tok.Value {
+		s.renewedSuspect(tok.Value, now)
+	}
+	return v, err
 }
 
 // duringBackoff answers while the last attempt's backoff runs: the current token
@@ -275,7 +284,7 @@ func (e *Engine) withComponentToken(ctx context.Context, fn func(ct Secret) erro
 		return err
 	}
 	e.log.Warn("component token rejected; fetching a new one once", zapErr(err))
-	invalidateSlot(&e.comp, ct.Value)
+	markSuspect(&e.comp, ct.Value, true) // the platform's own answer: not subject to the rejection policy
 	if fromRedirect(ctx) {
 		return err // a redirect's budget is one call; the next one gets the new token
 	}
@@ -448,8 +457,10 @@ func (e *Engine) failedLocked(ctx context.Context, appid string, s *slot, cur *e
 		en.failures = cur.failures + 1
 		en.retryAt = now.Add(e.backoff(en.failures))
 		en.lastErr = cause
-		if next.AccessToken == cur.tok.Value {
-			en.bad = cur.bad
+		// A token only reported rejected keeps serving until it expires: it may
+		// well be valid, and the platform refuses to renew it right now.
+		if next.AccessToken == cur.tok.Value && cur.confirmed {
+			en.suspect, en.confirmed = cur.suspect, true
 		}
 	}
 	s.cur.Store(en)

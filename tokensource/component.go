@@ -117,9 +117,6 @@ func (e *Engine) ComponentToken(ctx context.Context) (Token, error) {
 	return tok, err
 }
 
-// InvalidateComponent drops the cached component token if it is still the one sent.
-func (e *Engine) InvalidateComponent(sent Token) bool { return invalidateSlot(&e.comp, sent.Value) }
-
 // componentToken is ComponentToken for the engine's own calls.
 func (e *Engine) componentToken(ctx context.Context) (Token, error) { return e.ComponentToken(ctx) }
 
@@ -165,7 +162,7 @@ func (e *Engine) adoptComponent(r *Record, now time.Time) *entry {
 		}
 		en := e.newComponentEntry(r, now)
 		if old != nil && en.tok.Value == old.tok.Value {
-			en.bad, en.retryAt, en.failures, en.lastErr = old.bad, old.retryAt, old.failures, old.lastErr
+			en.suspect, en.confirmed, en.retryAt, en.failures, en.lastErr = old.suspect, old.confirmed, old.retryAt, old.failures, old.lastErr
 		}
 		if e.comp.cur.CompareAndSwap(old, en) {
 			return en
@@ -233,6 +230,13 @@ func (e *Engine) obtainComponent() (any, error) {
 		return nil, &Error{Kind: KindUnavailable, Msg: "cannot take the storage lock for the component token (api v2 fetches must be serialized)", RetryAfter: 2 * time.Second, Err: err}
 	}
 
+	// Due only because a downstream answer rejected the token: reject.go decides.
+	now = e.now()
+	reported := cur.reported() && cur.unsuspected().fresh(now)
+	if reported && !e.mayRenewSuspect(&e.comp, "", cur, now) {
+		return cur.tok, nil
+	}
+
 	ticket, err := e.currentTicket(ctx)
 	if err != nil {
 		return nil, err
@@ -252,6 +256,9 @@ func (e *Engine) obtainComponent() (any, error) {
 		if cur != nil {
 			c := *cur
 			en = &c
+		}
+		if !en.confirmed {
+			en.suspect = "" // only reported rejected: it keeps serving until it expires
 		}
 		en.failures++
 		en.retryAt = now.Add(e.backoff(en.failures))
@@ -276,6 +283,9 @@ func (e *Engine) obtainComponent() (any, error) {
 	}
 	en := e.newComponentEntry(r, now)
 	e.comp.cur.Store(en)
+	if reported {
+		e.comp.renewedSuspect(en.tok.Value, now)
+	}
 	e.log.Info("component token obtained", zap.Time("expiry", r.AccessExpiry), zap.Uint64("generation", r.Generation))
 	return en.tok, nil
 }

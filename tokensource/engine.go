@@ -264,6 +264,7 @@ type slot struct {
 	cur     atomic.Pointer[entry]
 	used    atomic.Int64 // unix seconds of the last Token call
 	syncing atomic.Bool
+	rej     atomic.Pointer[rejections] // made on the first downstream rejection (reject.go)
 }
 
 // entry is a snapshot of what this instance knows of a record.
@@ -272,7 +273,8 @@ type entry struct {
 	tok        Token
 	refreshAt  time.Time // refresh from here on
 	unusableAt time.Time // never send the token from here on
-	bad        Secret    // a token reported invalid (compare-and-invalidate)
+	suspect    Secret    // a token reported rejected: not fresh (reject.go decides whether it is renewed)
+	confirmed  bool      // the platform's own token API rejected suspect: it is not usable either
 	checkedAt  time.Time // when storage last confirmed rec
 	retryAt    time.Time // no platform attempt before this (backoff)
 	failures   int
@@ -303,14 +305,16 @@ func (e *Engine) newEntry(rec *Record, now time.Time) *entry {
 	return en
 }
 
-// usable: the token may be sent now.
+// usable: the token may be sent now. A token only reported rejected by a
+// downstream answer may well be valid: it stays usable until it expires.
 func (en *entry) usable(now time.Time) bool {
-	return en != nil && en.tok.Value != "" && en.tok.Value != en.bad && now.Before(en.unusableAt)
+	return en != nil && en.tok.Value != "" && !(en.confirmed && en.tok.Value == en.suspect) && now.Before(en.unusableAt)
 }
 
-// fresh: the token may be sent and needs no refresh yet.
+// fresh: the token may be sent and needs no refresh (nor a check after a
+// reported rejection) yet. It is the hot path of every request.
 func (en *entry) fresh(now time.Time) bool {
-	return en.usable(now) && now.Before(en.refreshAt)
+	return en != nil && en.tok.Value != "" && en.tok.Value != en.suspect && now.Before(en.unusableAt) && now.Before(en.refreshAt)
 }
 
 func (e *Engine) slotFor(appid string) *slot {
@@ -459,36 +463,10 @@ func (e *Engine) adopt(s *slot, rec *Record, now time.Time) *entry {
 		if old != nil && old.rec != nil && rec != nil &&
 			(old.rec.Generation == rec.Generation || (en.tok.Value != "" && en.tok.Value == old.tok.Value)) {
 			// same token: keep what this instance learned about it
-			en.bad, en.retryAt, en.failures, en.lastErr = old.bad, old.retryAt, old.failures, old.lastErr
+			en.suspect, en.confirmed, en.retryAt, en.failures, en.lastErr = old.suspect, old.confirmed, old.retryAt, old.failures, old.lastErr
 		}
 		if s.cur.CompareAndSwap(old, en) {
 			return en
-		}
-	}
-}
-
-// Invalidate drops the cached token of appid if it is still the one sent
-// (compare-and-invalidate), so a token refreshed meanwhile is not thrown away.
-// It reports whether the token was dropped.
-func (e *Engine) Invalidate(appid string, sent Token) bool {
-	v, ok := e.slots.Get(appid)
-	if !ok {
-		return false
-	}
-	return invalidateSlot(v.(*slot), sent.Value)
-}
-
-func invalidateSlot(s *slot, sent Secret) bool {
-	for {
-		old := s.cur.Load()
-		if old == nil || old.tok.Value == "" || old.tok.Value != sent || old.bad == sent {
-			return false
-		}
-		en := *old
-		en.bad = sent
-		en.retryAt = time.Time{}
-		if s.cur.CompareAndSwap(old, &en) {
-			return true
 		}
 	}
 }

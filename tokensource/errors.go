@@ -87,6 +87,32 @@ var codeClasses = map[int]Class{
 	28001008: ClassInvalidAuthorizerToken,
 }
 
+// rejectionCodes are the codes with which a downstream API says the token it
+// was sent is not valid, by family and token kind ([v1, v2][authorizer,
+// component]). Only these, read from the family's own field (v1 errno, v2
+// err_no), make an answer a rejection of the injected token: v1 open APIs
+// answer 40020 for the authorizer token and 40009 / 40010 for the component
+// token (query parameters); v2 takes either token in the access-token header
+// and answers 28001003 (invalid) / 28001008 (expired), and its TP-level APIs
+// also answer the component token's 40009 / 40010.
+var rejectionCodes = [2][2][]int{
+	{{40020}, {40009, 40010}},
+	{{28001003, 28001008}, {28001003, 28001008, 40009, 40010}},
+}
+
+// RejectionCodes lists the codes a downstream answer of family f uses to reject
+// the authorizer token (component false) or the component token it was sent.
+func RejectionCodes(f Family, component bool) []int {
+	i, j := 0, 0
+	if f == V2 {
+		i = 1
+	}
+	if component {
+		j = 1
+	}
+	return rejectionCodes[i][j]
+}
+
 // ClassifyCode classifies a platform errno / err_no.
 func ClassifyCode(code int) Class { return codeClasses[code] }
 

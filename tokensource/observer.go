@@ -19,6 +19,10 @@ type Observer interface {
 	PlatformCall(op, appid, cause, result string, took time.Duration)
 	// Recovery: a retrieve-code recovery ended (appid and cause as for PlatformCall).
 	Recovery(appid, cause string, ok bool)
+	// Rejection: a downstream answer rejected a token (Invalidate), and result
+	// says what came of it: RejectInvalidated, RejectThrottled,
+	// RejectBreakerTripped or RejectBreakerOpen. appid is "" for the component token.
+	Rejection(appid, result string)
 }
 
 type nopObserver struct{}
@@ -26,6 +30,7 @@ type nopObserver struct{}
 func (nopObserver) Lookup(string, string)                                      {}
 func (nopObserver) PlatformCall(string, string, string, string, time.Duration) {}
 func (nopObserver) Recovery(string, string, bool)                              {}
+func (nopObserver) Rejection(string, string)                                   {}
 
 // CallResult names the outcome of a platform call with bounded cardinality:
 // "ok", the platform code ("40021"), "http_<status>", "timeout" or "network".

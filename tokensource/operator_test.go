@@ -23,7 +23,8 @@ type recordingObserver struct {
 	recoveries []string // appid cause ok
 }
 
-func (o *recordingObserver) Lookup(string, string) {}
+func (o *recordingObserver) Lookup(string, string)    {}
+func (o *recordingObserver) Rejection(string, string) {}
 func (o *recordingObserver) PlatformCall(op, appid, cause, result string, _ time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -1,0 +1,202 @@
+package tokensource
+
+import (
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Downstream rejections.
+//
+// When a forwarded request is answered "token invalid" (v1 40020, v2 28001003 /
+// 28001008, 40009 / 40010 for a component token), the caller reports the token
+// it sent with Invalidate; the next Token call reloads the record and, if
+// storage holds the same token, renews it. That answer is evidence, not proof:
+// it comes back through a path and query the client chose, from an upstream
+// that may echo anything, and every renewal spends a single-use refresh token
+// (and, for a component token, one of the platform's component-token calls).
+// So what an answer can make the engine do is bounded here, in one place:
+//
+//   - A token is acted on at most once per rejectInterval: a second report of
+//     the same token within it is ignored ("throttled"). With the platform
+//     refusing renewals, that is one renewal attempt per interval, and the
+//     suspect token keeps being sent until it really expires (it may well be
+//     valid): a refused renewal never makes an authorizer unusable.
+//   - A token obtained by such a renewal that is reported again within
+//     rejectInterval trips a breaker ("breaker_tripped"): the answers are not
+//     about the token (a fresh token is not invalid at once), so for
+//     breakerOpenFor no report renews that authorizer's (or the component's)
+//     token ("breaker_open"). Expiry-driven renewals go on as usual.
+//   - A report that leads to a reload finding a newer token in storage (another
+//     instance renewed it) costs no platform call and trips nothing.
+//
+// The state is per instance and per authorizer (plus one for the component
+// token), kept with the authorizer's cached slot.
+const (
+	// rejectInterval: a genuine rejection (a revoked token, or one another
+	// instance rotated away) is settled by one reload or renewal, whose replay
+	// follows within a second; a token rejected again within a minute of being
+	// obtained is not the problem. A minute is also twice the longest retry
+	// backoff (RetryMax, 30s), so a renewal that failed is retried once its
+	// backoff is over, and at most 60 times an hour while the platform fails.
+	rejectInterval = time.Minute
+	// breakerOpenFor: while answers keep rejecting fresh tokens, one renewal per
+	// 10 minutes (6 an hour per authorizer) is all they can cause; a real
+	// platform-side fault heals by itself within that time, and tokens (2 h
+	// lives, renewed refresh_ahead before expiry) never need it in between.
+	breakerOpenFor = 10 * time.Minute
+)
+
+// Outcomes of a report, as given to Observer.Rejection.
+const (
+	RejectInvalidated    = "invalidated"     // the token is dropped: reloaded, renewed if still current
+	RejectThrottled      = "throttled"       // the same token was acted on less than rejectInterval ago
+	RejectBreakerTripped = "breaker_tripped" // a token obtained by a renewal was reported at once
+	RejectBreakerOpen    = "breaker_open"    // ignored while the breaker is open
+)
+
+// rejections is what a slot remembers of downstream rejections.
+type rejections struct {
+	mu          sync.Mutex
+	lastSent    Secret    // the token last acted on
+	lastAt      time.Time // when
+	renewed     Secret    // the token obtained by the last renewal a report caused
+	renewedAt   time.Time // when
+	openUntil   time.Time // the breaker: no report-driven renewal before this
+	trippedOnce bool      // a trip was logged in this slot's life (later trips log at Info)
+}
+
+func (s *slot) rejections() *rejections {
+	if r := s.rej.Load(); r != nil {
+		return r
+	}
+	s.rej.CompareAndSwap(nil, new(rejections))
+	return s.rej.Load()
+}
+
+// Invalidate reports that a downstream answer rejected the token sent for
+// appid. The cached token is dropped only if it is still the one sent
+// (compare-and-invalidate, so a token renewed meanwhile is kept) and the
+// rejection policy above allows it. It reports whether the token was dropped;
+// either way the next Token call returns the token to use.
+func (e *Engine) Invalidate(appid string, sent Token) bool {
+	v, ok := e.slots.Get(appid)
+	if !ok {
+		return false
+	}
+	return e.report(v.(*slot), appid, sent.Value)
+}
+
+// InvalidateComponent is Invalidate for the component token.
+func (e *Engine) InvalidateComponent(sent Token) bool { return e.report(&e.comp, "", sent.Value) }
+
+// report applies the policy to a downstream rejection of sent (appid "" for
+// the component token).
+func (e *Engine) report(s *slot, appid string, sent Secret) bool {
+	cur := s.cur.Load()
+	if cur == nil || cur.tok.Value == "" || cur.tok.Value != sent || cur.suspect == sent {
+		return false // stale, or already being handled
+	}
+	now := e.now()
+	r := s.rejections()
+	r.mu.Lock()
+	result := RejectInvalidated
+	switch {
+	case now.Before(r.openUntil):
+		result = RejectBreakerOpen
+	case r.lastSent == sent && now.Sub(r.lastAt) < rejectInterval:
+		result = RejectThrottled
+	default:
+		r.lastSent, r.lastAt = sent, now
+	}
+	r.mu.Unlock()
+	e.obs.Rejection(appid, result)
+	if result != RejectInvalidated {
+		return false
+	}
+	return markSuspect(s, sent, false)
+}
+
+// markSuspect marks the slot's token as rejected, if it is still sent. A
+// confirmed rejection (the platform's own token API refused it) makes the token
+// unusable; a reported one only makes it due for a reload or renewal. Either
+// way the backoff of an earlier failure is lifted: a rejection is news.
+func markSuspect(s *slot, sent Secret, confirmed bool) bool {
+	for {
+		old := s.cur.Load()
+		if old == nil || old.tok.Value == "" || old.tok.Value != sent || old.suspect == sent && (old.confirmed || !confirmed) {
+			return false
+		}
+		en := *old
+		en.suspect, en.confirmed = sent, confirmed
+		en.retryAt = time.Time{}
+		if s.cur.CompareAndSwap(old, &en) {
+			return true
+		}
+	}
+}
+
+// reported: en's token was reported rejected by a downstream answer (not
+// confirmed by the platform's own token API).
+func (en *entry) reported() bool {
+	return en != nil && en.suspect != "" && en.suspect == en.tok.Value && !en.confirmed
+}
+
+// unsuspected is en without the suspicion.
+func (en *entry) unsuspected() *entry {
+	c := *en
+	c.suspect = ""
+	return &c
+}
+
+// mayRenewSuspect decides, under the lock and after the reload, whether a
+// reported rejection of cur's token (which needs no renewal otherwise) may
+// renew it. When it may not, the suspicion is lifted: the token keeps being
+// served.
+func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Time) bool {
+	r := s.rejections()
+	r.mu.Lock()
+	allow, tripped, first := true, false, false
+	switch {
+	case now.Before(r.openUntil):
+		allow = false
+	case r.renewed == cur.tok.Value && now.Sub(r.renewedAt) < rejectInterval:
+		allow, tripped = false, true
+		r.openUntil = now.Add(breakerOpenFor)
+		first, r.trippedOnce = !r.trippedOnce, true
+	}
+	r.mu.Unlock()
+	if allow {
+		return true
+	}
+	if tripped {
+		e.obs.Rejection(appid, RejectBreakerTripped)
+		what := "the component token"
+		if appid != "" {
+			what = "this authorizer's token"
+		}
+		msg := "upstream answers rejected a token obtained less than a minute ago because of such an answer: " +
+			"they are not about the token (a client may be steering them through the path or query it chooses); " +
+			"for a while no such answer renews " + what + ", which keeps being sent"
+		fields := []zap.Field{zap.Duration("for", breakerOpenFor), zap.Uint64("generation", cur.tok.Generation)}
+		if appid != "" {
+			fields = append(fields, zapApp(appid))
+		}
+		if first {
+			e.log.Warn(msg, fields...)
+		} else {
+			e.log.Info(msg, fields...)
+		}
+	}
+	s.cur.CompareAndSwap(cur, cur.unsuspected()) // changed meanwhile: the next call decides again
+	return false
+}
+
+// renewedSuspect records the token a report-driven renewal obtained.
+func (s *slot) renewedSuspect(tok Secret, now time.Time) {
+	r := s.rejections()
+	r.mu.Lock()
+	r.renewed, r.renewedAt = tok, now
+	r.mu.Unlock()
+}

@@ -1,0 +1,208 @@
+package tokensource_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tptoken/caddy-tptoken/emulator"
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+// rejectionLog records the Observer's Rejection events.
+type rejectionLog struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (r *rejectionLog) Lookup(string, string)                                      {}
+func (r *rejectionLog) PlatformCall(string, string, string, string, time.Duration) {}
+func (r *rejectionLog) Recovery(string, string, bool)                              {}
+func (r *rejectionLog) Rejection(appid, result string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.counts == nil {
+		r.counts = map[string]int{}
+	}
+	r.counts[appid+" "+result]++
+}
+
+func (r *rejectionLog) count(appid, result string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.counts[appid+" "+result]
+}
+
+// reject is what the transport does with an answer rejecting tok: report it,
+// then ask for the token to use.
+func reject(t *testing.T, e *tokensource.Engine, tok tokensource.Token) (tokensource.Token, bool) {
+	t.Helper()
+	dropped := e.Invalidate(tok.AppID, tok)
+	next, err := e.Token(context.Background(), tok.AppID)
+	if err != nil {
+		t.Fatalf("token after a rejection: %v", err)
+	}
+	return next, dropped
+}
+
+// Answers that keep rejecting valid tokens (a client steering an upstream's
+// answer) renew a token once; the token obtained, rejected at once, trips the
+// breaker: no more renewals for that authorizer until it closes, while the
+// valid token keeps serving and other authorizers are untouched.
+func TestFalseRejectionsRenewOnceThenTripTheBreaker(t *testing.T) {
+	forEachFamily(t, func(t *testing.T, h *harness) {
+		obs := new(rejectionLog)
+		e := h.engine(func(c *tokensource.Config) { c.Observer = obs })
+		h.authorize(e, "tt01app")
+		h.authorize(e, "tt02app")
+		first, _ := e.Token(context.Background(), "tt01app")
+
+		second, dropped := reject(t, e, first)
+		if !dropped || second.Value == first.Value {
+			t.Fatalf("the first rejection was not acted on (dropped %v)", dropped)
+		}
+		tok := second
+		for i := range 200 {
+			next, _ := reject(t, e, tok)
+			if next.Value != second.Value {
+				t.Fatalf("rejection %d renewed the token again", i+2)
+			}
+			tok = next
+		}
+		if n := h.emu.Stats().App("tt01app").Refreshes; n != 1 {
+			t.Fatalf("201 false rejections caused %d refreshes, want 1", n)
+		}
+		if obs.count("tt01app", tokensource.RejectBreakerTripped) != 1 || obs.count("tt01app", tokensource.RejectBreakerOpen) != 199 {
+			t.Fatalf("rejection outcomes: %v", obs.counts)
+		}
+		if owner, code := h.downstream(second); owner != "tt01app" || code != 0 {
+			t.Fatalf("the token served during the attack: owner %q, code %d", owner, code)
+		}
+		if h.logs.FilterMessageSnippet("not about the token").Len() != 1 {
+			t.Fatal("the breaker trip was not logged once")
+		}
+		// Another authorizer's rejection is its own.
+		other, _ := e.Token(context.Background(), "tt02app")
+		if next, dropped := reject(t, e, other); !dropped || next.Value == other.Value {
+			t.Fatal("the breaker of one authorizer held another")
+		}
+
+		// Once the breaker closes, one more renewal, and the breaker again.
+		h.clock.Advance(10*time.Minute + time.Second)
+		third, dropped := reject(t, e, tok)
+		if !dropped || third.Value == tok.Value {
+			t.Fatal("no renewal after the breaker closed")
+		}
+		if next, _ := reject(t, e, third); next.Value != third.Value {
+			t.Fatal("the token obtained after the breaker closed was renewed at once")
+		}
+		if n := h.emu.Stats().App("tt01app").Refreshes; n != 2 || obs.count("tt01app", tokensource.RejectBreakerTripped) != 2 {
+			t.Fatalf("refreshes %d, trips %d", n, obs.count("tt01app", tokensource.RejectBreakerTripped))
+		}
+		h.assertNoSecretsLogged()
+	})
+}
+
+// When the platform refuses to renew, the rejected token keeps serving until
+// it really expires (it may well be valid), and it is tried again once per
+// interval, not once per answer.
+func TestRejectedTokenKeepsServingWhileTheRenewalFails(t *testing.T) {
+	forEachFamily(t, func(t *testing.T, h *harness) {
+		e := h.engine()
+		h.authorize(e, "tt01app")
+		tok, _ := e.Token(context.Background(), "tt01app")
+		if err := h.emu.SetFaults(emulator.OpRefresh, emulator.Faults{Errno40045: 1000}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 50 {
+			next, _ := reject(t, e, tok)
+			if next.Value != tok.Value {
+				t.Fatalf("rejection %d: another token although every refresh fails", i+1)
+			}
+		}
+		attempts := h.emu.Stats().Calls[emulator.OpRefresh]
+		if attempts == 0 || attempts > 3 {
+			t.Fatalf("50 rejections within a minute made %d refresh calls, want one renewal (at most 3 attempts)", attempts)
+		}
+		// Requests keep being served from memory.
+		for range 10 {
+			if got, err := e.Token(context.Background(), "tt01app"); err != nil || got.Value != tok.Value {
+				t.Fatalf("normal request during the refusal: %v", err)
+			}
+		}
+		if n := h.emu.Stats().Calls[emulator.OpRefresh]; n != attempts {
+			t.Fatalf("normal requests made %d more refresh calls", n-attempts)
+		}
+
+		// A minute later, one more attempt; once the platform renews again,
+		// the token is renewed.
+		h.clock.Advance(time.Minute + time.Second)
+		if next, dropped := reject(t, e, tok); !dropped || next.Value != tok.Value {
+			t.Fatalf("a minute later: dropped %v", dropped)
+		}
+		if n := h.emu.Stats().Calls[emulator.OpRefresh]; n == attempts {
+			t.Fatal("no renewal attempt a minute later")
+		}
+		h.emu.ClearFaults()
+		h.clock.Advance(time.Minute + time.Second)
+		if next, dropped := reject(t, e, tok); !dropped || next.Value == tok.Value {
+			t.Fatal("the token was not renewed once the platform renews again")
+		}
+		if s := h.emu.Stats().App("tt01app"); s.Refreshes != 1 || s.Refresh40021 != 0 {
+			t.Fatalf("stats %+v", s)
+		}
+	})
+}
+
+// A rejection of a token another instance rotated away is settled by a reload:
+// no platform call, and no breaker, even right after a renewal of our own.
+func TestRejectionSettledByAReloadTripsNothing(t *testing.T) {
+	h := newHarness(t, tokensource.V1)
+	obs := new(rejectionLog)
+	a := h.engine(func(c *tokensource.Config) { c.Observer = obs })
+	b := h.engine()
+	h.authorize(a, "tt01app")
+	t0, _ := a.Token(context.Background(), "tt01app")
+	t1, _ := reject(t, a, t0) // a renews because of a rejection
+	if t1.Value == t0.Value {
+		t.Fatal("no renewal")
+	}
+	if _, err := b.Refresh(context.Background(), "tt01app"); err != nil { // b rotates t1 away
+		t.Fatal(err)
+	}
+	t2, dropped := reject(t, a, t1)
+	if !dropped || t2.Value == t1.Value {
+		t.Fatal("a did not pick up b's token")
+	}
+	if owner, code := h.downstream(t2); owner != "tt01app" || code != 0 {
+		t.Fatalf("picked-up token: owner %q code %d", owner, code)
+	}
+	if n := h.emu.Stats().App("tt01app").Refreshes; n != 2 {
+		t.Fatalf("refreshes = %d, want 2 (a's and b's)", n)
+	}
+	if obs.count("tt01app", tokensource.RejectBreakerTripped) != 0 {
+		t.Fatal("a reload tripped the breaker")
+	}
+}
+
+// The component token follows the same rules.
+func TestFalseComponentTokenRejectionsAreBounded(t *testing.T) {
+	forEachFamily(t, func(t *testing.T, h *harness) {
+		e := h.engine()
+		tok, err := e.ComponentToken(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fetches := h.emu.Stats().Total.ComponentTokenFetches
+		for range 100 {
+			e.InvalidateComponent(tok)
+			if tok, err = e.ComponentToken(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := h.emu.Stats().Total.ComponentTokenFetches - fetches; n != 1 {
+			t.Fatalf("100 false rejections caused %d component token fetches, want 1", n)
+		}
+	})
+}
