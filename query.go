@@ -168,36 +168,3 @@ func isCredentialKey(rawKey string) bool {
 	}
 	return false
 }
-
-// stripFirstSegment takes the first path segment as the appid and removes it:
-// /tt0123/openapi/v1/x → appid tt0123, path /openapi/v1/x.
-//
-// Segments are those of the escaped path, so an escaped slash (%2F) stays in its
-// segment: /tt%2F01/openapi gives the (invalid) appid "tt/01" and /openapi, never
-// the appid "tt" and /01/openapi. The rest keeps the client's escaping.
-func stripFirstSegment(u *url.URL) (string, bool) {
-	if u.RawPath == "" {
-		// Path has the default escaping, so it has no escaped slash either.
-		seg, rest, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
-		if seg == "" {
-			return "", false
-		}
-		u.Path = "/" + rest
-		return seg, true
-	}
-	rawSeg, rawRest, _ := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
-	seg, err := url.PathUnescape(rawSeg)
-	if err != nil || seg == "" {
-		return "", false
-	}
-	rawRest = "/" + rawRest
-	rest, err := url.PathUnescape(rawRest)
-	if err != nil {
-		return "", false
-	}
-	u.Path, u.RawPath = rest, ""
-	if u.EscapedPath() != rawRest {
-		u.RawPath = rawRest // escaping the default would change
-	}
-	return seg, true
-}

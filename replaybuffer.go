@@ -1,10 +1,13 @@
 package tptoken
 
 import (
+	"bytes"
 	"io"
+	"net/http"
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 )
 
@@ -106,4 +109,65 @@ func readBuffered(r io.Reader, announced, limit int64, budget *replayBudget) (b 
 			return b
 		}
 	}
+}
+
+// requestBody is the body to send. A body of at most maxReplayBody is read
+// once and kept (the request is then replayable); the first part of a larger
+// one, or of one that replayMemory has no room for, is kept and sent in front
+// of the rest. reverse_proxy calls RoundTrip again with the same request after
+// a dial error, and the part already read is not in req.Body any more: every
+// attempt gets the whole body from what is kept. The original body is never
+// closed here (the server closes it).
+func (inj *injection) requestBody(req *http.Request, logger *zap.Logger) (body *bodyCopy, replayable bool) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return nil, inj.maxReplayBody >= 0
+	}
+	if !inj.bodyRead {
+		inj.bodyRead = true
+		if inj.maxReplayBody >= 0 && req.ContentLength <= inj.maxReplayBody {
+			b := readBuffered(req.Body, req.ContentLength, inj.maxReplayBody, replayMemory)
+			inj.prefix, inj.reserved = b.buf, b.reserved
+			inj.complete = b.eof && b.err == nil && int64(len(b.buf)) <= inj.maxReplayBody
+			if b.refused {
+				countUnbuffered(inj.comp.appID)
+				replayMemoryFull.Do(func() {
+					logger.Warn("max_replay_memory is taken by requests in flight: streaming request bodies without a replay (logged once a minute; see caddy_tptoken_replay_buffer_full_total)",
+						zap.Int64("max_replay_memory", replayMemory.limit.Load()))
+				})
+			}
+		}
+	}
+	switch {
+	case inj.complete:
+		return &bodyCopy{buf: inj.prefix, complete: true}, true
+	case len(inj.prefix) == 0:
+		return nil, false // nothing read: req.Body goes as it is
+	}
+	return &bodyCopy{buf: inj.prefix, rest: req.Body}, false
+}
+
+// release gives back what the request held of replayMemory. The handler calls
+// it when the request ends.
+func (inj *injection) release() {
+	if inj.reserved > 0 {
+		replayMemory.give(inj.reserved)
+		inj.reserved = 0
+	}
+}
+
+// bodyCopy is what an outgoing request sends as its body.
+type bodyCopy struct {
+	buf      []byte    // the whole body (complete) or its first part
+	rest     io.Reader // the unread part (when not complete)
+	complete bool
+}
+
+func (b *bodyCopy) reader() io.ReadCloser {
+	if b.complete {
+		return io.NopCloser(bytes.NewReader(b.buf))
+	}
+	if len(b.buf) == 0 {
+		return io.NopCloser(b.rest)
+	}
+	return io.NopCloser(io.MultiReader(bytes.NewReader(b.buf), b.rest))
 }

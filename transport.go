@@ -1,17 +1,11 @@
 package tptoken
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
-	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -110,10 +104,6 @@ type injection struct {
 	out           outgoingRequest // the first outgoing request
 	prefix        []byte          // what was read of the request body
 }
-
-// Maximum response size inspected for an invalid-token code; larger or
-// streaming answers pass through untouched.
-const maxInspect = 64 << 10
 
 // RoundTrip injects the token and forwards the request, replaying it once if
 // the platform rejects the token.
@@ -271,218 +261,6 @@ func (inj *injection) WriteHeader(code int) {
 		}
 	}
 	inj.ResponseWriterWrapper.WriteHeader(code)
-}
-
-// requestBody is the body to send. A body of at most maxReplayBody is read
-// once and kept (the request is then replayable); the first part of a larger
-// one, or of one that replayMemory has no room for, is kept and sent in front
-// of the rest. reverse_proxy calls RoundTrip again with the same request after
-// a dial error, and the part already read is not in req.Body any more: every
-// attempt gets the whole body from what is kept. The original body is never
-// closed here (the server closes it).
-func (inj *injection) requestBody(req *http.Request, logger *zap.Logger) (body *bodyCopy, replayable bool) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return nil, inj.maxReplayBody >= 0
-	}
-	if !inj.bodyRead {
-		inj.bodyRead = true
-		if inj.maxReplayBody >= 0 && req.ContentLength <= inj.maxReplayBody {
-			b := readBuffered(req.Body, req.ContentLength, inj.maxReplayBody, replayMemory)
-			inj.prefix, inj.reserved = b.buf, b.reserved
-			inj.complete = b.eof && b.err == nil && int64(len(b.buf)) <= inj.maxReplayBody
-			if b.refused {
-				countUnbuffered(inj.comp.appID)
-				replayMemoryFull.Do(func() {
-					logger.Warn("max_replay_memory is taken by requests in flight: streaming request bodies without a replay (logged once a minute; see caddy_tptoken_replay_buffer_full_total)",
-						zap.Int64("max_replay_memory", replayMemory.limit.Load()))
-				})
-			}
-		}
-	}
-	switch {
-	case inj.complete:
-		return &bodyCopy{buf: inj.prefix, complete: true}, true
-	case len(inj.prefix) == 0:
-		return nil, false // nothing read: req.Body goes as it is
-	}
-	return &bodyCopy{buf: inj.prefix, rest: req.Body}, false
-}
-
-// release gives back what the request held of replayMemory. The handler calls
-// it when the request ends.
-func (inj *injection) release() {
-	if inj.reserved > 0 {
-		replayMemory.give(inj.reserved)
-		inj.reserved = 0
-	}
-}
-
-// bodyCopy is what an outgoing request sends as its body.
-type bodyCopy struct {
-	buf      []byte    // the whole body (complete) or its first part
-	rest     io.Reader // the unread part (when not complete)
-	complete bool
-}
-
-func (b *bodyCopy) reader() io.ReadCloser {
-	if b.complete {
-		return io.NopCloser(bytes.NewReader(b.buf))
-	}
-	if len(b.buf) == 0 {
-		return io.NopCloser(b.rest)
-	}
-	return io.NopCloser(io.MultiReader(bytes.NewReader(b.buf), b.rest))
-}
-
-// readCloser puts a read part back in front of a body.
-type readCloser struct {
-	io.Reader
-	io.Closer
-}
-
-// inspect returns the platform code of a small JSON answer that reports an
-// invalid token, or 0. Only answers with a JSON media type and at most
-// maxInspect bytes are read (the body is then put back); others are untouched.
-func inspect(resp *http.Response, family tokensource.Family, component bool) int {
-	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
-		return 0
-	}
-	// The keys are canonical: index the map instead of Header.Get, which
-	// canonicalizes its argument on every call.
-	if !isJSON(firstValue(resp.Header, "Content-Type")) {
-		return 0
-	}
-	enc := firstValue(resp.Header, "Content-Encoding")
-	if enc != "" && enc != "gzip" && enc != "identity" {
-		return 0
-	}
-	var raw []byte
-	var err error
-	if resp.ContentLength > 0 {
-		raw = make([]byte, resp.ContentLength)
-		_, err = io.ReadFull(resp.Body, raw)
-	} else {
-		raw, err = io.ReadAll(io.LimitReader(resp.Body, maxInspect+1))
-	}
-	if err != nil || len(raw) > maxInspect {
-		// too large after all (unknown length), or cut short: hand back what was
-		// read in front of the rest, untouched
-		resp.Body = readCloser{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
-		return 0
-	}
-	_ = resp.Body.Close()
-	body := new(bytesBody)
-	body.Reset(raw)
-	resp.Body = body
-	plain := raw
-	if enc == "gzip" {
-		zr, err := gzip.NewReader(bytes.NewReader(raw))
-		if err != nil {
-			return 0
-		}
-		plain, err = io.ReadAll(io.LimitReader(zr, 4*maxInspect))
-		if err != nil {
-			return 0
-		}
-	}
-	return invalidTokenCode(plain, family, component)
-}
-
-// firstValue is h.Get(key) for a key already in canonical form.
-func firstValue(h http.Header, key string) string {
-	if v := h[key]; len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
-// bytesBody is an inspected answer handed back to reverse_proxy: what
-// io.NopCloser(bytes.NewReader(b)) is (WriteTo included), in one allocation.
-type bytesBody struct{ bytes.Reader }
-
-// Read returns io.EOF with the last bytes, as net/http's body of a known
-// length does: reverse_proxy copies answers in a loop that allocates on every
-// turn (a logger each), and a separate (0, io.EOF) would cost it one more.
-func (b *bytesBody) Read(p []byte) (int, error) {
-	n, err := b.Reader.Read(p)
-	if err == nil && b.Len() == 0 {
-		err = io.EOF
-	}
-	return n, err
-}
-
-// Close does nothing: the upstream's body is closed already.
-func (*bytesBody) Close() error { return nil }
-
-// isJSON reports a JSON media type (application/json, text/json, or +json).
-func isJSON(contentType string) bool {
-	mt, _, _ := strings.Cut(contentType, ";")
-	mt = strings.TrimSpace(mt)
-	return strings.EqualFold(mt, "application/json") || strings.EqualFold(mt, "text/json") ||
-		len(mt) > 5 && strings.EqualFold(mt[len(mt)-5:], "+json")
-}
-
-// rejections are, per family and token kind, the codes with which an answer
-// rejects the token sent (tokensource.RejectionCodes), in the form they take in
-// a JSON body: a body without one of them is not decoded.
-var rejections = func() (t [2][2][][]byte) {
-	for i, f := range []tokensource.Family{tokensource.V1, tokensource.V2} {
-		for j, component := range []bool{false, true} {
-			for _, c := range tokensource.RejectionCodes(f, component) {
-				t[i][j] = append(t[i][j], []byte(strconv.Itoa(c)))
-			}
-		}
-	}
-	return t
-}()
-
-// invalidTokenCode returns the code of a JSON answer that rejects the token
-// sent, or 0. Only the family's own top-level field counts (v1 errno, v2
-// err_no), and only the codes for the kind of token the route injects: the
-// client chooses the path and query, so an answer it can steer must not make a
-// code of the other family, or of the other token, or one nested in data, count.
-func invalidTokenCode(b []byte, family tokensource.Family, component bool) int {
-	i, j := 0, 0
-	if family == tokensource.V2 {
-		i = 1
-	}
-	if component {
-		j = 1
-	}
-	held := false
-	for _, c := range rejections[i][j] {
-		if bytes.Contains(b, c) {
-			held = true
-			break
-		}
-	}
-	if !held {
-		return 0
-	}
-	var v1 struct {
-		Errno json.Number `json:"errno"`
-	}
-	var v2 struct {
-		ErrNo json.Number `json:"err_no"`
-	}
-	var err error
-	n := &v1.Errno
-	if i == 0 {
-		err = json.Unmarshal(b, &v1)
-	} else {
-		err, n = json.Unmarshal(b, &v2), &v2.ErrNo
-	}
-	if err != nil {
-		return 0
-	}
-	code, err := n.Int64()
-	if err != nil {
-		return 0
-	}
-	if slices.Contains(tokensource.RejectionCodes(family, component), int(code)) {
-		return int(code)
-	}
-	return 0
 }
 
 // Interface guards

@@ -1,0 +1,415 @@
+package tptoken
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/time/rate"
+
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler is the `tptoken` HTTP handler. It resolves the authorizer appid of a
+// request, gets its token (failing early, in the family's error envelope, when
+// there is none) and hands the token to the `tptoken` reverse_proxy transport,
+// which puts it on the outgoing request only, so no log ever sees it.
+type Handler struct {
+	// Component selects the TP when the app has several; "" means the only one.
+	Component string `json:"component,omitempty"`
+	// AppID says where the authorizer appid comes from. Default: header X-Authorizer-Appid.
+	AppID *AppIDSource `json:"appid,omitempty"`
+	// Token is the kind of token injected: authorizer (default) or component.
+	Token string `json:"token,omitempty"`
+	// Allow, when set, lists the only authorizer appids served.
+	Allow []string `json:"allow,omitempty"`
+	// MaxReplayBody bounds the request body buffered to replay a request once
+	// after the platform rejected its token. Default 1 MiB; -1 disables replay.
+	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
+	// ErrorResponse: envelope (default) answers failures in the family's JSON
+	// envelope; handle_errors returns them to Caddy for handle_errors routes.
+	ErrorResponse string `json:"error_response,omitempty"`
+
+	comp        *component
+	allow       map[string]struct{}
+	component   bool   // inject the component token
+	takeCarrier bool   // read (and remove) the appid carrier
+	headerKey   string // canonical form of the appid header
+	logger      *zap.Logger
+	noTransport *rate.Sometimes // bounds the log lines about a missing transport
+}
+
+// AppIDSource is where the appid comes from.
+type AppIDSource struct {
+	// From: header, query, path or placeholder.
+	From string `json:"from"`
+	// Name: the header or query parameter name, or the placeholder (for example
+	// {http.request.uri.query.appid}). Unused for path.
+	Name string `json:"name,omitempty"`
+}
+
+const (
+	defaultAppIDHeader   = "X-Authorizer-Appid"
+	defaultMaxReplayBody = 1 << 20
+)
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.tptoken", New: func() caddy.Module { return new(Handler) }}
+}
+
+// Provision finds the component and checks the configuration. An error is
+// also logged as a short first line (configError).
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	return configError(h.logger, h.provision(ctx))
+}
+
+func (h *Handler) provision(ctx caddy.Context) error {
+	h.noTransport = &rate.Sometimes{First: 1, Interval: time.Minute}
+	h.component = h.Token == "component"
+	// A component token needs no appid: its carrier is read only when configured.
+	h.takeCarrier = !h.component || h.AppID != nil
+	if h.AppID == nil {
+		h.AppID = &AppIDSource{From: "header", Name: defaultAppIDHeader}
+	}
+	switch h.AppID.From {
+	case "header", "query", "placeholder":
+		if h.AppID.Name == "" {
+			return fmt.Errorf("appid %s needs a name", h.AppID.From)
+		}
+		h.headerKey = http.CanonicalHeaderKey(h.AppID.Name)
+	case "path":
+	default:
+		return fmt.Errorf("appid from %q: use header, query, path or placeholder", h.AppID.From)
+	}
+	switch h.Token {
+	case "", "authorizer", "component":
+	default:
+		return fmt.Errorf("token %q: use authorizer or component", h.Token)
+	}
+	switch h.ErrorResponse {
+	case "", "envelope", "handle_errors":
+	default:
+		return fmt.Errorf("error_response %q: use envelope or handle_errors", h.ErrorResponse)
+	}
+	if h.MaxReplayBody == 0 {
+		h.MaxReplayBody = defaultMaxReplayBody
+	}
+	if len(h.Allow) > 0 && h.component {
+		return errors.New("allow lists authorizer appids: it has no effect with token component; remove it")
+	}
+	if len(h.Allow) > 0 {
+		h.allow = make(map[string]struct{}, len(h.Allow))
+		for _, a := range h.Allow {
+			if !tokensource.ValidAppID(a) {
+				return fmt.Errorf("allow: %q is not a valid appid", a)
+			}
+			h.allow[a] = struct{}{}
+		}
+	}
+	app, err := appFrom(ctx)
+	if err != nil {
+		return err
+	}
+	h.comp, err = app.component(h.Component)
+	return err
+}
+
+// ServeHTTP resolves the appid and token, then calls the next handler with the
+// token in the request context for the transport.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	inj := &injection{comp: h.comp, component: h.component, maxReplayBody: h.MaxReplayBody}
+
+	if repl != nil {
+		repl.Set("http.tptoken.replayed", false) // the transport sets true when it replays
+	}
+	if h.takeCarrier {
+		inj.appid = h.takeAppID(r, repl)
+		if repl != nil {
+			repl.Set("http.tptoken.appid", inj.appid)
+		}
+	}
+	var err error
+	if h.component {
+		inj.tok, err = h.comp.engine.ComponentToken(r.Context())
+	} else {
+		switch {
+		case inj.appid == "":
+			return h.fail(w, r, repl, &tokensource.Error{Kind: tokensource.KindBadAppID,
+				Msg: "no authorizer appid in the request: send it " + h.carrierHint()})
+		case !tokensource.ValidAppID(inj.appid):
+			return h.fail(w, r, repl, tokensource.CheckAppID(inj.appid))
+		}
+		if h.allow != nil {
+			if _, ok := h.allow[inj.appid]; !ok {
+				return h.fail(w, r, repl, errNotAllowed(inj.appid))
+			}
+		}
+		inj.tok, err = h.comp.engine.Token(r.Context(), inj.appid)
+	}
+	if err != nil {
+		return h.fail(w, r, repl, err)
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "token resolved"); c != nil {
+		c.Write(zap.String("appid", inj.appid), zap.Uint64("generation", inj.tok.Generation), zap.Time("expiry", inj.tok.Expiry))
+	}
+	// The guard makes any transport but tptoken's refuse to send the request
+	// (routecheck.go): a request never leaves without its token. inj is the
+	// ResponseWriter of the rest of the route: it cleans the token from
+	// informational answers (transport.go). The request ends when next returns:
+	// what its body held of the replay memory is given back.
+	r.Header[guardHeader] = guardValue
+	inj.ResponseWriter = w
+	err = next.ServeHTTP(inj, attach(r, inj))
+	delete(r.Header, guardHeader)
+	inj.release()
+	if !inj.used.Load() {
+		return h.notInjected(w, r, repl, err)
+	}
+	return err
+}
+
+// notInjected handles a request whose token no tptoken transport took. If a
+// transport refused it because of the guard, nothing was sent: the client
+// gets 502 no_transport and the refusal is counted. Either way the route is
+// logged, at most once a minute.
+func (h *Handler) notInjected(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err error) error {
+	refused := err != nil && strings.Contains(err.Error(), guardHeader)
+	h.noTransport.Do(func() {
+		h.logger.Error("the token was not injected: no `transport tptoken` handled this request; add it to the reverse_proxy after "+
+			"the tptoken handler (reverse_proxy ... { transport tptoken }). Requests that reached another transport were refused, not sent",
+			zap.String("host", r.Host), zap.String("path", r.URL.Path), zap.Bool("refused", refused))
+	})
+	if !refused {
+		return err
+	}
+	metricsFor(h.comp.appID).notInjected.Inc()
+	return h.fail(w, r, repl, errNoTransport{})
+}
+
+// errNoTransport: the request reached a reverse_proxy without `transport
+// tptoken`, which refused to send it (the guard).
+type errNoTransport struct{}
+
+func (errNoTransport) Error() string {
+	return "the request was not sent: the reverse_proxy of this route lacks `transport tptoken`, so it would have left without its token; " +
+		"the Caddy configuration must be fixed (reverse_proxy ... { transport tptoken })"
+}
+
+// takeAppID reads the appid from its carrier and removes the carrier (header,
+// query parameter or first path segment) from the request.
+func (h *Handler) takeAppID(r *http.Request, repl *caddy.Replacer) string {
+	switch h.AppID.From {
+	case "header":
+		vs := r.Header[h.headerKey]
+		if len(vs) == 0 {
+			return ""
+		}
+		delete(r.Header, h.headerKey)
+		return strings.TrimSpace(vs[0])
+	case "query":
+		v, rest, found := takeQueryParam(r.URL.RawQuery, h.AppID.Name)
+		if found {
+			r.URL.RawQuery = rest
+			r.RequestURI = r.URL.RequestURI()
+		}
+		return v
+	case "path":
+		v, ok := stripFirstSegment(r.URL)
+		if ok {
+			r.RequestURI = r.URL.RequestURI()
+		}
+		return v
+	default: // placeholder
+		if repl == nil {
+			return ""
+		}
+		return repl.ReplaceAll(h.AppID.Name, "")
+	}
+}
+
+// stripFirstSegment takes the first path segment as the appid and removes it:
+// /tt0123/openapi/v1/x → appid tt0123, path /openapi/v1/x.
+//
+// Segments are those of the escaped path, so an escaped slash (%2F) stays in its
+// segment: /tt%2F01/openapi gives the (invalid) appid "tt/01" and /openapi, never
+// the appid "tt" and /01/openapi. The rest keeps the client's escaping.
+func stripFirstSegment(u *url.URL) (string, bool) {
+	if u.RawPath == "" {
+		// Path has the default escaping, so it has no escaped slash either.
+		seg, rest, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+		if seg == "" {
+			return "", false
+		}
+		u.Path = "/" + rest
+		return seg, true
+	}
+	rawSeg, rawRest, _ := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
+	seg, err := url.PathUnescape(rawSeg)
+	if err != nil || seg == "" {
+		return "", false
+	}
+	rawRest = "/" + rawRest
+	rest, err := url.PathUnescape(rawRest)
+	if err != nil {
+		return "", false
+	}
+	u.Path, u.RawPath = rest, ""
+	if u.EscapedPath() != rawRest {
+		u.RawPath = rawRest // escaping the default would change
+	}
+	return seg, true
+}
+
+func (h *Handler) carrierHint() string {
+	switch h.AppID.From {
+	case "header":
+		return "in the " + h.AppID.Name + " header"
+	case "query":
+		return "in the " + h.AppID.Name + " query parameter"
+	case "path":
+		return "as the first path segment (/<appid>/openapi/...)"
+	}
+	return "where " + h.AppID.Name + " finds it"
+}
+
+// errNotAllowed answers an appid outside the allow list.
+type errNotAllowed string
+
+func (e errNotAllowed) Error() string {
+	return "authorizer " + string(e) + ": not in this route's allow list"
+}
+
+// failure is how a request the handler cannot serve is answered.
+type failure struct {
+	status     int
+	kind       string // {http.tptoken.error}
+	errno      int    // {http.tptoken.errno}: the code in the envelope
+	retryAfter time.Duration
+}
+
+// Codes in the envelope follow the platform's meaning, so a legacy app's error
+// handling keeps working: 40001 bad parameter, 40022 not authorized to the TP,
+// 40008 operation not allowed, 40000 system error (try again).
+func failureOf(err error) failure {
+	var na errNotAllowed
+	if errors.As(err, &na) {
+		return failure{status: http.StatusForbidden, kind: "not_allowed", errno: 40008}
+	}
+	if errors.As(err, new(errNoTransport)) {
+		return failure{status: http.StatusBadGateway, kind: "no_transport", errno: 40000}
+	}
+	var te *tokensource.Error
+	if !errors.As(err, &te) {
+		return failure{status: http.StatusBadGateway, kind: "internal", errno: 40000}
+	}
+	f := failure{kind: te.Kind.String(), retryAfter: te.RetryAfter}
+	switch te.Kind {
+	case tokensource.KindBadAppID, tokensource.KindBadInput:
+		f.status, f.errno = http.StatusBadRequest, 40001
+	case tokensource.KindUnknownAuthorizer, tokensource.KindUnauthorized, tokensource.KindFamilyMismatch:
+		f.status, f.errno = http.StatusForbidden, 40022
+	case tokensource.KindUnavailable, tokensource.KindNoTicket:
+		f.status, f.errno = http.StatusServiceUnavailable, 40000
+		if f.retryAfter <= 0 {
+			f.retryAfter = time.Second
+		}
+	case tokensource.KindTimeout:
+		f.status, f.errno = http.StatusGatewayTimeout, 40000
+	case tokensource.KindPlatform:
+		f.status, f.errno = http.StatusBadGateway, 40000
+		if c := tokensource.PlatformCode(err); c != 0 {
+			f.errno = c
+		}
+	default:
+		f.status, f.errno = http.StatusBadGateway, 40000
+	}
+	return f
+}
+
+// clientMessage is what the legacy app is told: what happened and what to do,
+// plus the platform's own answer when there is one. Other causes (storage
+// paths, lock errors) go to the log only.
+func clientMessage(err error) string {
+	var te *tokensource.Error
+	if !errors.As(err, &te) {
+		return err.Error()
+	}
+	msg := te.Msg
+	if te.AppID != "" {
+		msg = "authorizer " + te.AppID + ": " + msg
+	}
+	var pe *tokensource.PlatformError
+	if errors.As(te.Err, &pe) {
+		msg += ": " + pe.Error()
+	}
+	return msg
+}
+
+// fail answers a request the handler cannot serve: in the family's envelope, or
+// as a Caddy error for handle_errors. Placeholders carry the outcome for logs.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err error) error {
+	f := failureOf(err)
+	msg := clientMessage(err)
+	if repl != nil {
+		repl.Set("http.tptoken.error", f.kind)
+		repl.Set("http.tptoken.errno", f.errno)
+		repl.Set("http.tptoken.message", msg)
+	}
+	if f.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((f.retryAfter+time.Second-1)/time.Second)))
+	}
+	lvl := h.logger.Debug // a client's mistake is request-path noise: the access log has the status
+	if f.status >= 500 {
+		lvl = h.logger.Warn
+	}
+	lvl("request not served", zap.String("kind", f.kind), zap.Int("status", f.status), zap.Error(err))
+	if h.ErrorResponse == "handle_errors" {
+		return caddyhttp.Error(f.status, err)
+	}
+	appid := ""
+	if repl != nil {
+		appid, _ = repl.GetString("http.tptoken.appid")
+	}
+	detail := map[string]any{"error": f.kind, "appid": appid}
+	if f.retryAfter > 0 {
+		detail["retry_after"] = int((f.retryAfter + time.Second - 1) / time.Second)
+	}
+	var body map[string]any
+	if h.comp.family == tokensource.V2 {
+		logID := ""
+		if repl != nil {
+			logID, _ = repl.GetString("http.request.uuid")
+		}
+		body = map[string]any{"err_no": f.errno, "err_msg": msg, "log_id": logID, "data": map[string]any{}, "tptoken": detail}
+	} else {
+		body = map[string]any{"errno": f.errno, "message": msg, "tptoken": detail}
+	}
+	b, _ := json.Marshal(body)
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(f.status)
+	_, _ = w.Write(b)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
