@@ -460,8 +460,12 @@ func TestAdminAPIWithoutTheAppAndWithSeveralComponents(t *testing.T) {
 		t.Skip("end-to-end test")
 	}
 	t.Cleanup(func() { _ = stopCaddy() })
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	var addr string
+	// Each config gets an admin address of its own: on a reload, Caddy stops the
+	// previous admin server in the background, and on a shared address it may
+	// still answer a request with the previous config's routes.
 	tryLoad := func(apps string) error {
+		addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		cfg := fmt.Sprintf(`{"admin": {"listen": %q}, "storage": {"module": "file_system", "root": %q},
 			"logging": {"logs": {"default": {"level": "ERROR"}}}, "apps": {%s}}`, addr, t.TempDir(), apps)
 		return caddy.Load([]byte(cfg), true)
