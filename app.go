@@ -171,6 +171,11 @@ func (p *pooledEngine) Destruct() error {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger, a.ctx = ctx.Logger(), ctx
 	a.comps = make(map[string]*component)
+	if a.MaxReplayMemory != 0 {
+		if err := checkMaxReplayMemory(a.MaxReplayMemory); err != nil {
+			return configError(a.logger, err)
+		}
+	}
 	if a.StorageRaw != nil {
 		mod, err := ctx.LoadModule(a, "StorageRaw")
 		if err != nil {
@@ -202,82 +207,131 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// secretValue resolves placeholders in a secret field. The error names the field,
-// never the value.
-func secretValue(repl *caddy.Replacer, field, raw string, required bool) (string, error) {
-	if raw == "" {
-		if required {
-			return "", fmt.Errorf("%s is required", field)
+// check applies the rules (validate.go) of the options that hold no secret;
+// the secrets, and the pairs of them, are checked once resolved
+// (provisionComponent). Fields left out (0, "") take their defaults.
+func (c *Component) check() error {
+	if err := checkRequired("component_appid", c.ComponentAppID, "{env.TP_COMPONENT_APPID}"); err != nil {
+		return err
+	}
+	if err := checkRequired("component_appsecret", c.ComponentAppSecret, "{env.TP_COMPONENT_APPSECRET}"); err != nil {
+		return err
+	}
+	if _, err := apiFamily(c.API); err != nil {
+		return err
+	}
+	if c.Endpoint != "" {
+		if err := checkEndpoint(c.Endpoint); err != nil {
+			return err
 		}
-		return "", nil
 	}
-	v, err := repl.ReplaceOrErr(raw, true, true)
-	if err != nil {
-		return "", fmt.Errorf("%s: a placeholder in it did not resolve (is the environment variable or file there?)", field)
+	for _, d := range []struct {
+		option string
+		v      caddy.Duration
+	}{
+		{"refresh_ahead", c.RefreshAhead}, {"refresh_token_margin", c.RefreshTokenMargin}, {"timeout", c.Timeout},
+		{"lock_timeout", c.LockTimeout}, {"sweep_interval", c.SweepInterval}, {"redirect_exchanges window", c.RedirectWindow},
+		{"push_window", c.PushWindow},
+	} {
+		if d.v != 0 {
+			if err := checkDuration(d.option, d.v); err != nil {
+				return err
+			}
+		}
 	}
-	return strings.TrimSpace(v), nil
+	for _, n := range []struct {
+		option string
+		v      int
+	}{{"max_concurrent_calls", c.MaxConcurrentCalls}, {"redirect_calls", c.RedirectCalls}} {
+		if n.v != 0 {
+			if err := checkPositive(n.option, n.v); err != nil {
+				return err
+			}
+		}
+	}
+	if c.RenewRate != 0 {
+		if err := checkRenewRate(c.RenewRate); err != nil {
+			return err
+		}
+	}
+	if c.RedirectExchanges != 0 {
+		return checkRedirectExchanges(c.RedirectExchanges)
+	}
+	return nil
 }
 
 func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component, error) {
-	appID, err := secretValue(repl, "component_appid", c.ComponentAppID, true)
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	family, _ := apiFamily(c.API) // checked
+	// The secrets, resolved and checked; each is in the pool key (hashed).
+	var secrets []string
+	resolve := func(option, raw string) (string, error) {
+		v, err := secretValue(repl, option, raw)
+		secrets = append(secrets, v)
+		return v, err
+	}
+	appID, err := resolve("component_appid", c.ComponentAppID)
 	if err != nil {
 		return nil, err
 	}
-	if !tokensource.ValidAppID(appID) {
-		return nil, fmt.Errorf("component_appid %q: want 1-64 letters, digits, '_' or '-'", appID)
+	if err := checkAppID("component_appid", appID); err != nil {
+		return nil, err
 	}
 	if _, dup := a.comps[appID]; dup {
-		return nil, fmt.Errorf("component_appid %s is configured twice", appID)
+		return nil, duplicateComponent(appID)
 	}
-	secret, err := secretValue(repl, "component_appsecret", c.ComponentAppSecret, true)
+	secret, err := resolve("component_appsecret", c.ComponentAppSecret)
 	if err != nil {
 		return nil, err
 	}
-	family, err := tokensource.ParseFamily(c.API)
+	msgToken, err := resolve("message_token", c.MessageToken)
 	if err != nil {
 		return nil, err
 	}
-	msgToken, err := secretValue(repl, "message_token", c.MessageToken, false)
+	aesKey, err := resolve("encoding_aes_key", c.EncodingAESKey)
 	if err != nil {
 		return nil, err
 	}
-	aesKey, err := secretValue(repl, "encoding_aes_key", c.EncodingAESKey, false)
-	if err != nil {
+	if err := checkPushKeys(msgToken, aesKey); err != nil {
 		return nil, err
 	}
-	encKeyRaw, err := secretValue(repl, "encryption_key", c.EncryptionKey, false)
+	if aesKey != "" {
+		if err := checkEncodingAESKey(aesKey); err != nil {
+			return nil, err
+		}
+	}
+	encKeyRaw, err := resolve("encryption_key", c.EncryptionKey)
 	if err != nil {
 		return nil, err
 	}
 	var encKey []byte
 	if encKeyRaw != "" {
-		if encKey, err = tokensource.ParseEncryptionKey(encKeyRaw); err != nil {
+		if encKey, err = encryptionKey("encryption_key", encKeyRaw); err != nil {
 			return nil, err
 		}
+	}
+	if err := checkPreviousKeys(encKeyRaw, c.PreviousEncryptionKeys); err != nil {
+		return nil, err
 	}
 	rawKey := len(encKeyRaw) == 32
 	var prevKeys [][]byte
 	for i, raw := range c.PreviousEncryptionKeys {
-		v, err := secretValue(repl, fmt.Sprintf("previous_encryption_keys[%d]", i), raw, true)
+		option := fmt.Sprintf("previous_encryption_keys[%d]", i)
+		v, err := resolve(option, raw)
 		if err != nil {
 			return nil, err
 		}
-		k, err := tokensource.ParseEncryptionKey(v)
+		k, err := encryptionKey(option, v)
 		if err != nil {
-			return nil, fmt.Errorf("previous_encryption_keys[%d]: %v", i, err)
+			return nil, err
 		}
 		prevKeys = append(prevKeys, k)
 		rawKey = rawKey || len(v) == 32
-		encKeyRaw += "\x00" + v // the pool key covers them
-	}
-	if len(prevKeys) > 0 && encKey == nil {
-		return nil, errors.New("previous_encryption_keys needs encryption_key, the key records are sealed with now")
 	}
 	rc := &component{appID: appID, family: family, rawKey: rawKey, state: newStateSigner(secret, appID)}
-	if msgToken != "" || aesKey != "" {
-		if msgToken == "" || aesKey == "" {
-			return nil, errors.New("message_token and encoding_aes_key go together: set both to receive pushes")
-		}
+	if msgToken != "" {
 		if rc.push, err = tokensource.NewPushCrypto(msgToken, aesKey, appID); err != nil {
 			return nil, err
 		}
@@ -289,17 +343,9 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 	if err != nil {
 		return nil, err
 	}
-	// The pool key covers everything the engine is built from, so a changed
-	// config gets a new engine while an unchanged one keeps its cache.
-	h := sha256.New()
-	for _, s := range []string{appID, secret, string(family), c.Endpoint, encKeyRaw, storageIdentity(a.storage),
-		time.Duration(c.RefreshAhead).String(), time.Duration(c.RefreshTokenMargin).String(), time.Duration(c.Timeout).String(), time.Duration(c.LockTimeout).String(),
-		fmt.Sprint(c.SingleInstance, c.MaxConcurrentCalls, c.RenewRate), time.Duration(c.SweepInterval).String(),
-		fmt.Sprint(c.RedirectExchanges, time.Duration(c.RedirectWindow), c.RedirectCalls, time.Duration(c.PushWindow))} {
-		h.Write([]byte(s))
-		h.Write([]byte{0})
+	if rc.poolKey, err = poolKey(appID, c, secrets, a.storage); err != nil {
+		return nil, err
 	}
-	rc.poolKey = "tptoken/" + appID + "/" + hex.EncodeToString(h.Sum(nil))
 	logger := a.logger.With(zap.String("component_appid", appID), zap.String("api", string(family)))
 	val, loaded, err := engines.LoadOrNew(rc.poolKey, func() (caddy.Destructor, error) {
 		store := new(liveStore)
@@ -330,6 +376,24 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 		rc.pooled.store.add(a.storage) // this config's storage serves from now on
 	}
 	return rc, nil
+}
+
+// poolKey names the engine of a component config: an unchanged config gets
+// the engine it had (a reload keeps the token cache and the background work),
+// any change a new one. It covers the whole config as JSON, so an option added
+// later needs no line here; the values its placeholders resolved to (a changed
+// {env.*} is a change); and the storage (storageIdentity). Secrets enter it
+// only through a SHA-256: the key, which the pool holds, reveals none.
+func poolKey(appID string, c *Component, secrets []string, storage certmagic.Storage) (string, error) {
+	cfg, err := json.Marshal(c)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, s := range append([]string{string(cfg), storageIdentity(storage)}, secrets...) {
+		fmt.Fprintf(h, "%d:%s;", len(s), s)
+	}
+	return "tptoken/" + appID + "/" + hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // storageIdentity names the storage for the pool key (hashed, never logged):
@@ -383,10 +447,13 @@ func (a *App) release() {
 }
 
 // component returns the named component, or the only one when appid is "".
-// appid may be a placeholder ({env.X}), resolved here.
-func (a *App) component(appid string) (*component, error) {
+// appid may be a placeholder ({env.X}), resolved here; option names it in errors.
+func (a *App) component(option, appid string) (*component, error) {
 	if appid != "" {
-		v, err := secretValue(caddy.NewReplacer(), "component", appid, true)
+		v, err := secretValue(caddy.NewReplacer(), option, appid)
+		if err == nil {
+			err = checkAppID(option, v)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -3,6 +3,7 @@ package tptoken
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -12,8 +13,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
-
-	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
 func init() {
@@ -94,12 +93,12 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		switch name {
 		case "component_appid":
 			err = oneArg(d, &c.ComponentAppID)
-			if err == nil && !isPlaceholder(c.ComponentAppID) && !tokensource.ValidAppID(c.ComponentAppID) {
-				err = d.Errf("component_appid %q: want 1-64 letters, digits, '_' or '-'", c.ComponentAppID)
+			if err == nil && !isPlaceholder(c.ComponentAppID) {
+				err = at(d, checkAppID(name, c.ComponentAppID))
 			}
 			for _, o := range prev.Components {
 				if err == nil && o.ComponentAppID == c.ComponentAppID {
-					err = d.Errf("tptoken: component_appid %s is configured in two blocks", c.ComponentAppID)
+					err = at(d, duplicateComponent(c.ComponentAppID))
 				}
 			}
 		case "component_appsecret":
@@ -108,20 +107,19 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 			err = oneArg(d, &c.MessageToken)
 		case "encoding_aes_key":
 			err = oneArg(d, &c.EncodingAESKey)
-			if err == nil && !isPlaceholder(c.EncodingAESKey) && len(c.EncodingAESKey) != 43 {
-				err = d.Errf("encoding_aes_key must be 43 characters (the console's 消息加密解密 KEY), got %d", len(c.EncodingAESKey))
+			if err == nil && !isPlaceholder(c.EncodingAESKey) {
+				err = at(d, checkEncodingAESKey(c.EncodingAESKey))
 			}
 		case "api":
 			err = oneArg(d, &c.API)
 			if err == nil {
-				if _, ferr := tokensource.ParseFamily(c.API); ferr != nil {
-					err = d.Errf("api %q: use v1 or v2", c.API)
-				}
+				_, err = apiFamily(c.API)
+				err = at(d, err)
 			}
 		case "endpoint":
 			err = oneArg(d, &c.Endpoint)
-			if err == nil && !strings.HasPrefix(c.Endpoint, "http://") && !strings.HasPrefix(c.Endpoint, "https://") {
-				err = d.Errf("endpoint %q: want an absolute http(s) URL", c.Endpoint)
+			if err == nil {
+				err = at(d, checkEndpoint(c.Endpoint))
 			}
 		case "refresh_ahead":
 			err = durationArg(d, &c.RefreshAhead)
@@ -130,20 +128,18 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		case "encryption_key":
 			err = oneArg(d, &c.EncryptionKey)
 			if err == nil && !isPlaceholder(c.EncryptionKey) {
-				if _, kerr := tokensource.ParseEncryptionKey(c.EncryptionKey); kerr != nil {
-					err = d.Errf("%v", kerr)
-				}
+				_, err = encryptionKey(name, c.EncryptionKey)
+				err = at(d, err)
 			}
 		case "previous_encryption_keys":
 			c.PreviousEncryptionKeys = d.RemainingArgs()
 			if len(c.PreviousEncryptionKeys) == 0 {
 				err = d.Errf("previous_encryption_keys: want one or more keys (for example {env.TP_STORAGE_KEY_OLD})")
 			}
-			for _, k := range c.PreviousEncryptionKeys {
+			for i, k := range c.PreviousEncryptionKeys {
 				if err == nil && !isPlaceholder(k) {
-					if _, kerr := tokensource.ParseEncryptionKey(k); kerr != nil {
-						err = d.Errf("previous_encryption_keys: %v", kerr)
-					}
+					_, err = encryptionKey(fmt.Sprintf("%s[%d]", name, i), k)
+					err = at(d, err)
 				}
 			}
 		case "timeout":
@@ -155,11 +151,12 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		case "renew_rate":
 			var v string
 			if err = oneArg(d, &v); err == nil {
-				r, perr := strconv.ParseFloat(v, 64)
-				if perr != nil || r <= 0 {
-					err = d.Errf("renew_rate %q: want a positive number of renewals per second, such as 2 or 0.5", v)
+				if c.RenewRate, err = strconv.ParseFloat(v, 64); err != nil {
+					err = invalid(name, v, wantRenewRate)
+				} else {
+					err = checkRenewRate(c.RenewRate)
 				}
-				c.RenewRate = r
+				err = at(d, err)
 			}
 		case "sweep_interval":
 			err = durationArg(d, &c.SweepInterval)
@@ -181,16 +178,16 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 			prev.MetricsPerAppID = true
 		case "max_replay_memory":
 			var v string
+			var n int64
 			if err = oneArg(d, &v); err == nil {
-				n, perr := humanize.ParseBytes(v)
-				switch {
-				case perr != nil || n == 0 || n > 1<<62:
-					err = d.Errf("max_replay_memory %q: want a size such as 64MiB", v)
-				case prev.MaxReplayMemory != 0 && prev.MaxReplayMemory != int64(n):
-					err = d.Errf("max_replay_memory is app-wide: an earlier tptoken block set it to %d bytes", prev.MaxReplayMemory)
+				if n, err = parseSize(d, name, v, wantReplayMemory); err == nil {
+					err = at(d, checkMaxReplayMemory(n))
 				}
-				prev.MaxReplayMemory = int64(n)
 			}
+			if err == nil && prev.MaxReplayMemory != 0 && prev.MaxReplayMemory != n {
+				err = d.Errf("max_replay_memory is app-wide: an earlier tptoken block set it to %d bytes", prev.MaxReplayMemory)
+			}
+			prev.MaxReplayMemory = n
 		case "storage":
 			if !d.NextArg() {
 				return nil, nil, d.Errf("storage: want a storage module name, such as file_system")
@@ -217,14 +214,15 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 			return nil, nil, err
 		}
 	}
-	if c.ComponentAppID == "" {
-		return nil, nil, d.Err("tptoken: component_appid is required")
-	}
-	if c.ComponentAppSecret == "" {
-		return nil, nil, d.Err("tptoken: component_appsecret is required (for example {env.TP_COMPONENT_APPSECRET})")
-	}
-	if len(c.PreviousEncryptionKeys) > 0 && c.EncryptionKey == "" {
-		return nil, nil, d.Err("tptoken: previous_encryption_keys needs encryption_key, the key records are sealed with now")
+	for _, err := range []error{
+		checkRequired("component_appid", c.ComponentAppID, "{env.TP_COMPONENT_APPID}"),
+		checkRequired("component_appsecret", c.ComponentAppSecret, "{env.TP_COMPONENT_APPSECRET}"),
+		checkPushKeys(c.MessageToken, c.EncodingAESKey),
+		checkPreviousKeys(c.EncryptionKey, c.PreviousEncryptionKeys),
+	} {
+		if err != nil {
+			return nil, nil, at(d, err)
+		}
 	}
 	return c, storage, nil
 }
@@ -240,14 +238,20 @@ func redirectExchangesArgs(d *caddyfile.Dispenser, c *Component) error {
 		return d.Errf("redirect_exchanges: want <n> [<window>] (such as 300 1h) or off, got %d arguments", len(args))
 	}
 	n, err := strconv.Atoi(args[0])
-	if err != nil || n < 1 {
-		return d.Errf("redirect_exchanges %q: want a positive number of exchanges per window, or off", args[0])
+	if err != nil {
+		return at(d, invalid("redirect_exchanges", args[0], wantExchanges))
+	}
+	if err := checkRedirectExchanges(n); err != nil {
+		return at(d, err)
 	}
 	c.RedirectExchanges = n
 	if len(args) == 2 {
 		w, err := caddy.ParseDuration(args[1])
-		if err != nil || w <= 0 {
-			return d.Errf("redirect_exchanges window %q: want a positive duration such as 1h", args[1])
+		if err != nil {
+			return at(d, invalid("redirect_exchanges window", args[1], wantDuration))
+		}
+		if err := checkDuration("redirect_exchanges window", caddy.Duration(w)); err != nil {
+			return at(d, err)
 		}
 		c.RedirectWindow = caddy.Duration(w)
 	}
@@ -292,8 +296,11 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "appid":
 			args := d.RemainingArgs()
 			switch {
-			case len(args) == 2 && (args[0] == "header" || args[0] == "query"):
-				m.AppID = &AppIDSource{From: args[0], Name: args[1]}
+			case len(args) >= 1 && len(args) <= 2 && (args[0] == "header" || args[0] == "query"):
+				m.AppID = &AppIDSource{From: args[0]} // without a name: checkAppIDSource says what to write
+				if len(args) == 2 {
+					m.AppID.Name = args[1]
+				}
 			case len(args) == 1 && args[0] == "path":
 				m.AppID = &AppIDSource{From: "path"}
 			case len(args) == 1 && isPlaceholder(args[0]):
@@ -301,12 +308,15 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Errf("appid: want `header <name>`, `query <name>`, `path` or a {placeholder}, got %q", strings.Join(args, " "))
 			}
+			if err := checkAppIDSource(m.AppID); err != nil {
+				return at(d, err)
+			}
 		case "token":
 			if err := oneArg(d, &m.Token); err != nil {
 				return err
 			}
-			if m.Token != "authorizer" && m.Token != "component" {
-				return d.Errf("token %q: use authorizer or component", m.Token)
+			if err := checkToken(m.Token); err != nil {
+				return at(d, err)
 			}
 		case "allow":
 			args := d.RemainingArgs()
@@ -314,8 +324,8 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			for _, a := range args {
-				if !tokensource.ValidAppID(a) {
-					return d.Errf("allow: %q is not a valid appid", a)
+				if err := checkAppID(name, a); err != nil {
+					return at(d, err)
 				}
 			}
 			m.Allow = append(m.Allow, args...)
@@ -325,8 +335,10 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			// Components are looked up by their appid (placeholders such as
 			// {env.TP_COMPONENT_APPID} are resolved at provision).
-			if !isPlaceholder(m.Component) && !tokensource.ValidAppID(m.Component) {
-				return d.Errf("component: %q is not a valid component appid", m.Component)
+			if !isPlaceholder(m.Component) {
+				if err := checkAppID(name, m.Component); err != nil {
+					return at(d, err)
+				}
 			}
 		case "max_replay_body":
 			var s string
@@ -337,26 +349,26 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				m.MaxReplayBody = -1
 				break
 			}
-			n, err := humanize.ParseBytes(s)
+			n, err := parseSize(d, name, s, wantReplayBody)
 			if err != nil {
-				return d.Errf("max_replay_body %q: want a size such as 1MiB, or off", s)
+				return err
 			}
-			if n == 0 {
-				return d.Errf("max_replay_body 0: use off to disable the replay, or a size such as 1MiB")
+			if err := checkMaxReplayBody(n); err != nil {
+				return at(d, err)
 			}
-			m.MaxReplayBody = int64(n)
+			m.MaxReplayBody = n
 		case "error_response":
 			if err := oneArg(d, &m.ErrorResponse); err != nil {
 				return err
 			}
-			if m.ErrorResponse != "envelope" && m.ErrorResponse != "handle_errors" {
-				return d.Errf("error_response %q: use envelope or handle_errors", m.ErrorResponse)
+			if err := checkErrorResponse(m.ErrorResponse); err != nil {
+				return at(d, err)
 			}
 		default:
 			return d.Errf("tptoken: unknown subdirective %q", name)
 		}
 	}
-	return nil
+	return at(d, checkAllowWithToken(m.Token, m.Allow))
 }
 
 // parseEvents parses the `tptoken_events` directive:
@@ -378,8 +390,10 @@ func (m *Events) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
 		m.Component = d.Val()
-		if !isPlaceholder(m.Component) && !tokensource.ValidAppID(m.Component) {
-			return d.Errf("tptoken_events: %q is not a valid component appid", m.Component)
+		if !isPlaceholder(m.Component) {
+			if err := checkAppID("tptoken_events component", m.Component); err != nil {
+				return at(d, err)
+			}
 		}
 	}
 	if d.NextArg() {
@@ -423,8 +437,11 @@ func positiveIntArg(d *caddyfile.Dispenser, dst *int) error {
 		return err
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		return d.Errf("%s %q: want a positive integer", name, s)
+	if err != nil {
+		return at(d, invalid(name, s, wantPositive))
+	}
+	if err := checkPositive(name, n); err != nil {
+		return at(d, err)
 	}
 	*dst = n
 	return nil
@@ -437,11 +454,32 @@ func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 		return err
 	}
 	v, err := caddy.ParseDuration(s)
-	if err != nil || v <= 0 {
-		return d.Errf("%s %q: want a positive duration such as 10m", name, s)
+	if err != nil {
+		return at(d, invalid(name, s, wantDuration))
+	}
+	if err := checkDuration(name, caddy.Duration(v)); err != nil {
+		return at(d, err)
 	}
 	*dst = caddy.Duration(v)
 	return nil
+}
+
+// parseSize reads a size such as 64MiB; a value it cannot read is reported
+// with want, the rule's text.
+func parseSize(d *caddyfile.Dispenser, option, s, want string) (int64, error) {
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n > math.MaxInt64 {
+		return 0, at(d, invalid(option, s, want))
+	}
+	return int64(n), nil
+}
+
+// at puts the line of the current token on err, a rule's message (validate.go); nil stays nil.
+func at(d *caddyfile.Dispenser, err error) error {
+	if err == nil {
+		return nil
+	}
+	return d.WrapErr(err)
 }
 
 func isPlaceholder(s string) bool {

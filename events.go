@@ -68,7 +68,7 @@ func (ev *Events) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if ev.Component != "" {
-		c, err := app.component(ev.Component)
+		c, err := app.component("tptoken_events component", ev.Component)
 		if err != nil {
 			return err
 		}

@@ -3,7 +3,6 @@ package tptoken
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -86,38 +85,40 @@ func (h *Handler) provision(ctx caddy.Context) error {
 	if h.AppID == nil {
 		h.AppID = &AppIDSource{From: "header", Name: defaultAppIDHeader}
 	}
-	switch h.AppID.From {
-	case "header", "query", "placeholder":
-		if h.AppID.Name == "" {
-			return fmt.Errorf("appid %s needs a name", h.AppID.From)
-		}
+	// The rules of each option (validate.go), as the Caddyfile parser applies them.
+	if err := checkAppIDSource(h.AppID); err != nil {
+		return err
+	}
+	if h.AppID.From != "path" {
 		h.headerKey = http.CanonicalHeaderKey(h.AppID.Name)
-	case "path":
-	default:
-		return fmt.Errorf("appid from %q: use header, query, path or placeholder", h.AppID.From)
 	}
-	switch h.Token {
-	case "", "authorizer", "component":
-	default:
-		return fmt.Errorf("token %q: use authorizer or component", h.Token)
+	if h.Token != "" {
+		if err := checkToken(h.Token); err != nil {
+			return err
+		}
 	}
-	switch h.ErrorResponse {
-	case "", "envelope", "handle_errors":
-	default:
-		return fmt.Errorf("error_response %q: use envelope or handle_errors", h.ErrorResponse)
+	if h.ErrorResponse != "" {
+		if err := checkErrorResponse(h.ErrorResponse); err != nil {
+			return err
+		}
 	}
 	if h.MaxReplayBody == 0 {
 		h.MaxReplayBody = defaultMaxReplayBody
 	}
-	if len(h.Allow) > 0 && h.component {
-		return errors.New("allow lists authorizer appids: it has no effect with token component; remove it")
+	if err := checkMaxReplayBody(h.MaxReplayBody); err != nil {
+		return err
+	}
+	for _, a := range h.Allow {
+		if err := checkAppID("allow", a); err != nil {
+			return err
+		}
+	}
+	if err := checkAllowWithToken(h.Token, h.Allow); err != nil {
+		return err
 	}
 	if len(h.Allow) > 0 {
 		h.allow = make(map[string]struct{}, len(h.Allow))
 		for _, a := range h.Allow {
-			if !tokensource.ValidAppID(a) {
-				return fmt.Errorf("allow: %q is not a valid appid", a)
-			}
 			h.allow[a] = struct{}{}
 		}
 	}
@@ -125,7 +126,7 @@ func (h *Handler) provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.comp, err = app.component(h.Component)
+	h.comp, err = app.component("component", h.Component)
 	return err
 }
 

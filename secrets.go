@@ -1,20 +1,30 @@
 package tptoken
 
 import (
+	"fmt"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
-// configError logs err as the short first line an operator reads, then
-// returns it: Caddy wraps a provisioning error in its whole module chain
-// ("loading new config: loading http app module: provision http: server
-// srv0: setting up route handlers: route 0: ..."), which buries what to fix.
-func configError(logger *zap.Logger, err error) error {
-	if err != nil {
-		logger.Error("configuration error: " + err.Error())
+// Secret options (component_appsecret, message_token, encoding_aes_key, the
+// encryption keys) accept {env.*} and {file.*} placeholders, resolved at
+// provision, so the secret itself is in no config file. This file resolves
+// them and warns, once per config load, about set-ups that put the secrets at
+// risk.
+
+// secretValue resolves the placeholders of a secret option ("" stays ""). The
+// error names the option, never the value.
+func secretValue(repl *caddy.Replacer, option, raw string) (string, error) {
+	if raw == "" {
+		return "", nil
 	}
-	return err
+	v, err := repl.ReplaceOrErr(raw, true, true)
+	if err != nil {
+		return "", fmt.Errorf("%s: a placeholder in it did not resolve (is the environment variable or file there?)", option)
+	}
+	return strings.TrimSpace(v), nil
 }
 
 // secretFields are the options that hold a secret, by their Caddyfile name.

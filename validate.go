@@ -1,0 +1,233 @@
+package tptoken
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/tptoken/caddy-tptoken/tokensource"
+)
+
+// The rule of each option value, one function per rule. The Caddyfile parser
+// (caddyfile.go) calls them on the values written without a placeholder, so a
+// mistake is reported with its line when the config is adapted; Provision
+// calls them on every config, JSON included, once placeholders are resolved.
+// Both paths thus give one message: the option, what is wrong, and what to
+// write. In JSON an absent field (0, "") means the default, so Provision checks
+// only the fields that are set; the Caddyfile has no way to write "unset".
+//
+// A message never quotes a secret: keys are described by their length.
+
+// What to write, per rule.
+const (
+	wantAppID        = "want 1-64 letters, digits, '_' or '-'"
+	wantDuration     = "want a positive duration such as 10m"
+	wantPositive     = "want a positive integer"
+	wantRenewRate    = "want a positive number of renewals per second, such as 2 or 0.5"
+	wantExchanges    = "want a positive number of exchanges per window, or off (-1 in JSON)"
+	wantReplayBody   = "use off to disable the replay (-1 in JSON), or a size such as 1MiB"
+	wantReplayMemory = "want a size such as 64MiB"
+)
+
+// invalid is the message of a value that breaks its option's rule: the option,
+// the value as written (or as read), and what to write.
+func invalid(option, value, want string) error {
+	return fmt.Errorf("%s %s: %s", option, value, want)
+}
+
+// checkAppID: an appid (component_appid, a handler's component, an allow
+// entry) is 1-64 letters, digits, '_' or '-' (tokensource.ValidAppID).
+func checkAppID(option, v string) error {
+	if tokensource.ValidAppID(v) {
+		return nil
+	}
+	return invalid(option, strconv.Quote(v), wantAppID)
+}
+
+// checkRequired: component_appid and component_appsecret must be set.
+func checkRequired(option, raw, example string) error {
+	if raw != "" {
+		return nil
+	}
+	return fmt.Errorf("%s is required (for example %s)", option, example)
+}
+
+// duplicateComponent: each TP is configured once.
+func duplicateComponent(appID string) error {
+	return fmt.Errorf("component_appid %s is configured twice: configure each TP in one tptoken block (one entry of components)", appID)
+}
+
+// apiFamily: api is v1 (the default) or v2.
+func apiFamily(v string) (tokensource.Family, error) {
+	f, err := tokensource.ParseFamily(v)
+	if err != nil {
+		return "", invalid("api", strconv.Quote(v), "use v1 or v2")
+	}
+	return f, nil
+}
+
+// checkEndpoint: the platform base URL is an absolute http(s) URL (the
+// check tokensource.NewClient makes).
+func checkEndpoint(v string) error {
+	u, err := url.Parse(strings.TrimRight(v, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return invalid("endpoint", strconv.Quote(v), "want an absolute http(s) URL such as "+tokensource.DefaultEndpointV2)
+	}
+	return nil
+}
+
+// encodingAESKeyLen is the length of the console's 消息加密解密 KEY.
+const encodingAESKeyLen = 43
+
+// checkEncodingAESKey: encoding_aes_key is the console's 43 base64
+// characters, which decode to the 32-byte AES key (docs/protocol.md §Decryption).
+func checkEncodingAESKey(v string) error {
+	if len(v) == encodingAESKeyLen {
+		if k, err := base64.StdEncoding.DecodeString(v + "="); err == nil && len(k) == 32 {
+			return nil
+		}
+	}
+	return fmt.Errorf("encoding_aes_key (%d characters): want the console's 消息加密解密 KEY, %d base64 characters", len(v), encodingAESKeyLen)
+}
+
+// checkPushKeys: message_token and encoding_aes_key go together.
+func checkPushKeys(messageToken, encodingAESKey string) error {
+	if (messageToken == "") != (encodingAESKey == "") {
+		return errors.New("message_token and encoding_aes_key go together: set both to receive pushes")
+	}
+	return nil
+}
+
+// encryptionKey reads an encryption key (encryption_key, an entry of
+// previous_encryption_keys): 32 bytes (tokensource.ParseEncryptionKey).
+func encryptionKey(option, v string) ([]byte, error) {
+	k, err := tokensource.ParseEncryptionKey(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s (%d characters): want 32 bytes, written as 64 hex digits or in base64 (make one with: openssl rand -base64 32), or as 32 characters", option, len(v))
+	}
+	return k, nil
+}
+
+// checkPreviousKeys: previous_encryption_keys are read beside encryption_key.
+func checkPreviousKeys(encryptionKey string, previous []string) error {
+	if len(previous) > 0 && encryptionKey == "" {
+		return errors.New("previous_encryption_keys needs encryption_key, the key records are sealed with now")
+	}
+	return nil
+}
+
+// checkDuration: every duration option is positive.
+func checkDuration(option string, v caddy.Duration) error {
+	if v > 0 {
+		return nil
+	}
+	return invalid(option, time.Duration(v).String(), wantDuration)
+}
+
+// checkPositive: max_concurrent_calls and redirect_calls are positive.
+func checkPositive(option string, n int) error {
+	if n > 0 {
+		return nil
+	}
+	return invalid(option, strconv.Itoa(n), wantPositive)
+}
+
+// checkRenewRate: renew_rate is a positive number.
+func checkRenewRate(r float64) error {
+	if r > 0 { // false for NaN too
+		return nil
+	}
+	return invalid("renew_rate", strconv.FormatFloat(r, 'g', -1, 64), wantRenewRate)
+}
+
+// checkRedirectExchanges: redirect_exchanges is positive, or off (-1).
+func checkRedirectExchanges(n int) error {
+	if n > 0 || n == -1 {
+		return nil
+	}
+	return invalid("redirect_exchanges", strconv.Itoa(n), wantExchanges)
+}
+
+// checkMaxReplayBody: max_replay_body is a positive size, or off (-1).
+func checkMaxReplayBody(n int64) error {
+	if n > 0 || n == -1 {
+		return nil
+	}
+	return invalid("max_replay_body", strconv.FormatInt(n, 10), wantReplayBody)
+}
+
+// maxReplayMemoryLimit bounds max_replay_memory far above any memory, and far
+// below the overflow of the budget's counter.
+const maxReplayMemoryLimit = 1 << 62
+
+// checkMaxReplayMemory: max_replay_memory is a positive size.
+func checkMaxReplayMemory(n int64) error {
+	if n > 0 && n <= maxReplayMemoryLimit {
+		return nil
+	}
+	return invalid("max_replay_memory", strconv.FormatInt(n, 10), wantReplayMemory)
+}
+
+// checkToken: a handler injects the authorizer or the component token.
+func checkToken(v string) error {
+	if v == "authorizer" || v == "component" {
+		return nil
+	}
+	return invalid("token", strconv.Quote(v), "use authorizer or component")
+}
+
+// checkErrorResponse: failures are answered in the envelope or handed to handle_errors.
+func checkErrorResponse(v string) error {
+	if v == "envelope" || v == "handle_errors" {
+		return nil
+	}
+	return invalid("error_response", strconv.Quote(v), "use envelope or handle_errors")
+}
+
+// checkAppIDSource: the appid comes from a named header or query parameter,
+// the first path segment, or a placeholder.
+func checkAppIDSource(s *AppIDSource) error {
+	switch s.From {
+	case "header", "query", "placeholder":
+		if s.Name == "" {
+			return fmt.Errorf("appid from %s needs a name: %s", s.From, appIDNameExample[s.From])
+		}
+	case "path":
+	default:
+		return invalid("appid from", strconv.Quote(s.From), "use header, query, path or placeholder")
+	}
+	return nil
+}
+
+var appIDNameExample = map[string]string{
+	"header":      "the header to read, such as " + defaultAppIDHeader,
+	"query":       "the query parameter to read, such as appid",
+	"placeholder": "the placeholder to read, such as {http.request.uri.query.appid}",
+}
+
+// checkAllowWithToken: an allow list is of authorizer appids, which a
+// component token route does not have.
+func checkAllowWithToken(token string, allow []string) error {
+	if token == "component" && len(allow) > 0 {
+		return errors.New("allow lists authorizer appids: it has no effect with token component; remove it")
+	}
+	return nil
+}
+
+// configError logs err as the short first line an operator reads, then
+// returns it: Caddy wraps a provisioning error in its whole module chain
+// ("loading new config: loading http app module: provision http: server
+// srv0: setting up route handlers: route 0: ..."), which buries what to fix.
+func configError(logger *zap.Logger, err error) error {
+	if err != nil {
+		logger.Error("configuration error: " + err.Error())
+	}
+	return err
+}
