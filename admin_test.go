@@ -1,16 +1,12 @@
 package tptoken
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,93 +19,6 @@ import (
 // Admin API tests run a real Caddy with its admin endpoint on a free loopback
 // port, in front of the emulator (see e2e_helpers_test.go). Like every
 // end-to-end test they never run in parallel.
-
-type adminAnswer struct {
-	Status int
-	Header http.Header
-	Body   string
-}
-
-// adminCall sends a request to the admin endpoint at addr, with the Origin
-// header Caddy requires.
-func adminCall(t *testing.T, addr, method, path, body string) adminAnswer {
-	t.Helper()
-	// Caddy stops the admin server of the previous config in the background
-	// (replaceLocalAdminServer), and both listen on the address for a moment:
-	// a connection the old one accepts just before it closes ends without an
-	// answer. Such a request was never served, so it is sent again, briefly.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var rd io.Reader
-		if body != "" {
-			rd = strings.NewReader(body)
-		}
-		req, err := http.NewRequest(method, "http://"+addr+path, rd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Origin", "http://"+addr)
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
-		if err != nil {
-			if (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return adminAnswer{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}
-	}
-}
-
-// adminDo calls the admin API of x, checks that the answer holds no secret,
-// and returns it.
-func (x *e2e) adminDo(method, path, body string) adminAnswer {
-	x.t.Helper()
-	a := adminCall(x.t, x.admin, method, path, body)
-	x.assertNoSecretIn(method+" "+path, a.Body)
-	return a
-}
-
-// adminJSON calls the admin API, wants the status and decodes the answer into out.
-func (x *e2e) adminJSON(method, path, body string, want int, out any) adminAnswer {
-	x.t.Helper()
-	a := x.adminDo(method, path, body)
-	if a.Status != want {
-		x.t.Fatalf("%s %s: status %d, want %d: %s", method, path, a.Status, want, a.Body)
-	}
-	if ct := a.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		x.t.Fatalf("%s %s: Content-Type %q", method, path, ct)
-	}
-	if out != nil {
-		if err := json.Unmarshal([]byte(a.Body), out); err != nil {
-			x.t.Fatalf("%s %s: %v: %s", method, path, err, a.Body)
-		}
-	}
-	return a
-}
-
-// adminError wants an error status and a JSON error naming each of mention.
-func (x *e2e) adminError(method, path, body string, want int, mention ...string) adminAnswer {
-	x.t.Helper()
-	var e struct {
-		Error string `json:"error"`
-	}
-	a := x.adminJSON(method, path, body, want, &e)
-	for _, m := range mention {
-		if !strings.Contains(e.Error, m) {
-			x.t.Errorf("%s %s: error %q does not mention %q", method, path, e.Error, m)
-		}
-	}
-	return a
-}
 
 func TestAdminAPIListsAndShowsAuthorizersWithoutTokenValues(t *testing.T) {
 	for _, fam := range e2eFamilies {
@@ -307,54 +216,6 @@ func TestAdminAPISeedsACodeRefreshesRecoversAndForgets(t *testing.T) {
 	}
 }
 
-// legacyStore plays the token store of a legacy app: it exchanges codes and
-// refreshes with its own platform client, as the legacy code did.
-type legacyStore struct {
-	t      *testing.T
-	client *tokensource.Client
-	ct     tokensource.Secret
-}
-
-func newLegacyStore(x *e2e) *legacyStore {
-	x.t.Helper()
-	c, err := tokensource.NewClient(tokensource.ClientConfig{Family: x.family, Endpoint: x.emuURL,
-		ComponentAppID: e2eComponent, ComponentSecret: e2eSecret})
-	if err != nil {
-		x.t.Fatal(err)
-	}
-	ct, err := c.ComponentToken(context.Background(), tokensource.Secret(x.emu.Ticket()))
-	if err != nil {
-		x.t.Fatal(err)
-	}
-	return &legacyStore{t: x.t, client: c, ct: ct.Token}
-}
-
-// authorize has appid authorize the TP (no push) and exchanges the code as the
-// legacy app would: it returns the legacy refresh token.
-func (l *legacyStore) authorize(x *e2e, appid string) string {
-	l.t.Helper()
-	code, err := x.emu.Authorize(appid, false)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	g, err := l.client.ExchangeCode(context.Background(), l.ct, tokensource.Secret(code))
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	return g.RefreshToken.Reveal()
-}
-
-// refresh uses a refresh token as the legacy refresher would; the token given
-// is dead afterwards.
-func (l *legacyStore) refresh(rt string) string {
-	l.t.Helper()
-	g, err := l.client.Refresh(context.Background(), l.ct, tokensource.Secret(rt))
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	return g.RefreshToken.Reveal()
-}
-
 func TestAdminAPIImportsLegacyRefreshTokensRowByRow(t *testing.T) {
 	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin())
 	legacy := newLegacyStore(x)
@@ -541,5 +402,40 @@ func TestAdminAPIWithoutTheAppAndWithSeveralComponents(t *testing.T) {
 	var st statusJSON
 	if err != nil || json.Unmarshal([]byte(out), &st) != nil || len(st.Components) != 1 || st.Components[0].ComponentAppID != "ttcompa" {
 		t.Fatalf("status --config --component --json: %v\n%s", err, out)
+	}
+}
+
+// Issue 15, finding 6: forced refreshes are budgeted per authorizer: beyond
+// the budget the admin API answers 429 with Retry-After and calls nothing.
+func TestForcedRefreshBeyondTheBudgetIs429AndBoundsPlatformRefreshes(t *testing.T) {
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin())
+	x.authorize("tt01app")
+	before := x.emu.Stats().App("tt01app").Refreshes
+	var ok, limited int
+	for range 20 {
+		a := x.adminDo("POST", "/tptoken/authorizers/tt01app/refresh", "")
+		switch a.Status {
+		case http.StatusOK:
+			ok++
+		case http.StatusTooManyRequests:
+			limited++
+			if ra := a.Header.Get("Retry-After"); ra == "" || ra == "0" || !strings.Contains(a.Body, "try again in") {
+				t.Fatalf("429 without a Retry-After or a message saying when: %q %s", ra, a.Body)
+			}
+		default:
+			t.Fatalf("forced refresh: %d %s", a.Status, a.Body)
+		}
+	}
+	refreshes := x.emu.Stats().App("tt01app").Refreshes - before
+	if ok != 3 || limited != 17 || refreshes != 3 {
+		t.Fatalf("20 forced refreshes: %d ok, %d limited, %d platform refreshes; want 3, 17, 3", ok, limited, refreshes)
+	}
+	out, err := x.cli("recover", "tt01app")
+	if exitCodeOf(err) != 1 || !strings.Contains(out, "HTTP 429") || !strings.Contains(out, "at most 3 forced refreshes or recoveries") ||
+		!strings.Contains(out, "try again in") {
+		t.Fatalf("CLI over the budget: %v\n%s", err, out)
+	}
+	if r := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); r.Status != 200 || r.Errno != 0 {
+		t.Fatalf("requests are not budgeted: %+v", r)
 	}
 }

@@ -1,63 +1,18 @@
 package tptoken
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/spf13/cobra"
-
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
-
-// runCLI runs `caddy tptoken <args>` in process, as Caddy's cobra root would,
-// and returns what it printed.
-func runCLI(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	root := &cobra.Command{Use: "tptoken", SilenceErrors: true}
-	configureCommand(root)
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	err := root.Execute()
-	return out.String(), err
-}
-
-// exitCodeOf is the exit status Caddy's main gives a command that returned
-// err: the code of caddycmd's exit error (unexported: read by reflection),
-// else 1 for any error.
-func exitCodeOf(err error) int {
-	if err == nil {
-		return 0
-	}
-	v := reflect.ValueOf(err)
-	if v.Kind() == reflect.Pointer && v.Elem().Kind() == reflect.Struct {
-		if f := v.Elem().FieldByName("ExitCode"); f.IsValid() && f.CanInt() {
-			return int(f.Int())
-		}
-	}
-	return 1
-}
-
-// cli runs a command against x's admin endpoint and checks its output holds no secret.
-func (x *e2e) cli(args ...string) (string, error) {
-	x.t.Helper()
-	out, err := runCLI(x.t, append(args, "--address", x.admin)...)
-	x.assertNoSecretIn("caddy tptoken "+strings.Join(args, " "), out)
-	if err != nil {
-		x.assertNoSecretIn("caddy tptoken error", err.Error())
-	}
-	return out, err
-}
 
 func TestCLIStatusPrintsComponentsAndAuthorizersAsTablesAndJSON(t *testing.T) {
 	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin())
@@ -172,140 +127,6 @@ func TestCLIRefreshAndRecoverReportEachAppid(t *testing.T) {
 	}
 }
 
-func TestCLIImportReadsCSVAndJSONAndReportsEveryRow(t *testing.T) {
-	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin())
-	legacy := newLegacyStore(x)
-	good := legacy.authorize(x, "tt21app")
-	dead := legacy.authorize(x, "tt22app")
-	legacy.refresh(dead)
-	expiry := time.Now().Add(10 * 24 * time.Hour).UTC().Format(time.RFC3339)
-
-	dir := t.TempDir()
-	csvFile := filepath.Join(dir, "legacy.csv")
-	csvData := "appid,authorizer_refresh_token,refresh_expires_at\n" +
-		"# exported from the legacy store\n" +
-		"tt21app," + good + "," + expiry + "\n" +
-		"tt22app, " + dead + "\n" +
-		"bad.appid,SENTINEL-rt-1\n" +
-		"tt23app\n" +
-		"tt24app,SENTINEL-rt-2,next week\n"
-	if err := os.WriteFile(csvFile, []byte(csvData), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := x.cli("import", csvFile, "--batch", "2")
-	if err == nil || !strings.Contains(err.Error(), "3 of 5 rows failed") {
-		t.Fatalf("import with bad rows: %v\n%s", err, out)
-	}
-	if strings.Contains(out, "SENTINEL") {
-		t.Fatalf("import output quotes a token:\n%s", out)
-	}
-	lines := strings.Split(out, "\n")
-	for _, want := range []struct{ row, appid, result string }{
-		{"3", "tt21app", "imported"}, {"4", "tt22app", "recovered"}, {"5", "-", "failed"},
-		{"6", "-", "failed"}, {"7", "-", "failed"}, // tt24app was not confirmed: not shown
-	} {
-		found := false
-		for _, l := range lines {
-			f := strings.Fields(l)
-			if len(f) >= 3 && f[0] == want.row && f[1] == want.appid && f[2] == want.result {
-				found = true
-			}
-		}
-		if !found {
-			t.Errorf("no row %s %s %s in:\n%s", want.row, want.appid, want.result, out)
-		}
-	}
-	if !strings.Contains(out, "5 rows: imported 1, recovered 1, unchanged 0, skipped 0, failed 3") {
-		t.Fatalf("import summary:\n%s", out)
-	}
-
-	// The same file again: the done rows are unchanged; no platform call.
-	refreshes := x.emu.Stats().Total.Refreshes
-	out, _ = x.cli("import", csvFile)
-	if !strings.Contains(out, "unchanged 2") || x.emu.Stats().Total.Refreshes != refreshes {
-		t.Fatalf("second import:\n%s", out)
-	}
-
-	// JSON file, --json output.
-	fresh := legacy.authorize(x, "tt25app")
-	jsonFile := filepath.Join(dir, "legacy.export") // no extension: the content says JSON
-	rows := fmt.Sprintf(`[{"appid": "tt25app", "authorizer_refresh_token": %q, "refresh_expires_at": %d},
-		{"appid": "tt21app", "authorizer_refresh_token": %q}]`, fresh, time.Now().Add(time.Hour).Unix(), good)
-	if err := os.WriteFile(jsonFile, []byte(rows), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err = x.cli("import", jsonFile, "--json")
-	var res importJSON
-	if err != nil || json.Unmarshal([]byte(out), &res) != nil || len(res.Results) != 2 ||
-		res.Results[0].Result != "imported" || res.Results[1].Result != "unchanged" || res.Counts["imported"] != 1 {
-		t.Fatalf("import --json: %v\n%s", err, out)
-	}
-	if r := x.call("GET", x.apiPath(), appidHeader("tt25app"), ""); r.Status != 200 || r.Errno != 0 {
-		t.Fatalf("tt25app after import: %+v", r)
-	}
-	if _, err := x.cli("import", filepath.Join(dir, "missing.csv")); err == nil {
-		t.Fatal("import of a missing file succeeded")
-	}
-	if _, err := x.cli("import", csvFile, "--batch", "0"); err == nil {
-		t.Fatal("--batch 0 accepted")
-	}
-	x.assertNoSecretIn("debug log", x.debugLog())
-}
-
-func TestParseImportFileReadsCSVAndJSONRowsAndKeepsBadOnes(t *testing.T) {
-	csvData := "appid,authorizer_refresh_token\n\ntt01,rt-1\n tt02 , rt-2 , 1900000000\n# note\ntt03\ntt04,rt-4,2026-01-02T03:04:05Z\ntt05,rt-5,soon\n"
-	rows, err := parseImportFile("x.csv", "", []byte(csvData))
-	if err != nil {
-		t.Fatal(err)
-	}
-	type row struct {
-		pos          int
-		appid, rt    string
-		exp          int64
-		errMentioned string
-	}
-	want := []row{
-		{3, "tt01", "rt-1", 0, ""},
-		{4, "tt02", "rt-2", 1900000000, ""},
-		{6, "tt03", "", 0, "1 field(s)"}, // the appid is kept for its fingerprint
-		{7, "tt04", "rt-4", time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).Unix(), ""},
-		{8, "tt05", "rt-5", 0, "refresh_expires_at"},
-	}
-	if len(rows) != len(want) {
-		t.Fatalf("got %d rows", len(rows))
-	}
-	for i, w := range want {
-		r := rows[i]
-		var exp int64
-		if !r.row.RefreshExpiresAt.IsZero() {
-			exp = r.row.RefreshExpiresAt.Unix()
-		}
-		if r.pos != w.pos || r.row.AppID != w.appid || r.row.RefreshToken != w.rt || exp != w.exp ||
-			(w.errMentioned == "") != (r.err == "") || !strings.Contains(r.err, w.errMentioned) {
-			t.Errorf("row %d = %+v (err %q), want %+v", i, r.row, r.err, w)
-		}
-		if strings.Contains(r.err, "rt-") {
-			t.Errorf("row %d error quotes the token: %s", i, r.err)
-		}
-	}
-
-	rows, err = parseImportFile("x.json", "", []byte(`[{"appid":"tt01","authorizer_refresh_token":"rt-1","refresh_expires_at":"2026-01-02T03:04:05Z"},
-		{"appid":"tt02","authorizer_refresh_token":"rt-2","extra":1}]`))
-	if err != nil || len(rows) != 2 || rows[0].err != "" || rows[0].row.RefreshExpiresAt.IsZero() ||
-		rows[1].row.AppID != "tt02" || !strings.Contains(rows[1].err, `unknown field "extra"`) {
-		t.Fatalf("json rows = %+v %+v, %v", rows[0], rows[1], err)
-	}
-	if _, err := parseImportFile("x.json", "", []byte(`{"appid":"tt01"}`)); err == nil {
-		t.Fatal("a JSON object was accepted as the row list")
-	}
-	if rows, err := parseImportFile("-", "", []byte(" [ ]")); err != nil || len(rows) != 0 {
-		t.Fatalf("stdin JSON guess: %v %v", rows, err)
-	}
-	if _, err := parseImportFile("x", "yaml", nil); err == nil {
-		t.Fatal("--format yaml accepted")
-	}
-}
-
 func TestCLIFormatsDurationsAndAdminErrors(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		12 * time.Second: "12s", 3*time.Minute + 12*time.Second: "3m12s", 119 * time.Minute: "1h59m",
@@ -332,5 +153,240 @@ func TestCLIFormatsDurationsAndAdminErrors(t *testing.T) {
 	err = adminErrorText(errors.New("caddy responded with error: HTTP 502: Bad Gateway"), "localhost:2019")
 	if err.Error() != "HTTP 502: Bad Gateway" {
 		t.Errorf("adminErrorText = %q", err)
+	}
+}
+
+// Scripts must be able to trust the exit status: a typo or an invalid value
+// fails (status 1) and names what is valid, before anything is asked of Caddy.
+func TestCLIFailsOnUnknownSubcommandsAndInvalidFlagValues(t *testing.T) {
+	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens: no case may get that far
+	cases := []struct {
+		args    []string
+		mention []string
+	}{
+		{[]string{"stauts"}, []string{`unknown subcommand "stauts"`, "status, import, refresh, recover, seed-code, delete, reseal", "did you mean status"}},
+		{[]string{"frobnicate", "tt01app"}, []string{`unknown subcommand "frobnicate"`, "status"}},
+		{[]string{}, []string{"a subcommand is required", "status"}},
+		{[]string{"status", "--state", "broken"}, []string{`--state "broken"`, "active, needs_recovery, unauthorized"}},
+		{[]string{"status", "--limit", "-1"}, []string{"--limit -1"}},
+		{[]string{"status", "--max-ticket-age", "0s", "--check"}, []string{"--max-ticket-age"}},
+		{[]string{"status", "tt01app", "--check"}, []string{"not to one appid"}},
+		{[]string{"import", "x.csv", "--format", "yaml"}, []string{`--format "yaml"`, "json, csv"}},
+		{[]string{"import", "x.csv", "--batch", "0"}, []string{"--batch 0", "1 to 1000"}},
+		{[]string{"delete", "tt01app"}, []string{"--yes", "for good"}},
+		{[]string{"refresh", "--component", "bad/comp", "tt01app"}, []string{"--component", "component appid"}},
+		{[]string{"seed-code", "--appid", "bad.appid"}, []string{"--appid", "invalid appid"}},
+		{[]string{"seed-code"}, []string{"no code on standard input"}},
+		{[]string{"status", "--bogus"}, []string{"unknown flag: --bogus"}},
+	}
+	for _, c := range cases {
+		out, err := runCLIWithInput(t, "", append(c.args, "--address", closed)...)
+		if code := exitCodeOf(err); code != 1 {
+			t.Errorf("caddy tptoken %s: exit status %d, want 1 (%v)\n%s", strings.Join(c.args, " "), code, err, out)
+			continue
+		}
+		for _, m := range c.mention {
+			if !strings.Contains(err.Error(), m) {
+				t.Errorf("caddy tptoken %s: error %q does not mention %q", strings.Join(c.args, " "), err, m)
+			}
+		}
+		if strings.Contains(err.Error(), "cannot reach") {
+			t.Errorf("caddy tptoken %s: contacted the admin API before checking its arguments: %v", strings.Join(c.args, " "), err)
+		}
+	}
+}
+
+// status --check exits 0 only when every component has a fresh ticket and a
+// valid component token, and 2 otherwise; it lists no authorizer.
+func TestCLIStatusCheckIsHealthyWithAFreshTicketAndAComponentToken(t *testing.T) {
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin())
+	x.authorize("tt01app") // the exchange fetched the component token
+	if err := x.emu.Unauthorize("tt01app", true); err != nil {
+		t.Fatal(err)
+	}
+	out, err := x.cli("status", "--check")
+	if err != nil || !strings.Contains(out, "\nhealthy") || strings.Contains(out, "Authorizers of") {
+		t.Fatalf("status --check (an unauthorized tenant is not the TP's problem): exit %d, %v\n%s", exitCodeOf(err), err, out)
+	}
+	out, err = x.cli("status", "--check", "--json")
+	var st statusJSON
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Health == nil || !st.Health.Healthy || st.Authorizers != nil {
+		t.Fatalf("status --check --json: %v\n%s", err, out)
+	}
+	time.Sleep(10 * time.Millisecond) // the ticket is then older than 5ms
+	out, err = x.cli("status", "--check", "--max-ticket-age", "5ms")
+	if exitCodeOf(err) != 2 || !strings.Contains(out, "NOT HEALTHY") || !strings.Contains(out, "pushes are not arriving") ||
+		!strings.Contains(err.Error(), "not healthy") {
+		t.Fatalf("status --check with a stale ticket: exit %d, %v\n%s", exitCodeOf(err), err, out)
+	}
+	// Plain status still exits 0: it reports, it does not judge.
+	if out, err := x.cli("status"); err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+}
+
+// twoComponents is an e2e whose app has a second TP (with no platform behind
+// it) next to the emulated one; the handler names the emulated one.
+func twoComponents(t *testing.T) *e2e {
+	t.Helper()
+	return newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin(),
+		withHandler("tptoken {\n\t\tcomponent "+e2eComponent+"\n\t}"),
+		withGlobal("}\n\ttptoken {\n\t\tcomponent_appid tt00othertp\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t\tendpoint http://127.0.0.1:9\n"+
+			"\t\tmessage_token {env.TPT_SECRET}\n\t\tencoding_aes_key abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"))
+}
+
+// With two TPs, an appid on record under one of them needs no --component;
+// only a new authorizer (no record anywhere) or an appid on record under both
+// needs it.
+func TestCLIInfersTheComponentOfAnAppidAndAsksOnlyWhenAmbiguous(t *testing.T) {
+	x := twoComponents(t)
+	x.authorize("tt01app")
+
+	out, err := x.cli("status", "tt01app")
+	if err != nil || !strings.Contains(out, "tt01app") || !strings.Contains(out, "active") {
+		t.Fatalf("status tt01app with two components: %v\n%s", err, out)
+	}
+	before := x.emu.Stats().App("tt01app").Refreshes
+	out, err = x.cli("refresh", "tt01app")
+	if err != nil || x.emu.Stats().App("tt01app").Refreshes != before+1 {
+		t.Fatalf("refresh tt01app with two components: %v\n%s", err, out)
+	}
+	out, err = x.cli("refresh", "tt01app", "--component", "tt00othertp")
+	if err == nil || !strings.Contains(out, "no record of this appid") || !strings.Contains(out, "under component tt00othertp") {
+		t.Fatalf("refresh under the wrong component: %v\n%s", err, out)
+	}
+
+	// A new authorizer: no record anywhere, so the TP must be named.
+	if _, err := x.emu.Authorize("tt02app", false); err != nil {
+		t.Fatal(err)
+	}
+	out, err = x.cli("recover", "--new", "tt02app")
+	if err == nil || !strings.Contains(out, "several components are configured") || !strings.Contains(out, "--component") {
+		t.Fatalf("recover --new without --component: %v\n%s", err, out)
+	}
+	out, err = x.cli("recover", "--new", "tt02app", "--component", e2eComponent)
+	if err != nil || !strings.Contains(out, "tt02app") || !strings.Contains(out, " ok ") {
+		t.Fatalf("recover --new --component: %v\n%s", err, out)
+	}
+	if r := x.call("GET", x.apiPath(), appidHeader("tt02app"), ""); r.Status != 200 || r.Errno != 0 {
+		t.Fatalf("tt02app after recover --new: %+v", r)
+	}
+
+	// An import without --component: rows of appids on record go to their
+	// component; the others fail asking for it; every row is reported.
+	legacy := newLegacyStore(x)
+	rt := legacy.authorize(x, "tt03app")
+	file := filepath.Join(t.TempDir(), "legacy.csv")
+	if err := os.WriteFile(file, []byte("tt01app,"+rt+"\ntt03app,"+rt+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = x.cli("import", file)
+	if err == nil || !strings.Contains(out, "2 rows: imported 0, recovered 0, unchanged 0, skipped 1, failed 1") ||
+		!strings.Contains(out, "import with the component named") {
+		t.Fatalf("import without --component: %v\n%s", err, out)
+	}
+	out, err = x.cli("import", file, "--component", e2eComponent)
+	if err != nil || !strings.Contains(out, "imported 1") {
+		t.Fatalf("import --component: %v\n%s", err, out)
+	}
+}
+
+// recover of an appid with no record is refused and changes nothing; delete
+// and seed-code do what curl did.
+func TestCLIRecoverDeleteAndSeedCode(t *testing.T) {
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin())
+	x.authorize("tt01app")
+
+	files := func() int {
+		n := 0
+		_ = filepath.Walk(x.storage, func(_ string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	stored := files()
+	out, err := x.cli("recover", "tt0typo")
+	if exitCodeOf(err) != 1 || !strings.Contains(out, "no record of this appid") || strings.Contains(out, "tt0typo") {
+		t.Fatalf("recover of an unknown appid: %v\n%s", err, out)
+	}
+	out, err = x.cli("recover", "--new", "tt0typo")
+	if exitCodeOf(err) != 1 || !strings.Contains(out, "40004") {
+		t.Fatalf("recover --new of an appid the platform does not know: %v\n%s", err, out)
+	}
+	if files() != stored || x.emu.Stats().Total.Retrieves != 0 {
+		t.Fatalf("refused recoveries changed storage (%d -> %d files) or got a code (%d retrieves)",
+			stored, files(), x.emu.Stats().Total.Retrieves)
+	}
+	if strings.Contains(x.debugLog(), "tt0typo") && !strings.Contains(x.debugLog(), `"uri":"/tptoken/authorizers/tt0typo/recover?new=1"`) {
+		t.Fatal("the unconfirmed appid reached a log line other than Caddy's own admin request line")
+	}
+
+	// seed-code: the code from standard input, the appid from the platform.
+	code, err := x.emu.Authorize("tt02app", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCLIWithInput(t, code+"\n", "seed-code", "--address", x.admin)
+	x.assertNoSecretIn("seed-code output", out)
+	if err != nil || !strings.Contains(out, "tt02app") || !strings.Contains(out, "active") {
+		t.Fatalf("seed-code: %v\n%s", err, out)
+	}
+	code3, _ := x.emu.Authorize("tt03app", false)
+	out, err = runCLIWithInput(t, code3+"\n", "seed-code", "--appid", "tt03app", "--json", "--address", x.admin)
+	var in tokensource.Info
+	if err != nil || json.Unmarshal([]byte(out), &in) != nil || in.AppID != "tt03app" {
+		t.Fatalf("seed-code --appid --json: %v\n%s", err, out)
+	}
+
+	out, err = x.cli("delete", "tt01app", "tt02app", "--yes")
+	if err != nil || strings.Count(out, "deleted") != 2 {
+		t.Fatalf("delete: %v\n%s", err, out)
+	}
+	if r := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); r.Status != 403 || r.TPToken.Error != "unknown_authorizer" {
+		t.Fatalf("after delete: %+v", r)
+	}
+	x.assertNoSecretIn("debug log", x.debugLog())
+}
+
+// Rotating encryption_key in a running Caddy: the new key current, the old one
+// previous; `caddy tptoken reseal`; then the old key removed. Nothing is lost.
+func TestCLIResealCompletesAnEncryptionKeyRotation(t *testing.T) {
+	t.Setenv("TPT_KEY1", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+	t.Setenv("TPT_KEY2", "ZmZmZmZmZmZmZmZmZmZmZjAwMDAwMDAwMDAwMDAwMDA=")
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withAdmin(), withGlobal("encryption_key {env.TPT_KEY1}"))
+	x.authorize("tt01app", "tt02app")
+
+	x.global = "encryption_key {env.TPT_KEY2}\n\t\tprevious_encryption_keys {env.TPT_KEY1}"
+	x.start()
+	for _, id := range []string{"tt01app", "tt02app"} {
+		if r := x.call("GET", x.apiPath(), appidHeader(id), ""); r.Status != 200 || r.Errno != 0 {
+			t.Fatalf("%s with the old key as previous: %+v", id, r)
+		}
+	}
+	out, err := x.cli("reseal")
+	if err != nil || !strings.Contains(out, "RESEALED") || !strings.Contains(out, e2eComponent) {
+		t.Fatalf("reseal: %v\n%s", err, out)
+	}
+	var ans resealAnswer
+	out, err = x.cli("reseal", "--json")
+	if err != nil || json.Unmarshal([]byte(out), &ans) != nil || len(ans.Components) != 1 || ans.Components[0].Resealed != 0 ||
+		ans.Components[0].Current < 4 || ans.Components[0].KeyID != tokensource.KeyID([]byte("ffffffffffffffff0000000000000000")) {
+		t.Fatalf("second reseal --json (nothing left to do): %v\n%s", err, out)
+	}
+
+	x.global = "encryption_key {env.TPT_KEY2}"
+	x.start()
+	for _, id := range []string{"tt01app", "tt02app"} {
+		if r := x.call("GET", x.apiPath(), appidHeader(id), ""); r.Status != 200 || r.Errno != 0 {
+			t.Fatalf("%s with the new key only: %+v", id, r)
+		}
+	}
+	x.global = ""
+	x.start()
+	if out, err := x.cli("reseal"); exitCodeOf(err) != 1 || !strings.Contains(err.Error(), "no encryption_key") {
+		t.Fatalf("reseal without a key: %v\n%s", err, out)
 	}
 }

@@ -1,11 +1,13 @@
 package tptoken
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,8 +15,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +27,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/spf13/cobra"
 
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/internal/testport"
@@ -76,7 +82,7 @@ func (tp *tap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w = observe(w, r)
 	}
 	if strings.HasPrefix(r.URL.Path, hostileUpstreamPrefix) {
-		hostileUpstream.ServeHTTP(w, r) // security_test.go: answers a client can steer
+		hostileUpstream.ServeHTTP(w, r) // answers a client can steer (security_test.go)
 		return
 	}
 	tp.proxy.ServeHTTP(w, r)
@@ -372,4 +378,426 @@ func isConnectionReset(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && (oe.Op == "dial" || errors.Is(err, syscall.ECONNRESET)) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// More of the harness: options, calls and checks used by several test files.
+
+// withSite adds lines to the tptoken site block (before the handler).
+func withSite(lines string) e2eOpt { return func(e *e2e) { e.site = lines } }
+
+// rawCall sends a request through Caddy and returns the status, headers and body
+// as they are, for answers that are not the family's JSON.
+func (x *e2e) rawCall(method, pathAndQuery string, header http.Header, body string) (int, http.Header, string) {
+	x.t.Helper()
+	req, err := http.NewRequest(method, x.proxy+pathAndQuery, strings.NewReader(body))
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := x.client.Do(req)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+var e2eFamilies = []tokensource.Family{tokensource.V1, tokensource.V2}
+
+// loadWithLog loads a Caddyfile made of a global block (tptoken blocks
+// given) and site, logging at INFO to a file; it returns what was logged and
+// the load error.
+func loadWithLog(t *testing.T, tptokenBlocks, site string) (string, error) {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	cfg := fmt.Sprintf(`{
+	admin off
+	persist_config off
+	auto_https off
+	storage file_system %s
+	log {
+		output file %s
+		level INFO
+	}
+%s
+}
+%s`, t.TempDir(), logFile, tptokenBlocks, site)
+	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("adapting:\n%s\n%v", cfg, err)
+	}
+	lerr := caddy.Load(js, true)
+	b, _ := os.ReadFile(logFile)
+	return string(b), lerr
+}
+
+// The `caddy tptoken` CLI, run in this process against x.admin.
+
+// runCLIWithInput is runCLI with standard input.
+func runCLIWithInput(t *testing.T, in string, args ...string) (string, error) {
+	t.Helper()
+	root := &cobra.Command{Use: "tptoken", SilenceErrors: true}
+	configureCommand(root)
+	var out strings.Builder
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetIn(strings.NewReader(in))
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+// runCLI runs `caddy tptoken <args>` in process, as Caddy's cobra root would,
+// and returns what it printed.
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := &cobra.Command{Use: "tptoken", SilenceErrors: true}
+	configureCommand(root)
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+// exitCodeOf is the exit status Caddy's main gives a command that returned
+// err: the code of caddycmd's exit error (unexported: read by reflection),
+// else 1 for any error.
+func exitCodeOf(err error) int {
+	if err == nil {
+		return 0
+	}
+	v := reflect.ValueOf(err)
+	if v.Kind() == reflect.Pointer && v.Elem().Kind() == reflect.Struct {
+		if f := v.Elem().FieldByName("ExitCode"); f.IsValid() && f.CanInt() {
+			return int(f.Int())
+		}
+	}
+	return 1
+}
+
+// cli runs a command against x's admin endpoint and checks its output holds no secret.
+func (x *e2e) cli(args ...string) (string, error) {
+	x.t.Helper()
+	out, err := runCLI(x.t, append(args, "--address", x.admin)...)
+	x.assertNoSecretIn("caddy tptoken "+strings.Join(args, " "), out)
+	if err != nil {
+		x.assertNoSecretIn("caddy tptoken error", err.Error())
+	}
+	return out, err
+}
+
+// The admin API (admin.api.tptoken).
+
+type adminAnswer struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// adminCall sends a request to the admin endpoint at addr, with the Origin
+// header Caddy requires.
+func adminCall(t *testing.T, addr, method, path, body string) adminAnswer {
+	t.Helper()
+	// Caddy stops the admin server of the previous config in the background
+	// (replaceLocalAdminServer), and both listen on the address for a moment:
+	// a connection the old one accepts just before it closes ends without an
+	// answer. Such a request was never served, so it is sent again, briefly.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, err := http.NewRequest(method, "http://"+addr+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Origin", "http://"+addr)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+		if err != nil {
+			if (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return adminAnswer{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}
+	}
+}
+
+// adminDo calls the admin API of x, checks that the answer holds no secret,
+// and returns it.
+func (x *e2e) adminDo(method, path, body string) adminAnswer {
+	x.t.Helper()
+	a := adminCall(x.t, x.admin, method, path, body)
+	x.assertNoSecretIn(method+" "+path, a.Body)
+	return a
+}
+
+// adminJSON calls the admin API, wants the status and decodes the answer into out.
+func (x *e2e) adminJSON(method, path, body string, want int, out any) adminAnswer {
+	x.t.Helper()
+	a := x.adminDo(method, path, body)
+	if a.Status != want {
+		x.t.Fatalf("%s %s: status %d, want %d: %s", method, path, a.Status, want, a.Body)
+	}
+	if ct := a.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		x.t.Fatalf("%s %s: Content-Type %q", method, path, ct)
+	}
+	if out != nil {
+		if err := json.Unmarshal([]byte(a.Body), out); err != nil {
+			x.t.Fatalf("%s %s: %v: %s", method, path, err, a.Body)
+		}
+	}
+	return a
+}
+
+// adminError wants an error status and a JSON error naming each of mention.
+func (x *e2e) adminError(method, path, body string, want int, mention ...string) adminAnswer {
+	x.t.Helper()
+	var e struct {
+		Error string `json:"error"`
+	}
+	a := x.adminJSON(method, path, body, want, &e)
+	for _, m := range mention {
+		if !strings.Contains(e.Error, m) {
+			x.t.Errorf("%s %s: error %q does not mention %q", method, path, e.Error, m)
+		}
+	}
+	return a
+}
+
+// legacyStore plays the token store of a legacy app: it exchanges codes and
+// refreshes with its own platform client, as the legacy code did.
+type legacyStore struct {
+	t      *testing.T
+	client *tokensource.Client
+	ct     tokensource.Secret
+}
+
+func newLegacyStore(x *e2e) *legacyStore {
+	x.t.Helper()
+	c, err := tokensource.NewClient(tokensource.ClientConfig{Family: x.family, Endpoint: x.emuURL,
+		ComponentAppID: e2eComponent, ComponentSecret: e2eSecret})
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	ct, err := c.ComponentToken(context.Background(), tokensource.Secret(x.emu.Ticket()))
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	return &legacyStore{t: x.t, client: c, ct: ct.Token}
+}
+
+// authorize has appid authorize the TP (no push) and exchanges the code as the
+// legacy app would: it returns the legacy refresh token.
+func (l *legacyStore) authorize(x *e2e, appid string) string {
+	l.t.Helper()
+	code, err := x.emu.Authorize(appid, false)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	g, err := l.client.ExchangeCode(context.Background(), l.ct, tokensource.Secret(code))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return g.RefreshToken.Reveal()
+}
+
+// refresh uses a refresh token as the legacy refresher would; the token given
+// is dead afterwards.
+func (l *legacyStore) refresh(rt string) string {
+	l.t.Helper()
+	g, err := l.client.Refresh(context.Background(), l.ct, tokensource.Secret(rt))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return g.RefreshToken.Reveal()
+}
+
+// Pushes to tptoken_events, sealed as the platform seals them.
+
+// pushPayload is a decrypted push (docs/protocol.md §Pushes).
+type pushPayload struct {
+	AppID                      string `json:"AppId,omitempty"`
+	TpAppID                    string `json:"TpAppId,omitempty"`
+	EventTime                  string `json:"EventTime,omitempty"`
+	Event                      string `json:"Event,omitempty"`
+	AuthorizationCode          string `json:"AuthorizationCode,omitempty"`
+	AuthorizationCodeExpiresIn int64  `json:"AuthorizationCodeExpiresIn,omitempty"`
+	Ticket                     string `json:"Ticket,omitempty"`
+	MsgType                    string `json:"MsgType,omitempty"`
+	AppName                    string `json:"AppName,omitempty"`
+}
+
+func authorizedPayload(appid, code string) pushPayload {
+	return pushPayload{AppID: appid, TpAppID: e2eComponent, Event: "AUTHORIZED", AuthorizationCode: code,
+		AuthorizationCodeExpiresIn: 3600, EventTime: tokensource.FormatPushTime(time.Now())}
+}
+
+// seal encrypts and signs a payload with the given TP identity, stamped now.
+func seal(t *testing.T, componentAppID string, p any) []byte {
+	t.Helper()
+	return sealAt(t, componentAppID, p, time.Now())
+}
+
+// sealAt encrypts and signs a payload as the platform does, stamped ts.
+func sealAt(t *testing.T, componentAppID string, p any, ts time.Time) []byte {
+	t.Helper()
+	pc, err := tokensource.NewPushCrypto(e2eMsgToken, e2eAESKey, componentAppID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := pc.Seal(plain, strconv.FormatInt(ts.Unix(), 10), "48213")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
+// postPush delivers a push body to tptoken_events.
+func (x *e2e) postPush(body []byte) (int, string) {
+	x.t.Helper()
+	resp, err := x.client.Post(x.events+"/", "application/json", bytes.NewReader(body))
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// getEvents sends a GET (the authorization redirect) to tptoken_events.
+func (x *e2e) getEvents(query string) (int, http.Header, string) {
+	x.t.Helper()
+	resp, err := x.client.Get(x.events + "/?" + query)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// stored returns every tptoken record on disk, by path (locks excluded).
+func (x *e2e) stored() map[string][]byte {
+	x.t.Helper()
+	m := map[string][]byte{}
+	root := filepath.Join(x.storage, "tptoken")
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		m[strings.TrimPrefix(p, x.storage)] = b
+		return nil
+	})
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	return m
+}
+
+func totalCalls(s emulator.Stats) int64 {
+	var n int64
+	for _, v := range s.Calls {
+		n += v
+	}
+	return n
+}
+
+func slicesOfKeys(m map[string][]byte) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+// The upstream behind the tap answers paths under hostileUpstreamPrefix itself
+// (security_test.go).
+const hostileUpstreamPrefix = "/_upstream/"
+
+// hostileUpstream answers what a client may steer or an upstream may do:
+//
+//	…/steer?body=<json>  answers <json> (HTTP 200, application/json): an API
+//	                     whose answer the client chooses
+//	/_upstream/dir/      a Go ServeMux directory: /_upstream/dir?q redirects to
+//	                     /_upstream/dir/?q, keeping the query (token included)
+//	/_upstream/reflect   echoes the token it received into every kind of
+//	                     response header, a 103 Early Hints and a trailer
+var hostileUpstream = func() *http.ServeMux {
+	mux := http.NewServeMux()
+	steer := func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, r.URL.Query().Get("body"))
+	}
+	mux.HandleFunc(hostileUpstreamPrefix+"steer", steer)
+	mux.HandleFunc(hostileUpstreamPrefix+"component/steer", steer)
+	mux.HandleFunc(hostileUpstreamPrefix+"dir/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"errno":0,"err_no":0,"data":{"dir":true}}`)
+	})
+	mux.HandleFunc(hostileUpstreamPrefix+"reflect", func(w http.ResponseWriter, r *http.Request) {
+		tok := r.URL.Query().Get("authorizer_access_token")
+		if tok == "" {
+			tok = r.Header.Get("Access-Token")
+		}
+		reflected.Store(tok)
+		h := w.Header()
+		h.Set("Link", "</style.css?t="+url.QueryEscape(tok)+">; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		h.Del("Link")
+		h.Set("Location", hostileUpstreamPrefix+"landing?x=1&authorizer_access_token="+tok+"&copy="+escapeEveryByte(tok, "%%%02X")+"#top")
+		h.Set("Content-Location", hostileUpstreamPrefix+"c/"+url.PathEscape(tok))
+		h.Set("Refresh", "0; url="+hostileUpstreamPrefix+"landing?t="+tok)
+		h.Set("Link", "</next?t="+url.QueryEscape(escapeEveryByte(tok, "%%%02x"))+">; rel=next")
+		h.Set("X-Echo", tok)
+		h.Set("X-Tok-"+tok, "1")
+		h.Set("Set-Cookie", "t="+tok+"; Path=/")
+		h.Set("Content-Type", "application/json")
+		h.Set("Trailer", "X-Trailer-Echo")
+		w.WriteHeader(http.StatusFound)
+		_, _ = io.WriteString(w, `{"errno":0,"err_no":0,"data":{}}`)
+		h.Set("X-Trailer-Echo", tok)
+	})
+	return mux
+}()
+
+// reflected is the token /_upstream/reflect last received.
+var reflected atomic.Value
+
+// waitUntil polls cond until it holds or the deadline passes.
+func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -7,8 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
-	"io"
-	"io/fs"
 	"maps"
 	"net/http"
 	"net/url"
@@ -26,48 +24,6 @@ import (
 // End-to-end tests of tptoken_events through a real Caddy: pushes are sealed
 // here with tokensource.PushCrypto, as the platform does, then delivered (or
 // tampered with first).
-
-// pushPayload is a decrypted push (docs/protocol.md §Pushes).
-type pushPayload struct {
-	AppID                      string `json:"AppId,omitempty"`
-	TpAppID                    string `json:"TpAppId,omitempty"`
-	EventTime                  string `json:"EventTime,omitempty"`
-	Event                      string `json:"Event,omitempty"`
-	AuthorizationCode          string `json:"AuthorizationCode,omitempty"`
-	AuthorizationCodeExpiresIn int64  `json:"AuthorizationCodeExpiresIn,omitempty"`
-	Ticket                     string `json:"Ticket,omitempty"`
-	MsgType                    string `json:"MsgType,omitempty"`
-	AppName                    string `json:"AppName,omitempty"`
-}
-
-func authorizedPayload(appid, code string) pushPayload {
-	return pushPayload{AppID: appid, TpAppID: e2eComponent, Event: "AUTHORIZED", AuthorizationCode: code,
-		AuthorizationCodeExpiresIn: 3600, EventTime: tokensource.FormatPushTime(time.Now())}
-}
-
-// seal encrypts and signs a payload with the given TP identity, stamped now.
-func seal(t *testing.T, componentAppID string, p any) []byte {
-	t.Helper()
-	return sealAt(t, componentAppID, p, time.Now())
-}
-
-// sealAt encrypts and signs a payload as the platform does, stamped ts.
-func sealAt(t *testing.T, componentAppID string, p any, ts time.Time) []byte {
-	t.Helper()
-	pc, err := tokensource.NewPushCrypto(e2eMsgToken, e2eAESKey, componentAppID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err := json.Marshal(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := pc.Seal(plain, strconv.FormatInt(ts.Unix(), 10), "48213")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return body
-}
 
 // sealRaw encrypts an exact plaintext (no padding added) with the TP's key and
 // signs it correctly: for pushes whose inside is broken.
@@ -104,60 +60,6 @@ func badPaddingPush(t *testing.T, p any) []byte {
 	}
 	pt = append(pt, 5)
 	return sealRaw(t, pt)
-}
-
-// postPush delivers a push body to tptoken_events.
-func (x *e2e) postPush(body []byte) (int, string) {
-	x.t.Helper()
-	resp, err := x.client.Post(x.events+"/", "application/json", bytes.NewReader(body))
-	if err != nil {
-		x.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
-// getEvents sends a GET (the authorization redirect) to tptoken_events.
-func (x *e2e) getEvents(query string) (int, http.Header, string) {
-	x.t.Helper()
-	resp, err := x.client.Get(x.events + "/?" + query)
-	if err != nil {
-		x.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, string(b)
-}
-
-// stored returns every tptoken record on disk, by path (locks excluded).
-func (x *e2e) stored() map[string][]byte {
-	x.t.Helper()
-	m := map[string][]byte{}
-	root := filepath.Join(x.storage, "tptoken")
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		m[strings.TrimPrefix(p, x.storage)] = b
-		return nil
-	})
-	if err != nil {
-		x.t.Fatal(err)
-	}
-	return m
-}
-
-func totalCalls(s emulator.Stats) int64 {
-	var n int64
-	for _, v := range s.Calls {
-		n += v
-	}
-	return n
 }
 
 func TestMalformedPushesAreRejectedAndChangeNothing(t *testing.T) {
@@ -241,14 +143,6 @@ func TestMalformedPushesAreRejectedAndChangeNothing(t *testing.T) {
 	if a := x.call("GET", x.apiPath(), appidHeader("tt02app"), ""); a.Status != 200 || a.Data.AppID != "tt02app" {
 		t.Fatalf("tt02app after its AUTHORIZED push: %+v", a)
 	}
-}
-
-func slicesOfKeys(m map[string][]byte) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	return ks
 }
 
 func TestValidPushIsAnsweredExactlySuccessAndActedOnOnceWhenRetried(t *testing.T) {

@@ -1,54 +1,141 @@
 package tptoken
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
+	"sync"
 	"testing"
-	"time"
 
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
-// End-to-end tests of the handler and the transport through a real Caddy (the
-// harness in e2e_helpers_test.go): they never run in parallel.
+// The tptoken handler through a real Caddy (the harness in
+// e2e_helpers_test.go): the token injected for the appid of each request,
+// taken from its carrier, which is removed.
 
-// withSite adds lines to the tptoken site block (before the handler).
-func withSite(lines string) e2eOpt { return func(e *e2e) { e.site = lines } }
-
-// rawCall sends a request through Caddy and returns the status, headers and body
-// as they are, for answers that are not the family's JSON.
-func (x *e2e) rawCall(method, pathAndQuery string, header http.Header, body string) (int, http.Header, string) {
-	x.t.Helper()
-	req, err := http.NewRequest(method, x.proxy+pathAndQuery, strings.NewReader(body))
-	if err != nil {
-		x.t.Fatal(err)
+func TestPushedTicketAndAuthorizationInjectTheToken(t *testing.T) {
+	for _, fam := range e2eFamilies {
+		t.Run(string(fam), func(t *testing.T) {
+			x := newE2E(t, fam, emulator.Lifetimes{})
+			x.authorize("tt01app")
+			a := x.call("GET", x.apiPath()+"?b=2&a=1", appidHeader("tt01app"), "")
+			if a.Status != 200 || a.Errno != 0 || a.Data.AppID != "tt01app" || a.Data.Family != string(fam) {
+				t.Fatalf("answer = %+v", a)
+			}
+			if s := x.emu.Stats().App("tt01app"); s.Exchanges != 1 || s.DownstreamOK != 1 {
+				t.Fatalf("stats = %+v", s)
+			}
+		})
 	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := x.client.Do(req)
-	if err != nil {
-		x.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		x.t.Fatal(err)
-	}
-	return resp.StatusCode, resp.Header, string(b)
 }
 
-func sha256Hex(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
+func TestCarrierRemovedClientTokenReplacedAndQueryOrderKept(t *testing.T) {
+	t.Run("v1", func(t *testing.T) {
+		x := newE2E(t, tokensource.V1, emulator.Lifetimes{})
+		x.authorize("tt01app")
+		q := "?z=9&authorizer_access_token=client-stale&a=%2Fx+y&component_appid=tt-evil&flag&b=1"
+		a := x.call("GET", x.apiPath()+q, appidHeader("tt01app"), "")
+		if a.Status != 200 || a.Errno != 0 {
+			t.Fatalf("answer = %+v", a)
+		}
+		want := "z=9&a=%2Fx+y&flag&b=1&component_appid=" + e2eComponent + "&authorizer_access_token=***"
+		if a.Data.Query != want {
+			t.Fatalf("upstream query\n got %q\nwant %q", a.Data.Query, want)
+		}
+		if got := x.tap.lastRequest().Header.Get("X-Authorizer-Appid"); got != "" {
+			t.Fatalf("the appid carrier reached the upstream: %q", got)
+		}
+	})
+	t.Run("v2", func(t *testing.T) {
+		x := newE2E(t, tokensource.V2, emulator.Lifetimes{})
+		x.authorize("tt01app")
+		h := appidHeader("tt01app")
+		h.Set("Access-Token", "client-stale-token")
+		a := x.call("GET", x.apiPath()+"?z=9&a=%2Fx+y", h, "")
+		if a.Status != 200 || a.Errno != 0 || a.Data.AppID != "tt01app" {
+			t.Fatalf("answer = %+v", a)
+		}
+		if a.Data.AccessTokenHeaders != 1 || a.Data.Query != "z=9&a=%2Fx+y" {
+			t.Fatalf("upstream saw %d access-token headers and query %q", a.Data.AccessTokenHeaders, a.Data.Query)
+		}
+		if got := x.tap.lastRequest().Header.Get("X-Authorizer-Appid"); got != "" {
+			t.Fatalf("the appid carrier reached the upstream: %q", got)
+		}
+	})
+}
+
+func TestAppidFromQueryAndPathCarriers(t *testing.T) {
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withHandler(`route /q/* {
+		uri strip_prefix /q
+		tptoken {
+			appid query appid
+		}
+	}
+	route /p/* {
+		uri strip_prefix /p
+		tptoken {
+			appid path
+		}
+	}
+	route /h/* {
+		uri strip_prefix /h
+		tptoken {
+			appid {http.request.header.X-Tenant}
+		}
+	}`))
+	x.authorize("tt01app")
+	a := x.call("GET", "/q"+x.apiPath()+"?x=1&appid=tt01app&y=2", nil, "")
+	if a.Errno != 0 || a.Data.AppID != "tt01app" || !strings.HasPrefix(a.Data.Query, "x=1&y=2&") {
+		t.Fatalf("query carrier: %+v", a)
+	}
+	a = x.call("GET", "/p/tt01app"+x.apiPath()+"?x=1", nil, "")
+	if a.Errno != 0 || a.Data.AppID != "tt01app" || a.Data.Path != x.apiPath() {
+		t.Fatalf("path carrier: %+v", a)
+	}
+	a = x.call("GET", "/h"+x.apiPath(), http.Header{"X-Tenant": {"tt01app"}}, "")
+	if a.Errno != 0 || a.Data.AppID != "tt01app" {
+		t.Fatalf("placeholder carrier: %+v", a)
+	}
+}
+
+func TestEveryRequestCarriesItsOwnAppidsTokenUnderConcurrency(t *testing.T) {
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{})
+	var ids []string
+	for i := range 20 {
+		ids = append(ids, fmt.Sprintf("tt%02dapp", i))
+	}
+	x.authorize(ids...)
+	const n = 2000
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for i := range n {
+		id := ids[i%len(ids)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := x.tryCall("GET", x.apiPath()+fmt.Sprintf("?i=%d", i), appidHeader(id), "")
+			switch {
+			case err != nil:
+				errs <- err.Error()
+			case a.Status != 200 || a.Errno != 0:
+				errs <- fmt.Sprintf("%s: status %d errno %d %s", id, a.Status, a.Errno, a.Message)
+			case a.Data.AppID != id:
+				errs <- fmt.Sprintf("request for %s carried the token of %s", id, a.Data.AppID)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if s := x.emu.Stats().Total; s.DownstreamOK != n || s.DownstreamForeign != 0 || s.DownstreamInvalid != 0 {
+		t.Fatalf("emulator counts = %+v", s)
+	}
 }
 
 func TestTokenComponentInjectsTheComponentTokenForTPLevelAPIs(t *testing.T) {
@@ -115,220 +202,39 @@ func TestTokenComponentInjectsTheComponentTokenForTPLevelAPIs(t *testing.T) {
 	}
 }
 
-func TestHandleErrorsModeExposesTheOutcomeInPlaceholders(t *testing.T) {
-	x := newE2E(t, tokensource.V1, emulator.Lifetimes{},
-		withSite(`handle_errors {
-		respond "{http.tptoken.error} {http.tptoken.errno} appid={http.tptoken.appid}"
-	}`),
-		withHandler(`tptoken {
-		error_response handle_errors
-		allow tt01app tt404
-	}`))
-	x.authorize("tt01app")
-	cases := []struct {
-		name   string
-		appid  string
-		status int
-		body   string
+func TestStripFirstSegment(t *testing.T) {
+	tests := []struct {
+		name, in              string
+		appid                 string
+		ok                    bool
+		path, raw, requestURI string
 	}{
-		{"missing appid", "", 400, "bad_appid 40001 appid="},
-		{"not allowed", "tt02app", 403, "not_allowed 40008 appid=tt02app"},
-		{"unknown authorizer", "tt404", 403, "unknown_authorizer 40022 appid=tt404"},
+		{"appid and API path", "/tt01/openapi/v1/x?a=1", "tt01", true, "/openapi/v1/x", "", "/openapi/v1/x?a=1"},
+		{"appid alone becomes root", "/tt01", "tt01", true, "/", "", "/"},
+		{"appid with trailing slash becomes root", "/tt01/", "tt01", true, "/", "", "/"},
+		{"root has no appid", "/", "", false, "/", "", "/"},
+		{"empty first segment has no appid", "//openapi/v1", "", false, "//openapi/v1", "", "//openapi/v1"},
+		{"escaped slash in the rest kept", "/tt01/a%2Fb/c", "tt01", true, "/a/b/c", "/a%2Fb/c", "/a%2Fb/c"},
+		{"non-canonical escape in the rest kept", "/tt01/%7Euser", "tt01", true, "/~user", "/%7Euser", "/%7Euser"},
+		{"canonical escape in the rest", "/tt01/a%20b", "tt01", true, "/a b", "", "/a%20b"},
+		{"escaped appid unescaped, plain rest", "/tt%30/x", "tt0", true, "/x", "", "/x"},
+		{"escaped appid and escaped rest", "/tt%4101/x%2Fy", "ttA01", true, "/x/y", "/x%2Fy", "/x%2Fy"},
+		{"escaped slash stays in the appid segment", "/tt%2F01/openapi", "tt/01", true, "/openapi", "", "/openapi"},
 	}
-	for _, tc := range cases {
-		h := http.Header{}
-		if tc.appid != "" {
-			h = appidHeader(tc.appid)
-		}
-		status, hdr, body := x.rawCall("GET", x.apiPath(), h, "")
-		if status != tc.status || body != tc.body {
-			t.Errorf("%s: got %d %q, want %d %q", tc.name, status, body, tc.status, tc.body)
-		}
-		if strings.Contains(hdr.Get("Content-Type"), "json") {
-			t.Errorf("%s: the handle_errors route did not answer (Content-Type %q)", tc.name, hdr.Get("Content-Type"))
-		}
-	}
-	// A served request is untouched by the error route.
-	if a := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); a.Status != 200 || a.Data.AppID != "tt01app" {
-		t.Fatalf("served request: %+v", a)
-	}
-}
-
-func TestExpiredTokenDuringAnOutageGets503WithRetryAfterThenHeals(t *testing.T) {
-	const ttl = 3 * time.Second
-	x := newE2E(t, tokensource.V1, emulator.Lifetimes{AccessTokenTTL: ttl}, withGlobal("refresh_ahead 1s"))
-	x.authorize("tt01app")
-	// The token endpoints go down; the downstream API stays up.
-	for _, op := range []string{emulator.OpRefresh, emulator.OpRetrieve, emulator.OpExchange, emulator.OpComponentToken} {
-		if err := x.emu.SetFaults(op, emulator.Faults{Down: true}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	start := time.Now()
-	var a apiAnswer
-	served := 0
-	for deadline := start.Add(ttl + 5*time.Second); ; {
-		a = x.call("GET", x.apiPath(), appidHeader("tt01app"), "")
-		if a.Status != 200 {
-			break
-		}
-		if a.Errno != 0 || a.Data.AppID != "tt01app" {
-			t.Fatalf("during the outage, before expiry: %+v", a)
-		}
-		served++
-		if time.Now().After(deadline) {
-			t.Fatalf("still 200 %v after the token's %v lifetime with the platform down", time.Since(start), ttl)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if served == 0 {
-		t.Fatal("the current token was not served at all once the platform went down")
-	}
-	if a.Status != 503 || a.Errno != 40000 || a.TPToken.Error != "unavailable" {
-		t.Fatalf("after expiry: status %d errno %d kind %q: %s", a.Status, a.Errno, a.TPToken.Error, a.Raw)
-	}
-	ra, err := strconv.Atoi(a.Header.Get("Retry-After"))
-	if err != nil || ra < 1 || a.TPToken.RetryAfter != ra {
-		t.Fatalf("Retry-After header %q, envelope retry_after %d", a.Header.Get("Retry-After"), a.TPToken.RetryAfter)
-	}
-	if s := x.emu.Stats().App("tt01app"); s.DownstreamInvalid != 0 {
-		t.Fatalf("an expired token was sent downstream %d times", s.DownstreamInvalid)
-	}
-
-	x.emu.ClearFaults()
-	for deadline := time.Now().Add(time.Duration(ra)*time.Second + 10*time.Second); ; {
-		a = x.call("GET", x.apiPath(), appidHeader("tt01app"), "")
-		if a.Status == 200 {
-			break
-		}
-		if a.Status != 503 || time.Now().After(deadline) {
-			t.Fatalf("after the outage: %+v", a)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if a.Errno != 0 || a.Data.AppID != "tt01app" {
-		t.Fatalf("after healing: %+v", a)
-	}
-	if s := x.emu.Stats().App("tt01app"); s.Refreshes < 1 || s.Refresh40021 != 0 {
-		t.Fatalf("healing did not refresh cleanly: %+v", s)
-	}
-}
-
-func TestRevokedTokenIsReplacedAndTheRequestReplayedOnceWithTheSameBody(t *testing.T) {
-	for _, fam := range e2eFamilies {
-		t.Run(string(fam), func(t *testing.T) {
-			x := newE2E(t, fam, emulator.Lifetimes{}, withSite(`header >X-Tptoken-Replayed "{http.tptoken.replayed}"`))
-			x.authorize("tt01app", "tt02app")
-			if a := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); a.Status != 200 {
-				t.Fatalf("before the revocation: %+v", a)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, err := url.ParseRequestURI(tt.in) // as net/http parses a request target
+			if err != nil {
+				t.Fatal(err)
 			}
-			before := x.emu.Stats()
-			if !x.emu.RevokeAccessToken("tt01app", fam) {
-				t.Fatal("nothing to revoke")
+			appid, ok := stripFirstSegment(u)
+			if appid != tt.appid || ok != tt.ok {
+				t.Errorf("appid = (%q, %v), want (%q, %v)", appid, ok, tt.appid, tt.ok)
 			}
-			body := `{"items":[` + strings.Repeat(`{"k":"v"},`, 2000) + `{"k":"end"}]}`
-			a := x.call("POST", x.apiPath()+"?op=save", appidHeader("tt01app"), body)
-			if a.Status != 200 || a.Errno != 0 || a.Data.AppID != "tt01app" {
-				t.Fatalf("after the revocation: %+v", a)
-			}
-			if a.Data.BodySHA256 != sha256Hex(body) || a.Data.BodyLen != len(body) {
-				t.Fatalf("the replay carried a different body: %d bytes, sha256 %s", a.Data.BodyLen, a.Data.BodySHA256)
-			}
-			if got := a.Header.Get("X-Tptoken-Replayed"); got != "true" {
-				t.Fatalf("{http.tptoken.replayed} = %q", got)
-			}
-			after := x.emu.Stats()
-			was, now := before.App("tt01app"), after.App("tt01app")
-			if now.DownstreamInvalid-was.DownstreamInvalid != 1 || now.DownstreamOK-was.DownstreamOK != 1 {
-				t.Fatalf("want one rejected call and one replay: invalid %d→%d, ok %d→%d",
-					was.DownstreamInvalid, now.DownstreamInvalid, was.DownstreamOK, now.DownstreamOK)
-			}
-			if now.Refreshes-was.Refreshes != 1 || now.Refresh40021 != 0 {
-				t.Fatalf("want one refresh: %+v → %+v", was, now)
-			}
-			if other := after.App("tt02app"); other.Refreshes != 0 {
-				t.Fatalf("another authorizer was refreshed: %+v", other)
-			}
-			// The next request uses the fresh token directly ({http.tptoken.replayed}
-			// is set only by a replay, so the header shows the unknown placeholder).
-			a = x.call("GET", x.apiPath(), appidHeader("tt01app"), "")
-			if a.Status != 200 || a.Header.Get("X-Tptoken-Replayed") == "true" {
-				t.Fatalf("next request: %+v replayed=%q", a, a.Header.Get("X-Tptoken-Replayed"))
+			if u.Path != tt.path || u.RawPath != tt.raw || u.RequestURI() != tt.requestURI {
+				t.Errorf("path %q raw %q request URI %q, want %q %q %q",
+					u.Path, u.RawPath, u.RequestURI(), tt.path, tt.raw, tt.requestURI)
 			}
 		})
-	}
-}
-
-func TestBodyLargerThanMaxReplayBodyIsNotReplayed(t *testing.T) {
-	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withHandler(`tptoken {
-		max_replay_body 1KiB
-	}`))
-	x.authorize("tt01app")
-	if a := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); a.Status != 200 {
-		t.Fatalf("before the revocation: %+v", a)
-	}
-	x.emu.RevokeAccessToken("tt01app", tokensource.V1)
-	before := x.emu.Stats().App("tt01app")
-	large := strings.Repeat("x", 4<<10)
-	a := x.call("POST", x.apiPath(), appidHeader("tt01app"), large)
-	// The client gets the platform's own answer, as without tptoken.
-	if a.Status != 200 || a.Errno != emulator.ErrnoAccessTokenInvalid || a.TPToken.Error != "" {
-		t.Fatalf("large body: %+v", a)
-	}
-	mid := x.emu.Stats().App("tt01app")
-	if mid.DownstreamInvalid-before.DownstreamInvalid != 1 || mid.DownstreamOK != before.DownstreamOK {
-		t.Fatalf("the large request was replayed: %+v → %+v", before, mid)
-	}
-	// A request within the limit is replayed and heals the authorizer.
-	small := `{"small":true}`
-	a = x.call("POST", x.apiPath(), appidHeader("tt01app"), small)
-	if a.Status != 200 || a.Errno != 0 || a.Data.BodySHA256 != sha256Hex(small) {
-		t.Fatalf("small body after the revocation: %+v", a)
-	}
-	if s := x.emu.Stats().App("tt01app"); s.Refreshes-before.Refreshes != 1 {
-		t.Fatalf("want one refresh: %+v → %+v", before, s)
-	}
-}
-
-// A replay is the same request: method, query (order and escaping) and one
-// access-token header, only the token changes.
-func TestReplayedRequestKeepsItsQuery(t *testing.T) {
-	x := newE2E(t, tokensource.V2, emulator.Lifetimes{})
-	x.authorize("tt01app")
-	x.emu.RevokeAccessToken("tt01app", tokensource.V2)
-	q := url.Values{"b": {"2"}, "a": {"1 2"}}.Encode()
-	a := x.call("POST", x.apiPath()+"?"+q, appidHeader("tt01app"), `{"n":1}`)
-	if a.Status != 200 || a.Data.Query != q || a.Data.AccessTokenHeaders != 1 || a.Data.Method != "POST" {
-		t.Fatalf("replayed request as the platform saw it: %+v", a.Data)
-	}
-}
-
-// reverse_proxy retries a request on the next upstream after a dial error. The
-// transport read the body before dialing; the retry must still carry all of it,
-// small (kept for a replay) or large (streamed).
-func TestProxyRetryAfterADialErrorSendsTheWholeBody(t *testing.T) {
-	for _, body := range []string{`{"small":true}`, `{"large":"` + strings.Repeat("z", 4000) + `"}`} {
-		dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withHandler(fmt.Sprintf(`route {
-		tptoken {
-			max_replay_body 1KiB
-		}
-		reverse_proxy %s {{emu}} {
-			lb_policy first
-			lb_retries 2
-			fail_duration 30s
-			transport tptoken
-		}
-	}`, dead)))
-		x.authorize("tt01app")
-		a := x.call("POST", x.apiPath(), appidHeader("tt01app"), body)
-		sum := sha256.Sum256([]byte(body))
-		if a.Status != 200 || a.Data.AppID != "tt01app" || a.Data.BodyLen != len(body) || a.Data.BodySHA256 != hex.EncodeToString(sum[:]) {
-			t.Fatalf("%d-byte body after a retry: status %d, upstream got %d bytes", len(body), a.Status, a.Data.BodyLen)
-		}
-		if !strings.Contains(x.debugLog(), "dial tcp "+dead) {
-			t.Fatal("the first upstream was not tried: the test did not exercise a retry")
-		}
-		_ = stopCaddy()
 	}
 }

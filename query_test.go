@@ -128,43 +128,6 @@ func TestInjectV1EscapesComponentAppID(t *testing.T) {
 	}
 }
 
-func TestStripFirstSegment(t *testing.T) {
-	tests := []struct {
-		name, in              string
-		appid                 string
-		ok                    bool
-		path, raw, requestURI string
-	}{
-		{"appid and API path", "/tt01/openapi/v1/x?a=1", "tt01", true, "/openapi/v1/x", "", "/openapi/v1/x?a=1"},
-		{"appid alone becomes root", "/tt01", "tt01", true, "/", "", "/"},
-		{"appid with trailing slash becomes root", "/tt01/", "tt01", true, "/", "", "/"},
-		{"root has no appid", "/", "", false, "/", "", "/"},
-		{"empty first segment has no appid", "//openapi/v1", "", false, "//openapi/v1", "", "//openapi/v1"},
-		{"escaped slash in the rest kept", "/tt01/a%2Fb/c", "tt01", true, "/a/b/c", "/a%2Fb/c", "/a%2Fb/c"},
-		{"non-canonical escape in the rest kept", "/tt01/%7Euser", "tt01", true, "/~user", "/%7Euser", "/%7Euser"},
-		{"canonical escape in the rest", "/tt01/a%20b", "tt01", true, "/a b", "", "/a%20b"},
-		{"escaped appid unescaped, plain rest", "/tt%30/x", "tt0", true, "/x", "", "/x"},
-		{"escaped appid and escaped rest", "/tt%4101/x%2Fy", "ttA01", true, "/x/y", "/x%2Fy", "/x%2Fy"},
-		{"escaped slash stays in the appid segment", "/tt%2F01/openapi", "tt/01", true, "/openapi", "", "/openapi"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			u, err := url.ParseRequestURI(tt.in) // as net/http parses a request target
-			if err != nil {
-				t.Fatal(err)
-			}
-			appid, ok := stripFirstSegment(u)
-			if appid != tt.appid || ok != tt.ok {
-				t.Errorf("appid = (%q, %v), want (%q, %v)", appid, ok, tt.appid, tt.ok)
-			}
-			if u.Path != tt.path || u.RawPath != tt.raw || u.RequestURI() != tt.requestURI {
-				t.Errorf("path %q raw %q request URI %q, want %q %q %q",
-					u.Path, u.RawPath, u.RequestURI(), tt.path, tt.raw, tt.requestURI)
-			}
-		})
-	}
-}
-
 var v1Credentials = []string{"component_appid", "authorizer_access_token", "component_access_token"}
 
 // clientKey is the key a lenient parser reads from a raw segment.
@@ -246,5 +209,15 @@ func BenchmarkInjectV1(b *testing.B) {
 				_ = injectV1(bc.raw, "tt_comp_0123456789", "authorizer_access_token", token)
 			}
 		})
+	}
+}
+
+// queryEscape's fast path says exactly what url.QueryEscape would.
+func TestQueryEscapeMatchesURLQueryEscapeForEveryByte(t *testing.T) {
+	for c := range 256 {
+		s := "tt0" + string([]byte{byte(c)}) + "Zz9-_.~"
+		if got, want := queryEscape(s), url.QueryEscape(s); got != want {
+			t.Fatalf("queryEscape(%q) = %q, url.QueryEscape = %q", s, got, want)
+		}
 	}
 }

@@ -2,14 +2,20 @@ package tptoken
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
+
+// Engines across restarts and config reloads: kept when nothing of the
+// component's config changed (poolKey), never refreshing twice.
 
 // loadComponent loads (or reloads) a config of the tptoken app alone, with
 // comp and file storage at root, and returns the engine of its component.
@@ -114,4 +120,92 @@ func TestAReloadKeepsTheEngineOnlyWhenNothingOfItsConfigChanged(t *testing.T) {
 			t.Error("a reload onto another storage kept the old engine")
 		}
 	})
+}
+
+func TestRestartOnTheSameStorageNeedsNoReauthorization(t *testing.T) {
+	x := newE2E(t, tokensource.V2, emulator.Lifetimes{})
+	x.authorize("tt01app")
+	if a := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); a.Status != 200 {
+		t.Fatalf("before restart: %+v", a)
+	}
+	if err := stopCaddy(); err != nil {
+		t.Fatal(err)
+	}
+	x.start()
+	a := x.call("GET", x.apiPath(), appidHeader("tt01app"), "")
+	if a.Status != 200 || a.Data.AppID != "tt01app" {
+		t.Fatalf("after restart: %+v", a)
+	}
+	if s := x.emu.Stats().App("tt01app"); s.Exchanges != 1 || s.Retrieves != 0 {
+		t.Fatalf("restart needed a new authorization: %+v", s)
+	}
+}
+
+func TestConfigReloadUnderLoadNeitherRefreshesTwiceNorFails(t *testing.T) {
+	// Access tokens live 6 s, so they rotate during the test while configs reload.
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{AccessTokenTTL: 6 * time.Second}, withGlobal("refresh_ahead 2s"))
+	ids := []string{"tt01app", "tt02app", "tt03app"}
+	x.authorize(ids...)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failures []string
+	var served, redials int
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := ids[(w+i)%len(ids)]
+				a, err := x.tryCall("GET", x.apiPath(), appidHeader(id), "")
+				if isConnectionReset(err) {
+					// Caddy's listener handoff on reload, or the old server
+					// closing an idle keep-alive connection, can reset a
+					// connection before any handler runs; a client retries.
+					// Counted and reported, not hidden.
+					mu.Lock()
+					redials++
+					mu.Unlock()
+					a, err = x.tryCall("GET", x.apiPath(), appidHeader(id), "")
+				}
+				mu.Lock()
+				served++
+				switch {
+				case err != nil:
+					failures = append(failures, err.Error())
+				case a.Status != 200 || a.Errno != 0 || a.Data.AppID != id:
+					failures = append(failures, fmt.Sprintf("%s: %d %d %s", id, a.Status, a.Errno, a.Message))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	deadline := time.Now().Add(14 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		x.site = fmt.Sprintf("header X-Reload %d", i) // a real config change each time
+		x.start()
+		time.Sleep(700 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d requests failed during reloads, first: %s", len(failures), served, failures[0])
+	}
+	total := x.emu.Stats().Total
+	if total.Refresh40021 != 0 {
+		t.Fatalf("a refresh token was used twice across reloads: %+v", total)
+	}
+	if total.Refreshes == 0 {
+		t.Fatal("no rotation happened during the test")
+	}
+	// 14 s at one rotation per authorizer every ~4 s: a second refresher would double it.
+	if max := int64(len(ids) * 5); total.Refreshes > max {
+		t.Fatalf("%d refreshes for %d authorizers in 14 s: more than one refresher", total.Refreshes, len(ids))
+	}
+	t.Logf("%d requests served across reloads, %d refreshes, %d connections reset by the reload (retried)", served, total.Refreshes, redials)
 }

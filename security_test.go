@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,57 +22,6 @@ import (
 // End-to-end tests of what a hostile client, or a careless upstream, can make
 // tptoken do. The upstream behind Caddy (the tap of e2e_helpers_test.go)
 // routes paths under hostileUpstreamPrefix here instead of to the emulator.
-
-const hostileUpstreamPrefix = "/_upstream/"
-
-// hostileUpstream answers what a client may steer or an upstream may do:
-//
-//	…/steer?body=<json>  answers <json> (HTTP 200, application/json): an API
-//	                     whose answer the client chooses
-//	/_upstream/dir/      a Go ServeMux directory: /_upstream/dir?q redirects to
-//	                     /_upstream/dir/?q, keeping the query (token included)
-//	/_upstream/reflect   echoes the token it received into every kind of
-//	                     response header, a 103 Early Hints and a trailer
-var hostileUpstream = func() *http.ServeMux {
-	mux := http.NewServeMux()
-	steer := func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, r.URL.Query().Get("body"))
-	}
-	mux.HandleFunc(hostileUpstreamPrefix+"steer", steer)
-	mux.HandleFunc(hostileUpstreamPrefix+"component/steer", steer)
-	mux.HandleFunc(hostileUpstreamPrefix+"dir/", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"errno":0,"err_no":0,"data":{"dir":true}}`)
-	})
-	mux.HandleFunc(hostileUpstreamPrefix+"reflect", func(w http.ResponseWriter, r *http.Request) {
-		tok := r.URL.Query().Get("authorizer_access_token")
-		if tok == "" {
-			tok = r.Header.Get("Access-Token")
-		}
-		reflected.Store(tok)
-		h := w.Header()
-		h.Set("Link", "</style.css?t="+url.QueryEscape(tok)+">; rel=preload")
-		w.WriteHeader(http.StatusEarlyHints)
-		h.Del("Link")
-		h.Set("Location", hostileUpstreamPrefix+"landing?x=1&authorizer_access_token="+tok+"&copy="+escapeEveryByte(tok, "%%%02X")+"#top")
-		h.Set("Content-Location", hostileUpstreamPrefix+"c/"+url.PathEscape(tok))
-		h.Set("Refresh", "0; url="+hostileUpstreamPrefix+"landing?t="+tok)
-		h.Set("Link", "</next?t="+url.QueryEscape(escapeEveryByte(tok, "%%%02x"))+">; rel=next")
-		h.Set("X-Echo", tok)
-		h.Set("X-Tok-"+tok, "1")
-		h.Set("Set-Cookie", "t="+tok+"; Path=/")
-		h.Set("Content-Type", "application/json")
-		h.Set("Trailer", "X-Trailer-Echo")
-		w.WriteHeader(http.StatusFound)
-		_, _ = io.WriteString(w, `{"errno":0,"err_no":0,"data":{}}`)
-		h.Set("X-Trailer-Echo", tok)
-	})
-	return mux
-}()
-
-// reflected is the token /_upstream/reflect last received.
-var reflected atomic.Value
 
 // escapeEveryByte percent-escapes every byte of s with format (%%%02X or %%%02x).
 func escapeEveryByte(s, format string) string {

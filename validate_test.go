@@ -180,3 +180,30 @@ func TestEveryRuleGivesTheSameMessageInTheCaddyfileAndInJSON(t *testing.T) {
 		})
 	}
 }
+
+// Issue 16, point 6: a provisioning error is logged by tptoken as a short
+// first line before Caddy's long chained error.
+func TestAProvisioningErrorHasAShortFirstLine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads Caddy configs")
+	}
+	t.Cleanup(func() { _ = stopCaddy() })
+	t.Setenv("TPT_SECRET", "env-appsecret-0042")
+	blocks := "\ttptoken {\n\t\tcomponent_appid tt00a\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t}\n\ttptoken {\n\t\tcomponent_appid tt00b\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t}"
+	site := fmt.Sprintf("http://127.0.0.1:%d {\n\troute {\n\t\ttptoken\n\t\trespond ok\n\t}\n}", freePort(t))
+	log, err := loadWithLog(t, blocks, site)
+	if err == nil || !strings.Contains(err.Error(), "loading module 'tptoken'") {
+		t.Fatalf("a handler naming no component among two loaded: %v", err)
+	}
+	var first string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, `"level":"error"`) {
+			first = l
+			break
+		}
+	}
+	const want = `"msg":"configuration error: several components are configured (tt00a, tt00b): name one with ` + "`component <appid>`" + `"`
+	if !strings.Contains(first, want) || len(first) >= len(err.Error())+100 {
+		t.Fatalf("first error line %q, want one holding %s; Caddy's error: %v", first, want, err)
+	}
+}

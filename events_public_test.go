@@ -205,18 +205,6 @@ func (x *e2e) logLines(from int) ([]string, int) {
 	return strings.Split(text, "\n"), len(b)
 }
 
-// waitUntil polls cond until it holds or the deadline passes.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestRedirectFloodCostsAtMostTheBudgetAndRefreshesDoNotWaitBehindIt(t *testing.T) {
 	const (
 		burst   = 3 // exchanges per window: smaller than what 2 slots get through during the flood

@@ -4,63 +4,17 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"testing/iotest"
 
-	"github.com/tptoken/caddy-tptoken/tokensource"
+	"go.uber.org/zap"
 )
 
-// The request path's fast paths must say exactly what the slow ones would.
+// The bodies kept for a replay: what is read and sent, within the replay
+// memory budget.
 
-func TestQueryEscapeMatchesURLQueryEscapeForEveryByte(t *testing.T) {
-	for c := range 256 {
-		s := "tt0" + string([]byte{byte(c)}) + "Zz9-_.~"
-		if got, want := queryEscape(s), url.QueryEscape(s); got != want {
-			t.Fatalf("queryEscape(%q) = %q, url.QueryEscape = %q", s, got, want)
-		}
-	}
-}
-
-func TestInspectedBodyReadsAndWritesToLikeTheOriginal(t *testing.T) {
-	body := `{"errno":0,"message":"success","data":{"appid":"tt01"}}`
-	resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"application/json; charset=utf-8"}},
-		ContentLength: int64(len(body)), Body: io.NopCloser(strings.NewReader(body))}
-	if code := inspect(resp, tokensource.V1, false); code != 0 {
-		t.Fatalf("code %d", code)
-	}
-	if _, ok := resp.Body.(io.WriterTo); !ok {
-		t.Fatal("the inspected body lost WriteTo (io.Copy would take the slow path)")
-	}
-	var out bytes.Buffer
-	if _, err := io.Copy(&out, resp.Body); err != nil || out.String() != body {
-		t.Fatalf("read back %q, %v", out.String(), err)
-	}
-	if err := resp.Body.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	// Read ends like net/http's body of a known length: io.EOF with the last
-	// bytes, so reverse_proxy's copy loop (one allocation per turn) turns once.
-	resp.Body = io.NopCloser(strings.NewReader(body))
-	if code := inspect(resp, tokensource.V1, false); code != 0 {
-		t.Fatalf("code %d", code)
-	}
-	buf := make([]byte, 32<<10)
-	n, err := resp.Body.Read(buf[:10])
-	if n != 10 || err != nil {
-		t.Fatalf("first 10 bytes: %d, %v", n, err)
-	}
-	n, err = resp.Body.Read(buf)
-	if string(buf[:n]) != body[10:] || err != io.EOF {
-		t.Fatalf("the rest in one read: %q, %v; want %q with io.EOF", buf[:n], err, body[10:])
-	}
-	if n, err = resp.Body.Read(buf); n != 0 || err != io.EOF {
-		t.Fatalf("after the end: %d, %v", n, err)
-	}
-}
-
+// readBuffered, the fast path, reads exactly what io.ReadAll would.
 func TestReadBufferedReadsWhatIOReadAllReads(t *testing.T) {
 	data := bytes.Repeat([]byte("0123456789"), 1000) // 10,000 bytes
 	readers := map[string]func(b []byte) io.Reader{
@@ -131,5 +85,46 @@ func TestReadBufferedHoldsWhatArrivedWithinTheBudget(t *testing.T) {
 	budget.give(second.reserved)
 	if budget.used.Load() != 0 {
 		t.Fatalf("budget holds %d after the releases", budget.used.Load())
+	}
+}
+
+func TestRequestBodyIsWholeOnEveryAttemptAndReplayableOnlyWhenSmall(t *testing.T) {
+	read := func(b *bodyCopy, req *http.Request) string {
+		if b == nil {
+			got, _ := io.ReadAll(req.Body)
+			return string(got)
+		}
+		got, _ := io.ReadAll(b.reader())
+		return string(got)
+	}
+	// A small body is read once and sent whole on every attempt (reverse_proxy
+	// calls RoundTrip again after a dial error), and on the replay.
+	small := "small body"
+	req, _ := http.NewRequest(http.MethodPost, "http://x/", strings.NewReader(small))
+	inj := &injection{comp: &component{appID: e2eComponent}, maxReplayBody: 64}
+	for attempt := range 3 {
+		b, replayable := inj.requestBody(req, zap.NewNop())
+		if !replayable || read(b, req) != small {
+			t.Fatalf("attempt %d: replayable %v", attempt, replayable)
+		}
+	}
+	// A large body of unknown length: the part read to find its size is sent in
+	// front of the rest, and a retry after a dial error (nothing sent) still
+	// sends all of it.
+	large := strings.Repeat("y", 1000)
+	req, _ = http.NewRequest(http.MethodPost, "http://x/", io.NopCloser(strings.NewReader(large)))
+	inj = &injection{comp: &component{appID: e2eComponent}, maxReplayBody: 64}
+	if _, replayable := inj.requestBody(req, zap.NewNop()); replayable {
+		t.Fatal("a body over max_replay_body was made replayable")
+	}
+	b, _ := inj.requestBody(req, zap.NewNop()) // the retry, before anything was sent
+	if got := read(b, req); got != large {
+		t.Fatalf("the retried body has %d bytes, want %d", len(got), len(large))
+	}
+	// Replay off: the body is not touched at all.
+	req, _ = http.NewRequest(http.MethodPost, "http://x/", strings.NewReader(small))
+	inj = &injection{comp: &component{appID: e2eComponent}, maxReplayBody: -1}
+	if b, replayable := inj.requestBody(req, zap.NewNop()); b != nil || replayable || read(b, req) != small {
+		t.Fatal("with replay off the body was read or replaced")
 	}
 }

@@ -2,41 +2,16 @@ package tptoken
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/tptoken/caddy-tptoken/emulator"
 )
 
-// loadWithLog loads a Caddyfile made of a global block (tptoken blocks
-// given) and site, logging at INFO to a file; it returns what was logged and
-// the load error.
-func loadWithLog(t *testing.T, tptokenBlocks, site string) (string, error) {
-	t.Helper()
-	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	cfg := fmt.Sprintf(`{
-	admin off
-	persist_config off
-	auto_https off
-	storage file_system %s
-	log {
-		output file %s
-		level INFO
-	}
-%s
-}
-%s`, t.TempDir(), logFile, tptokenBlocks, site)
-	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		t.Fatalf("adapting:\n%s\n%v", cfg, err)
-	}
-	lerr := caddy.Load(js, true)
-	b, _ := os.ReadFile(logFile)
-	return string(b), lerr
-}
+// No secret in the log, the adapted JSON or the config; a warning for each
+// set-up that puts the secrets at risk.
 
 // Issue 16, point 7: risky set-ups load, with one warning each per config
 // load saying what to do, and never the value.
@@ -87,29 +62,34 @@ func TestRiskySecretSetUpsLoadWithAWarningEachNamingTheFix(t *testing.T) {
 	}
 }
 
-// Issue 16, point 6: a provisioning error is logged by tptoken as a short
-// first line before Caddy's long chained error.
-func TestAProvisioningErrorHasAShortFirstLine(t *testing.T) {
-	if testing.Short() {
-		t.Skip("loads Caddy configs")
-	}
-	t.Cleanup(func() { _ = stopCaddy() })
-	t.Setenv("TPT_SECRET", "env-appsecret-0042")
-	blocks := "\ttptoken {\n\t\tcomponent_appid tt00a\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t}\n\ttptoken {\n\t\tcomponent_appid tt00b\n\t\tcomponent_appsecret {env.TPT_SECRET}\n\t}"
-	site := fmt.Sprintf("http://127.0.0.1:%d {\n\troute {\n\t\ttptoken\n\t\trespond ok\n\t}\n}", freePort(t))
-	log, err := loadWithLog(t, blocks, site)
-	if err == nil || !strings.Contains(err.Error(), "loading module 'tptoken'") {
-		t.Fatalf("a handler naming no component among two loaded: %v", err)
-	}
-	var first string
-	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, `"level":"error"`) {
-			first = l
-			break
-		}
-	}
-	const want = `"msg":"configuration error: several components are configured (tt00a, tt00b): name one with ` + "`component <appid>`" + `"`
-	if !strings.Contains(first, want) || len(first) >= len(err.Error())+100 {
-		t.Fatalf("first error line %q, want one holding %s; Caddy's error: %v", first, want, err)
+func TestDebugLogAndAdaptedJSONHoldNoSecret(t *testing.T) {
+	for _, fam := range e2eFamilies {
+		t.Run(string(fam), func(t *testing.T) {
+			x := newE2E(t, fam, emulator.Lifetimes{AccessTokenTTL: 4 * time.Second}, withGlobal("refresh_ahead 1s"))
+			x.authorize("tt01app")
+			for range 5 {
+				if a := x.call("POST", x.apiPath()+"?k=v", appidHeader("tt01app"), `{"x":1}`); a.Status != 200 {
+					t.Fatalf("answer = %+v", a)
+				}
+			}
+			x.emu.RevokeAccessToken("tt01app", fam) // a replay, logged at info
+			time.Sleep(4 * time.Second)             // a rotation
+			if a := x.call("GET", x.apiPath(), appidHeader("tt01app"), ""); a.Status != 200 {
+				t.Fatalf("answer = %+v", a)
+			}
+			log := x.debugLog()
+			if !strings.Contains(log, "upstream roundtrip") {
+				t.Fatal("the debug log lacks reverse_proxy's upstream roundtrip lines: the check would prove nothing")
+			}
+			x.assertNoSecretIn("the DEBUG log", log)
+			cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(x.caddyCfg), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			x.assertNoSecretIn("the adapted JSON", string(cfg))
+			if !strings.Contains(string(cfg), "{env.TPT_SECRET}") {
+				t.Fatal("the adapted JSON lost the secret placeholder")
+			}
+		})
 	}
 }
