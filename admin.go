@@ -185,7 +185,7 @@ func (a *adminAPI) pick(r *http.Request) (*component, error) {
 	if name != "" {
 		if !tokensource.ValidAppID(name) {
 			return nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
-				Err: errors.New("component: want a component appid (1-64 letters, digits, '_' or '-')")}
+				Err: errors.New("component: want a component appid (" + appIDShape + ")")}
 		}
 		c, ok := a.comps[name]
 		if !ok {

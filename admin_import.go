@@ -150,7 +150,7 @@ func (a *adminAPI) importTokens(w http.ResponseWriter, r *http.Request) error {
 		rows[i].RefreshToken = strings.TrimSpace(rows[i].RefreshToken)
 		if !tokensource.ValidAppID(rows[i].AppID) {
 			results[i].ImportResult = tokensource.ImportResult{Result: "failed", Fingerprint: tokensource.Secret(rows[i].AppID).Fingerprint(),
-				Detail: "invalid appid (want 1-64 letters, digits, '_' or '-'; not echoed back: check the column order appid,authorizer_refresh_token)"}
+				Detail: "invalid appid (" + wantAppID + "; not echoed back: check the column order appid,authorizer_refresh_token)"}
 			continue
 		}
 		comps[i] = fixed

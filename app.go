@@ -1,12 +1,3 @@
-// Package tptoken is a Caddy v2 plugin for service providers (服务商) on the
-// Douyin / ByteDance open platform: legacy apps send open-API requests through
-// Caddy naming an authorizer appid, and tptoken injects a valid
-// authorizer_access_token (or component token) before reverse_proxy forwards them.
-//
-// The token engine lives in package tokensource; this package is the Caddy glue:
-// the `tptoken` app (one engine per component appid, surviving config reloads),
-// the `tptoken` handler, the `tptoken` reverse_proxy transport that puts the
-// token on the outgoing request only, and the `tptoken_events` push receiver.
 package tptoken
 
 import (

@@ -485,9 +485,3 @@ func at(d *caddyfile.Dispenser, err error) error {
 func isPlaceholder(s string) bool {
 	return strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}")
 }
-
-// Interface guards
-var (
-	_ caddyfile.Unmarshaler = (*Handler)(nil)
-	_ caddyfile.Unmarshaler = (*Events)(nil)
-)

@@ -148,7 +148,7 @@ func newAdminClient(fl caddycmd.Flags) (*adminClient, error) {
 	}
 	comp := fl.String("component")
 	if comp != "" && !tokensource.ValidAppID(comp) {
-		return nil, fmt.Errorf("--component: want a component appid (1-64 letters, digits, '_' or '-'), got %d characters", len(comp))
+		return nil, fmt.Errorf("--component: want a component appid ("+appIDShape+"), got %d characters", len(comp))
 	}
 	return &adminClient{addr: addr, component: comp}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -307,4 +308,5 @@ func (ev *Events) page(w http.ResponseWriter, status int, title, detail string, 
 var (
 	_ caddy.Provisioner           = (*Events)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Events)(nil)
+	_ caddyfile.Unmarshaler       = (*Events)(nil)
 )

@@ -25,9 +25,12 @@ import (
 //
 // A message never quotes a secret: keys are described by their length.
 
+// appIDShape is what an appid is made of (tokensource.ValidAppID).
+const appIDShape = "1-64 letters, digits, '_' or '-'"
+
 // What to write, per rule.
 const (
-	wantAppID        = "want 1-64 letters, digits, '_' or '-'"
+	wantAppID        = "want " + appIDShape
 	wantDuration     = "want a positive duration such as 10m"
 	wantPositive     = "want a positive integer"
 	wantRenewRate    = "want a positive number of renewals per second, such as 2 or 0.5"
@@ -43,7 +46,7 @@ func invalid(option, value, want string) error {
 }
 
 // checkAppID: an appid (component_appid, a handler's component, an allow
-// entry) is 1-64 letters, digits, '_' or '-' (tokensource.ValidAppID).
+// entry) is appIDShape.
 func checkAppID(option, v string) error {
 	if tokensource.ValidAppID(v) {
 		return nil

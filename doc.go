@@ -1,0 +1,31 @@
+// Package tptoken is a Caddy v2 plugin for service providers (服务商) on the
+// Douyin / ByteDance open platform: legacy apps send open-API requests through
+// Caddy naming an authorizer appid, and tptoken injects a valid
+// authorizer_access_token (or component token) before reverse_proxy forwards them.
+//
+// The token engine lives in package tokensource; this package is the Caddy glue:
+// the `tptoken` app (one engine per component appid, surviving config reloads),
+// the `tptoken` handler, the `tptoken` reverse_proxy transport that puts the
+// token on the outgoing request only, and the `tptoken_events` push receiver.
+//
+// Where things are:
+//
+//	app.go             the tptoken app: Component, the engine pool and its key, Start/Stop/Cleanup
+//	handler.go         the tptoken handler: appid carriers, ServeHTTP, the failure envelope
+//	transport.go       the tptoken transport: the token on the outgoing request, the replay
+//	inspect.go         answers that reject the token sent
+//	replaybuffer.go    request bodies kept for a replay, within max_replay_memory
+//	query.go           the query edited as bytes: carriers and v1 credentials
+//	redact.go          the token removed from answer headers
+//	routecheck.go      no request leaves without its token (config check, request guard)
+//	events.go          the tptoken_events handler: pushes and authorization redirects
+//	events_refusals.go what tptoken_events refuses: counted, logged sampled
+//	authstate.go       the signed state of authorization links
+//	validate.go        the rule of each option value, one function each
+//	secrets.go         secret placeholders resolved; warnings about risky set-ups
+//	caddyfile.go       the Caddyfile syntax (parsing only; the rules are validate.go's)
+//	storage.go         the storage an engine uses across configs
+//	metrics.go         Prometheus metrics
+//	admin*.go          the admin API (admin.api.tptoken)
+//	command*.go        the `caddy tptoken` CLI
+package tptoken
