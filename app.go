@@ -202,10 +202,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 // the secrets, and the pairs of them, are checked once resolved
 // (provisionComponent). Fields left out (0, "") take their defaults.
 func (c *Component) check() error {
-	if err := checkRequired("component_appid", c.ComponentAppID, "{env.TP_COMPONENT_APPID}"); err != nil {
-		return err
-	}
-	if err := checkRequired("component_appsecret", c.ComponentAppSecret, "{env.TP_COMPONENT_APPSECRET}"); err != nil {
+	if err := checkRequired(c); err != nil {
 		return err
 	}
 	if _, err := apiFamily(c.API); err != nil {

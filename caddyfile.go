@@ -215,8 +215,7 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		}
 	}
 	for _, err := range []error{
-		checkRequired("component_appid", c.ComponentAppID, "{env.TP_COMPONENT_APPID}"),
-		checkRequired("component_appsecret", c.ComponentAppSecret, "{env.TP_COMPONENT_APPSECRET}"),
+		checkRequired(c),
 		checkPushKeys(c.MessageToken, c.EncodingAESKey),
 		checkPreviousKeys(c.EncryptionKey, c.PreviousEncryptionKeys),
 	} {

@@ -54,12 +54,15 @@ func checkAppID(option, v string) error {
 	return invalid(option, strconv.Quote(v), wantAppID)
 }
 
-// checkRequired: component_appid and component_appsecret must be set.
-func checkRequired(option, raw, example string) error {
-	if raw != "" {
-		return nil
+// checkRequired: a component names its appid and its secret.
+func checkRequired(c *Component) error {
+	switch {
+	case c.ComponentAppID == "":
+		return errors.New("component_appid is required (for example {env.TP_COMPONENT_APPID})")
+	case c.ComponentAppSecret == "":
+		return errors.New("component_appsecret is required (for example {env.TP_COMPONENT_APPSECRET})")
 	}
-	return fmt.Errorf("%s is required (for example %s)", option, example)
+	return nil
 }
 
 // duplicateComponent: each TP is configured once.
