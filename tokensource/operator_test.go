@@ -257,6 +257,12 @@ func TestEncryptionKeyRotationReadsOldRecordsAndResealsThem(t *testing.T) {
 	if _, err := old.ComponentToken(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// A push handled: its replay memory is stored too.
+	handled := sealPush(t, `{"Ticket":"t2","MsgType":"Ticket","Event":"PUSH"}`, h.clock.Now())
+	if dup, err := old.AdmitPush(ctx, handled); dup || err != nil {
+		t.Fatal(dup, err)
+	}
+	old.PushHandled(ctx, handled)
 
 	// Step 1 of a rotation: the new key is current, the old one previous.
 	rotated := h.engine(withKeys(k2, k1))
