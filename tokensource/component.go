@@ -7,59 +7,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// componentRefreshAhead: a component token is fetched again this long before it
-// expires (capped at half its life). v1 returns the same token until less than
-// 30 minutes remain, so fetching earlier would only return the same token.
-const componentRefreshAhead = 20 * time.Minute
-
-// ticketStaleAfter: the platform pushes a ticket every 10 minutes and each is
-// valid 3 hours; an older stored ticket means pushes are not arriving.
-const ticketStaleAfter = 3 * time.Hour
-
 const componentKey = "\x00component"
-
-// StoreTicket keeps the latest component_ticket in storage, shared by every
-// instance. Pushes are retried by the platform, so a ticket already stored is a
-// no-op, and an older ticket never replaces a newer one.
-func (e *Engine) StoreTicket(ctx context.Context, ticket Secret, created time.Time) error {
-	if ticket == "" {
-		return &Error{Kind: KindBadInput, Msg: "empty component_ticket"}
-	}
-	if cur := e.ticket.Load(); cur != nil && cur.Ticket == ticket.Reveal() {
-		return nil
-	}
-	stored, err := e.loadTicket(ctx)
-	if err != nil && !isNotExist(err) {
-		e.log.Warn("reading the stored component ticket failed; storing the pushed one", zapErr(err))
-	}
-	if stored != nil {
-		if stored.Ticket == ticket.Reveal() {
-			e.ticket.Store(stored)
-			return nil
-		}
-		if !created.IsZero() && stored.CreateTime.After(created) {
-			e.ticket.Store(stored)
-			return nil
-		}
-	}
-	d := &diskTicket{Ticket: ticket.Reveal(), CreateTime: created, ReceivedAt: e.now()}
-	e.ticket.Store(d)
-	key := e.keys.ticket()
-	b, err := e.codec.encode(key, d)
-	if err != nil {
-		return err
-	}
-	for n := 0; ; n++ {
-		if err = e.store.Store(ctx, key, b); err == nil {
-			e.log.Info("component ticket stored", zap.Time("create_time", created))
-			return nil
-		}
-		if n == 2 || sleep(ctx, time.Duration(100<<n)*time.Millisecond) != nil {
-			e.log.Error("storing the component ticket failed; other instances will not see it", zapErr(err))
-			return err
-		}
-	}
-}
 
 func (e *Engine) loadTicket(ctx context.Context) (*diskTicket, error) {
 	key := e.keys.ticket()
@@ -120,7 +68,7 @@ func (e *Engine) ComponentToken(ctx context.Context) (Token, error) {
 // componentToken is ComponentToken for the engine's own calls.
 func (e *Engine) componentToken(ctx context.Context) (Token, error) { return e.ComponentToken(ctx) }
 
-func (e *Engine) loadComponent(ctx context.Context) (*Record, error) {
+func (e *Engine) loadComponent(ctx context.Context) (*record, error) {
 	key := e.keys.componentToken(e.family)
 	b, err := e.store.Load(ctx, key)
 	if err != nil {
@@ -130,11 +78,11 @@ func (e *Engine) loadComponent(ctx context.Context) (*Record, error) {
 	if err := e.codec.decode(key, b, &d); err != nil {
 		return nil, err
 	}
-	return &Record{Family: e.family, State: StateActive, AccessToken: Secret(d.Token), AccessIssued: d.Issued,
+	return &record{Family: e.family, State: StateActive, AccessToken: Secret(d.Token), AccessIssued: d.Issued,
 		AccessExpiry: d.Expiry, Generation: d.Generation, UpdatedAt: d.Issued}, nil
 }
 
-func (e *Engine) saveComponent(ctx context.Context, r *Record) error {
+func (e *Engine) saveComponent(ctx context.Context, r *record) error {
 	key := e.keys.componentToken(e.family)
 	b, err := e.codec.encode(key, diskComponentToken{Token: r.AccessToken.Reveal(), Issued: r.AccessIssued, Expiry: r.AccessExpiry, Generation: r.Generation})
 	if err != nil {
@@ -143,7 +91,7 @@ func (e *Engine) saveComponent(ctx context.Context, r *Record) error {
 	return e.store.Store(ctx, key, b)
 }
 
-func (e *Engine) newComponentEntry(r *Record, now time.Time) *entry {
+func (e *Engine) newComponentEntry(r *record, now time.Time) *entry {
 	en := &entry{rec: r, checkedAt: now}
 	if r != nil && r.AccessToken != "" {
 		en.refreshAt, en.unusableAt = margins(r.AccessIssued, r.AccessExpiry, componentRefreshAhead)
@@ -154,7 +102,7 @@ func (e *Engine) newComponentEntry(r *Record, now time.Time) *entry {
 
 // adoptComponent installs a stored component token unless it is older than or
 // the same as the one in memory.
-func (e *Engine) adoptComponent(r *Record, now time.Time) *entry {
+func (e *Engine) adoptComponent(r *record, now time.Time) *entry {
 	for {
 		old := e.comp.cur.Load()
 		if old != nil && old.rec != nil && r.Generation < old.rec.Generation {
@@ -241,7 +189,7 @@ func (e *Engine) obtainComponent() (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ct ComponentToken
+	var ct componentGrant
 	start := e.now()
 	err = e.retry(ctx, func(ctx context.Context) error {
 		var err error
@@ -267,7 +215,7 @@ func (e *Engine) obtainComponent() (any, error) {
 		if en.usable(now) {
 			return en.tok, nil
 		}
-		if c := PlatformCode(err); c == 40037 || c == 40038 || c == 40003 {
+		if c := platformCode(err); c == 40037 || c == 40038 || c == 40003 {
 			return nil, &Error{Kind: KindPlatform, Msg: "the platform refused the component credentials (40037 ticket, 40038 secret, 40003 appid): check component_appid, component_appsecret and that tickets arrive", RetryAfter: en.retryAt.Sub(now), Err: err}
 		}
 		return nil, e.unavailable("", err, en.retryAt.Sub(now))
@@ -276,7 +224,7 @@ func (e *Engine) obtainComponent() (any, error) {
 	if cur != nil && cur.rec != nil {
 		gen = cur.rec.Generation
 	}
-	r := &Record{Family: e.family, State: StateActive, AccessToken: ct.Token, AccessIssued: start,
+	r := &record{Family: e.family, State: StateActive, AccessToken: ct.Token, AccessIssued: start,
 		AccessExpiry: start.Add(ct.ExpiresIn), Generation: gen + 1, UpdatedAt: now}
 	if err := e.saveComponent(ctx, r); err != nil {
 		e.log.Error("storing the component token failed; other instances will fetch their own", zapErr(err))

@@ -23,7 +23,7 @@ import (
 // and each one goes through the same lock-reload-recheck path as a request, so
 // in a cluster every instance may sweep while each authorizer renews once.
 
-// Summary is what the last sweep of storage found.
+// Summary is what the last sweep of storage found (ComponentInfo.Sweep).
 type Summary struct {
 	At                 time.Time     `json:"at"`
 	ByState            map[State]int `json:"by_state"`
@@ -36,14 +36,6 @@ type Summary struct {
 	NotSealedWithKey    int   `json:"not_sealed_with_current_key,omitempty"`
 	RenewalsScheduled   int   `json:"renewals_scheduled"`
 	SweepDurationMillis int64 `json:"sweep_duration_ms"`
-}
-
-// LastSummary is the result of the last sweep (zero before the first).
-func (e *Engine) LastSummary() Summary {
-	if s := e.summary.Load(); s != nil {
-		return *s
-	}
-	return Summary{}
 }
 
 // job is one background renewal.
@@ -92,9 +84,7 @@ func (e *Engine) Run(ctx context.Context) {
 
 	tick := time.NewTicker(e.cfg.MaintainInterval)
 	defer tick.Stop()
-	// The first sweep comes after a random delay: instances started together do
-	// not sweep together.
-	sweep := time.NewTimer(time.Duration(rand.Int64N(int64(min(e.cfg.SweepInterval, time.Minute)) + 1)))
+	sweep := time.NewTimer(e.firstSweepIn())
 	defer sweep.Stop()
 	for {
 		select {
@@ -105,8 +95,7 @@ func (e *Engine) Run(ctx context.Context) {
 			e.maintain(ctx, enqueue)
 		case <-sweep.C:
 			e.sweep(ctx, enqueue)
-			jitter := time.Duration(rand.Int64N(int64(e.cfg.SweepInterval)/5 + 1))
-			sweep.Reset(e.cfg.SweepInterval - e.cfg.SweepInterval/10 + jitter)
+			sweep.Reset(e.nextSweepIn())
 		}
 	}
 }
@@ -135,7 +124,6 @@ func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
 			}
 		}
 	}
-	idle := max(e.cfg.ActiveWindow, time.Hour)
 	for appid, item := range e.slots.Items() {
 		s := item.Object.(*slot)
 		en := s.cur.Load()
@@ -146,13 +134,12 @@ func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
 		switch {
 		case en.dirty:
 			enqueue(job{appid, ahead}) // obtain writes unsaved records first
-		case now.Sub(used) > idle:
+		case now.Sub(used) > e.idleAfter():
 			// Idle: forget the cached copy (the sweep still renews its refresh token).
 			if !s.syncing.Load() {
 				e.slots.Delete(appid)
 			}
-		case en.rec != nil && en.rec.State == StateActive && now.Sub(used) <= e.cfg.ActiveWindow &&
-			!en.fresh(now.Add(jittered(backgroundLead(en)))) && !now.Before(en.retryAt):
+		case e.queuesAhead(en, now, used, rand.Float64()):
 			enqueue(job{appid, ahead})
 		}
 	}
@@ -162,7 +149,7 @@ func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
 // recoveries, and summarizes states for metrics.
 func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 	start := time.Now()
-	ids, err := e.AppIDs(ctx)
+	ids, err := e.appIDs(ctx)
 	if err != nil {
 		e.log.Error("listing authorizer records failed", zapErr(err))
 		return
@@ -198,9 +185,4 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 	e.summary.Store(&sum)
 	e.log.Info("authorizer sweep done", zap.Int("authorizers", len(ids)), zap.Int("renewals_scheduled", sum.RenewalsScheduled),
 		zap.Int("unreadable", sum.Unreadable), zap.Duration("took", time.Since(start)))
-}
-
-// jittered is d plus a random part of up to d/2.
-func jittered(d time.Duration) time.Duration {
-	return d + time.Duration(rand.Int64N(int64(d)/2+1))
 }

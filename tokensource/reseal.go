@@ -13,7 +13,7 @@ import (
 // ResealReport is what Reseal did.
 type ResealReport struct {
 	ComponentAppID string `json:"component_appid"`
-	KeyID          string `json:"key_id"`          // KeyID of encryption_key, which sealed the records
+	KeyID          string `json:"key_id"`          // key id of encryption_key, which sealed the records
 	Resealed       int    `json:"resealed"`        // records sealed again with encryption_key
 	Current        int    `json:"already_current"` // records already sealed with it
 	Failed         int    `json:"failed"`
@@ -58,7 +58,7 @@ func (e *Engine) Reseal(ctx context.Context) (ResealReport, error) {
 			rep.Current++
 		}
 	}
-	ids, err := e.AppIDs(ctx)
+	ids, err := e.appIDs(ctx)
 	if err != nil {
 		return rep, &Error{Kind: KindUnavailable, Msg: "listing authorizer records failed", RetryAfter: 5 * time.Second, Err: err}
 	}
