@@ -56,7 +56,7 @@ func (e *Engine) ComponentToken(ctx context.Context) (Token, error) {
 		e.obs.Lookup("", "hit")
 		return en.tok, nil
 	}
-	tok, err := e.wait(ctx, componentKey, func() (any, error) { return e.obtainComponent() })
+	tok, err := e.wait(ctx, componentKey, func() (any, error) { return e.obtainComponent(onDemand) })
 	if err != nil {
 		e.obs.Lookup("", "error")
 	} else {
@@ -136,10 +136,11 @@ func (e *Engine) syncComponentInBackground() {
 	}()
 }
 
-// obtainComponent fetches a component token once at a time: reload, lock (v2
-// fetches invalidate the previous token, so they are serialized cluster-wide),
-// reload again, fetch, store.
-func (e *Engine) obtainComponent() (any, error) {
+// obtainComponent fetches a component token if mode m (onDemand or ahead)
+// finds it due, once at a time: reload, lock (v2 fetches invalidate the
+// previous token, so they are serialized cluster-wide), reload again, fetch,
+// store.
+func (e *Engine) obtainComponent(m mode) (any, error) {
 	ctx, done, err := e.begin()
 	if err != nil {
 		return nil, err
@@ -152,7 +153,7 @@ func (e *Engine) obtainComponent() (any, error) {
 		e.log.Error("reading the stored component token failed", zapErr(err))
 	}
 	now := e.now()
-	if cur.fresh(now) {
+	if !e.due(m, cur, now, 0) {
 		return cur.tok, nil
 	}
 	if cur != nil && now.Before(cur.retryAt) {
@@ -166,7 +167,7 @@ func (e *Engine) obtainComponent() (any, error) {
 		if r, err := e.loadComponent(ctx); err == nil {
 			cur = e.adoptComponent(r, e.now())
 		}
-		if cur.fresh(e.now()) {
+		if !e.due(m, cur, e.now(), 0) {
 			return cur.tok, nil
 		}
 	case cur.usable(now):
@@ -180,7 +181,7 @@ func (e *Engine) obtainComponent() (any, error) {
 
 	// Due only because a downstream answer rejected the token: reject.go decides.
 	now = e.now()
-	reported := cur.reported() && cur.unsuspected().fresh(now)
+	reported := cur.reported() && !e.due(m, cur.unsuspected(), now, 0)
 	if reported && !e.mayRenewSuspect(&e.comp, "", cur, now) {
 		return cur.tok, nil
 	}

@@ -186,10 +186,13 @@ func (e *Engine) Token(ctx context.Context, appid string) (Token, error) {
 	tok, err := e.wait(ctx, appid, func() (any, error) { return e.obtain(appid, onDemand) })
 	if err != nil {
 		e.obs.Lookup(appid, "error")
-	} else {
-		e.obs.Lookup(appid, "obtained")
+		return tok, err
 	}
-	return tok, err
+	if v, ok := e.slots.Get(appid); ok {
+		v.(*slot).touch(now) // a slot obtain made is in use, not idle
+	}
+	e.obs.Lookup(appid, "obtained")
+	return tok, nil
 }
 
 func (s *slot) touch(now time.Time) {

@@ -38,17 +38,27 @@ type Summary struct {
 	SweepDurationMillis int64 `json:"sweep_duration_ms"`
 }
 
-// job is one background renewal.
+// job is one background renewal: of an authorizer's token (mode ahead or
+// renewRefresh), or of the component token (appid "", mode ahead).
 type job struct {
 	appid string
 	m     mode
+}
+
+// key is the job's single-flight key, shared with obtain's callers of the
+// same mode, and its key in the queue (at most one queued job each).
+func (j job) key() string {
+	if j.appid == "" {
+		return j.m.key(componentKey)
+	}
+	return j.m.key(j.appid)
 }
 
 // Run does the background work until ctx ends, then waits for its workers.
 // Call it once per engine.
 func (e *Engine) Run(ctx context.Context) {
 	jobs := make(chan job, 1024)
-	queued := sync.Map{} // appid+mode → struct{}: at most one queued job each
+	queued := sync.Map{} // job.key() → struct{}: at most one queued job each
 	limiter := rate.NewLimiter(rate.Limit(e.cfg.RenewRate), 1)
 	var wg sync.WaitGroup
 	for range e.cfg.BackgroundWorkers {
@@ -64,20 +74,20 @@ func (e *Engine) Run(ctx context.Context) {
 						return
 					}
 					e.runJob(ctx, j)
-					queued.Delete(j.m.key(j.appid))
+					queued.Delete(j.key())
 				}
 			}
 		}()
 	}
 	enqueue := func(j job) bool {
-		if _, dup := queued.LoadOrStore(j.m.key(j.appid), struct{}{}); dup {
+		if _, dup := queued.LoadOrStore(j.key(), struct{}{}); dup {
 			return false
 		}
 		select {
 		case jobs <- j:
 			return true
 		default: // full: the next pass schedules it again
-			queued.Delete(j.m.key(j.appid))
+			queued.Delete(j.key())
 			return false
 		}
 	}
@@ -92,7 +102,7 @@ func (e *Engine) Run(ctx context.Context) {
 			wg.Wait()
 			return
 		case <-tick.C:
-			e.maintain(ctx, enqueue)
+			e.maintain(enqueue, rand.Float64)
 		case <-sweep.C:
 			e.sweep(ctx, enqueue)
 			sweep.Reset(e.nextSweepIn())
@@ -104,25 +114,28 @@ func (e *Engine) runJob(ctx context.Context, j job) {
 	if ctx.Err() != nil {
 		return
 	}
-	ch := e.sf.DoChan(j.m.key(j.appid), func() (any, error) { return e.obtain(j.appid, j.m) })
+	fn := func() (any, error) { return e.obtain(j.appid, j.m) }
+	if j.appid == "" {
+		fn = func() (any, error) { return e.obtainComponent(j.m) }
+	}
 	select {
-	case r := <-ch:
-		if r.Err != nil {
+	case r := <-e.sf.DoChan(j.key(), fn):
+		switch {
+		case r.Err != nil && j.appid == "":
+			e.log.Warn("keeping the component token fresh failed", zapErr(r.Err))
+		case r.Err != nil:
 			e.log.Debug("background renewal did not complete", zapApp(j.appid), zapErr(r.Err))
 		}
 	case <-ctx.Done():
 	}
 }
 
-// maintain looks at what this instance holds in memory.
-func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
+// maintain looks at what this instance holds in memory and queues the
+// renewals due within the background lead (u draws its jitter, policy.go).
+func (e *Engine) maintain(enqueue func(job) bool, u func() float64) {
 	now := e.now()
-	if e.ticket.Load() != nil || e.comp.cur.Load() != nil {
-		if en := e.comp.cur.Load(); !en.fresh(now.Add(backgroundLead(en))) {
-			if _, err := e.ComponentToken(ctx); err != nil {
-				e.log.Warn("keeping the component token fresh failed", zapErr(err))
-			}
-		}
+	if e.queuesComponentAhead(e.comp.cur.Load(), now, u()) {
+		enqueue(job{"", ahead})
 	}
 	for appid, item := range e.slots.Items() {
 		s := item.Object.(*slot)
@@ -132,15 +145,15 @@ func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
 		}
 		used := time.Unix(s.used.Load(), 0)
 		switch {
+		case e.queuesAhead(en, now, used, u()):
+			enqueue(job{appid, ahead})
 		case en.dirty:
-			enqueue(job{appid, ahead}) // obtain writes unsaved records first
+			// Its newest record is in memory only: it stays cached until written.
 		case now.Sub(used) > e.idleAfter():
 			// Idle: forget the cached copy (the sweep still renews its refresh token).
 			if !s.syncing.Load() {
 				e.slots.Delete(appid)
 			}
-		case e.queuesAhead(en, now, used, rand.Float64()):
-			enqueue(job{appid, ahead})
 		}
 	}
 }
@@ -175,7 +188,7 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 			(sum.EarliestRefreshExp.IsZero() || rec.RefreshExpiry.Before(sum.EarliestRefreshExp)) {
 			sum.EarliestRefreshExp, sum.EarliestRefreshApp = rec.RefreshExpiry, id
 		}
-		if rec.Family == e.family && e.refreshTokenDue(rec, e.now()) && enqueue(job{id, renewRefresh}) {
+		if e.queuesRenewal(rec, e.cachedEntry(id), e.now()) && enqueue(job{id, renewRefresh}) {
 			sum.RenewalsScheduled++
 		}
 	}

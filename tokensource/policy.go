@@ -175,12 +175,37 @@ func (e *Engine) nextSweepIn() time.Duration {
 	return e.cfg.SweepInterval - e.cfg.SweepInterval/10 + jitter
 }
 
+// What the background loop queues. Each predicate is made of the tests obtain
+// (or obtainComponent) itself makes before taking the lock, with a lead u ≤ 1
+// picks, so that obtain acts on every job queued: the loop never queues work
+// the request path would refuse (policy_test.go).
+
 // queuesAhead reports whether the background loop queues an ahead job for a
-// cached authorizer (maintain): an active record with traffic within
-// ActiveWindow, within the background lead u picks, and no backoff running.
+// cached authorizer (maintain): an active record of the engine's family, no
+// backoff running, that is unsaved (obtain writes it first) or, with traffic
+// within ActiveWindow, within the background lead u picks.
 func (e *Engine) queuesAhead(en *entry, now, used time.Time, u float64) bool {
-	return en.rec != nil && en.rec.State == StateActive && now.Sub(used) <= e.cfg.ActiveWindow &&
-		en.dueAhead(now, u) && !now.Before(en.retryAt)
+	if en.rec == nil || en.rec.State != StateActive || en.rec.Family != e.family || now.Before(en.retryAt) {
+		return false
+	}
+	return en.dirty || now.Sub(used) <= e.cfg.ActiveWindow && en.dueAhead(now, u)
+}
+
+// queuesComponentAhead reports whether the background loop fetches the
+// component token (maintain): once a ticket arrived or a token is known,
+// within the background lead u picks, no backoff running.
+func (e *Engine) queuesComponentAhead(en *entry, now time.Time, u float64) bool {
+	if en == nil {
+		return e.ticket.Load() != nil
+	}
+	return en.dueAhead(now, u) && !now.Before(en.retryAt)
+}
+
+// queuesRenewal reports whether the sweep queues a refresh-token renewal for
+// a stored record: one of the engine's family whose refresh token is due (or
+// lost), unless a backoff runs for it on this instance (cached).
+func (e *Engine) queuesRenewal(rec *record, cached *entry, now time.Time) bool {
+	return rec.Family == e.family && e.refreshTokenDue(rec, now) && (cached == nil || !now.Before(cached.retryAt))
 }
 
 // idleAfter: a cached authorizer unused this long is dropped from memory (the

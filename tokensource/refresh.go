@@ -38,9 +38,10 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 	if err := e.stateError(appid, cur); err != nil {
 		return nil, err
 	}
-	// 2. Decide without the lock: most callers find it renewed already.
+	// 2. Decide without the lock: most callers find it renewed already. An
+	// unsaved record (a failed write) is written first, whatever the mode.
 	seen := cur.rec.Generation
-	if m != forced && !e.due(m, cur, now, seen) {
+	if m != forced && !cur.dirty && !e.due(m, cur, now, seen) {
 		return cur.tok, nil
 	}
 	if m != forced && now.Before(cur.retryAt) {
