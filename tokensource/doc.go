@@ -23,7 +23,7 @@
 //	              forced-operation budgets, defaults ("when does a refresh happen?")
 //	refresh.go    the refresh path: obtain (reload, lock, reload, re-check,
 //	              renew, store), refresh, recovery, failures
-//	push.go       what a push does to state: HandlePush, the replay window,
+//	pushes.go     what a push does to state: HandlePush, the replay window,
 //	              tickets, revocations ("how does a push change state?")
 //	exchange.go   code exchange and the index of exchanged codes
 //	engine.go     Engine, New, Token (the request path), the in-memory slots,
