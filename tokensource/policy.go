@@ -8,10 +8,12 @@ import (
 // The engine's timing policy: when a token is fresh, usable or due, when the
 // background loop renews ahead of requests, how long bad answers are trusted,
 // how failures back off, and what budgets bound rejections and operators.
-// Every timing decision of the engine is in this file, each with why; the
-// request path (obtain), the background loop (maintain, sweep) and the
-// component token all decide with these functions, so that what the loop
-// queues is what obtain acts on (policy_test.go holds them to it).
+// Every decision of when to renew, retry or refuse is in this file, each with
+// why; the request path (obtain), the background loop (maintain, sweep) and
+// the component token all decide with these functions, so that what the loop
+// queues is what obtain acts on (policy_test.go holds them to it). I/O
+// timeouts, and how long the memories of untrusted input last (handled
+// pushes, exchanged codes, failed codes), stay with the code they bound.
 
 // Defaults of Config's durations.
 const (
@@ -117,7 +119,7 @@ const (
 )
 
 // key is the single-flight key of mode m's obtain for appid: each mode runs
-// once at a time per appid, and a request never waits behind a background job.
+// once at a time per appid, and its callers share the result.
 func (m mode) key(appid string) string {
 	switch m {
 	case ahead:
