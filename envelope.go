@@ -52,7 +52,8 @@ func failureOf(err error) failure {
 		f.status, f.errno = http.StatusGatewayTimeout, 40000
 	case tokensource.KindPlatform:
 		f.status, f.errno = http.StatusBadGateway, 40000
-		if pe := (*tokensource.PlatformError)(nil); errors.As(err, &pe) && pe.Code != 0 {
+		var pe *tokensource.PlatformError
+		if errors.As(err, &pe) && pe.Code != 0 {
 			f.errno = pe.Code
 		}
 	default:

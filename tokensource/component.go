@@ -50,7 +50,7 @@ func (e *Engine) currentTicket(ctx context.Context) (Secret, error) {
 func (e *Engine) ComponentToken(ctx context.Context) (Token, error) {
 	now := e.now()
 	if en := e.comp.cur.Load(); en.fresh(now) {
-		if now.Sub(en.checkedAt) > e.cfg.SyncInterval {
+		if e.syncDue(en, now) {
 			e.syncComponentInBackground()
 		}
 		e.obs.Lookup("", "hit")

@@ -171,7 +171,7 @@ func (e *Engine) Token(ctx context.Context, appid string) (Token, error) {
 		en := s.cur.Load()
 		if en.fresh(now) {
 			s.touch(now)
-			if now.Sub(en.checkedAt) > e.cfg.SyncInterval {
+			if e.syncDue(en, now) {
 				e.syncInBackground(appid, s)
 			}
 			e.obs.Lookup(appid, "hit")

@@ -80,6 +80,13 @@ func (en *entry) fresh(now time.Time) bool {
 	return en != nil && en.tok.Value != "" && en.tok.Value != en.suspect && now.Before(en.unusableAt) && now.Before(en.refreshAt)
 }
 
+// syncDue: a cached token still serves, but its record is reloaded from
+// storage (in the background) once older than SyncInterval, so that a push
+// handled by another instance is seen here.
+func (e *Engine) syncDue(en *entry, now time.Time) bool {
+	return now.Sub(en.checkedAt) > e.cfg.SyncInterval
+}
+
 // Settled answers: a record known bad (unauthorized, the other family) or
 // missing is answered from memory, without I/O, for a while after storage
 // confirmed it. A bad state is read again after settledFor, so a new
