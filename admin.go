@@ -490,7 +490,7 @@ func (a *adminAPI) exchange(w http.ResponseWriter, r *http.Request, c *component
 	if code == "" {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New(`body: want {"authorization_code": "<code>"}`)}
 	}
-	info, err := c.engine.ExchangeCode(r.Context(), appid, tokensource.Secret(code), time.Time{})
+	info, err := c.engine.ExchangeCode(r.Context(), appid, tokensource.Secret(code))
 	if err != nil {
 		// The exchange did not confirm appid: its text stays out of the answer.
 		return apiError(w, tokensource.WithoutAppID(withheld(err, code), appid))
@@ -555,8 +555,6 @@ type componentStatus struct {
 	tokensource.ComponentInfo
 	// TokenExpiresInSeconds: seconds until the component token expires.
 	TokenExpiresInSeconds float64 `json:"component_token_expires_in_seconds,omitempty"`
-	// Sweep is what the last sweep of storage found (absent before the first).
-	Sweep *tokensource.Summary `json:"sweep,omitempty"`
 }
 
 // componentsAnswer is the answer of GET /tptoken/component.
@@ -574,9 +572,6 @@ func (a *adminAPI) components(w http.ResponseWriter, r *http.Request) error {
 		st := componentStatus{ComponentInfo: c.engine.ComponentInfo(r.Context())}
 		if !st.TokenExpiry.IsZero() {
 			st.TokenExpiresInSeconds = time.Until(st.TokenExpiry).Round(time.Second).Seconds()
-		}
-		if sum := c.engine.LastSummary(); !sum.At.IsZero() {
-			st.Sweep = &sum
 		}
 		out.Components = append(out.Components, st)
 	}

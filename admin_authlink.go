@@ -78,12 +78,12 @@ func (a *adminAPI) authLink(w http.ResponseWriter, r *http.Request) error {
 			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 		}
 	}
-	link, err := c.engine.AuthorizationLink(r.Context(), tokensource.LinkRequest{Method: req.Method, LinkType: req.LinkType,
+	link, life, err := c.engine.AuthorizationLink(r.Context(), tokensource.LinkRequest{Method: req.Method, LinkType: req.LinkType,
 		AppName: req.AppName, AppIcon: req.AppIcon, RedirectURI: ans.RedirectURI})
 	if err != nil {
 		return apiError(w, err)
 	}
-	ans.Link, ans.ExpiresAt = link.URL, now.Add(link.ExpiresIn).Truncate(time.Second)
+	ans.Link, ans.ExpiresAt = link, now.Add(life).Truncate(time.Second)
 	a.log.Info("authorization link made", zap.String("component_appid", c.appID), zap.String("method", req.Method), zap.Time("expires_at", ans.ExpiresAt))
 	return writeJSON(w, ans)
 }

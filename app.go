@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 func init() {
@@ -106,8 +107,8 @@ type component struct {
 	family  tokensource.Family
 	engine  *tokensource.Engine
 	pooled  *pooledEngine
-	push    *tokensource.PushCrypto // nil without message_token / encoding_aes_key
-	state   *stateSigner            // authorization-link states (authstate.go)
+	push    *push.Crypto // nil without message_token / encoding_aes_key
+	state   *stateSigner // authorization-link states (authstate.go)
 	poolKey string
 	rawKey  bool // an encryption key was 32 characters taken as bytes (a passphrase)
 }
@@ -320,16 +321,9 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 	}
 	rc := &component{appID: appID, family: family, rawKey: rawKey, state: newStateSigner(secret, appID)}
 	if msgToken != "" {
-		if rc.push, err = tokensource.NewPushCrypto(msgToken, aesKey, appID); err != nil {
+		if rc.push, err = push.NewCrypto(msgToken, aesKey, appID); err != nil {
 			return nil, err
 		}
-	}
-	client, err := tokensource.NewClient(tokensource.ClientConfig{
-		Family: family, Endpoint: c.Endpoint, ComponentAppID: appID,
-		ComponentSecret: tokensource.Secret(secret), Timeout: time.Duration(c.Timeout),
-	})
-	if err != nil {
-		return nil, err
 	}
 	if rc.poolKey, err = poolKey(appID, c, secrets, a.storage); err != nil {
 		return nil, err
@@ -339,7 +333,8 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 		store := new(liveStore)
 		store.add(a.storage)
 		e, err := tokensource.New(tokensource.Config{
-			ComponentAppID: appID, Client: client, Store: store, EncryptionKey: encKey, PreviousEncryptionKeys: prevKeys, Logger: logger,
+			ComponentAppID: appID, ComponentSecret: tokensource.Secret(secret), Family: family, Endpoint: c.Endpoint,
+			CallTimeout: time.Duration(c.Timeout), Store: store, EncryptionKey: encKey, PreviousEncryptionKeys: prevKeys, Logger: logger,
 			Observer:     metricsFor(appID), // process-wide collectors: counts survive reloads
 			RefreshAhead: time.Duration(c.RefreshAhead), RefreshTokenMargin: time.Duration(c.RefreshTokenMargin),
 			LockTimeout: time.Duration(c.LockTimeout), AllowUnlocked: c.SingleInstance,

@@ -32,6 +32,7 @@ import (
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/internal/testport"
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // End-to-end tests run a real Caddy in this process (caddy.Load): one config
@@ -583,26 +584,55 @@ func (x *e2e) adminError(method, path, body string, want int, mention ...string)
 	return a
 }
 
-// legacyStore plays the token store of a legacy app: it exchanges codes and
-// refreshes with its own platform client, as the legacy code did.
+// legacyStore plays the token store of a legacy app on api v1: it exchanges
+// codes and refreshes by calling the platform itself, as the legacy code did.
 type legacyStore struct {
-	t      *testing.T
-	client *tokensource.Client
-	ct     tokensource.Secret
+	t  *testing.T
+	x  *e2e
+	ct string // component_access_token
 }
 
 func newLegacyStore(x *e2e) *legacyStore {
 	x.t.Helper()
-	c, err := tokensource.NewClient(tokensource.ClientConfig{Family: x.family, Endpoint: x.emuURL,
-		ComponentAppID: e2eComponent, ComponentSecret: e2eSecret})
-	if err != nil {
-		x.t.Fatal(err)
+	if x.family != tokensource.V1 {
+		x.t.Fatal("legacyStore speaks api v1")
 	}
-	ct, err := c.ComponentToken(context.Background(), tokensource.Secret(x.emu.Ticket()))
-	if err != nil {
-		x.t.Fatal(err)
+	l := &legacyStore{t: x.t, x: x}
+	var out struct {
+		Token string `json:"component_access_token"`
 	}
-	return &legacyStore{t: x.t, client: c, ct: ct.Token}
+	l.get(emulator.PathV1ComponentToken, url.Values{"component_appid": {e2eComponent},
+		"component_appsecret": {e2eSecret}, "component_ticket": {x.emu.Ticket()}}, &out)
+	l.ct = out.Token
+	return l
+}
+
+// get calls the platform's v1 path with q and decodes its answer into out.
+func (l *legacyStore) get(path string, q url.Values, out any) {
+	l.t.Helper()
+	resp, err := http.Get(l.x.emuURL + path + "?" + q.Encode())
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Errno int `json:"errno"`
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || json.Unmarshal(b, &body) != nil || body.Errno != 0 || json.Unmarshal(b, out) != nil {
+		l.t.Fatalf("%s: %v %s", path, err, b)
+	}
+}
+
+// grant uses a code or a refresh token and returns the new refresh token.
+func (l *legacyStore) grant(grantType, field, value string) string {
+	l.t.Helper()
+	var out struct {
+		RefreshToken string `json:"authorizer_refresh_token"`
+	}
+	l.get(emulator.PathV1OAuthToken, url.Values{"component_appid": {e2eComponent}, "component_access_token": {l.ct},
+		"grant_type": {grantType}, field: {value}}, &out)
+	return out.RefreshToken
 }
 
 // authorize has appid authorize the TP (no push) and exchanges the code as the
@@ -613,22 +643,14 @@ func (l *legacyStore) authorize(x *e2e, appid string) string {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	g, err := l.client.ExchangeCode(context.Background(), l.ct, tokensource.Secret(code))
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	return g.RefreshToken.Reveal()
+	return l.grant(emulator.GrantCode, "authorization_code", code)
 }
 
 // refresh uses a refresh token as the legacy refresher would; the token given
 // is dead afterwards.
 func (l *legacyStore) refresh(rt string) string {
 	l.t.Helper()
-	g, err := l.client.Refresh(context.Background(), l.ct, tokensource.Secret(rt))
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	return g.RefreshToken.Reveal()
+	return l.grant(emulator.GrantRefresh, "authorizer_refresh_token", rt)
 }
 
 // Pushes to tptoken_events, sealed as the platform seals them.
@@ -648,7 +670,7 @@ type pushPayload struct {
 
 func authorizedPayload(appid, code string) pushPayload {
 	return pushPayload{AppID: appid, TpAppID: e2eComponent, Event: "AUTHORIZED", AuthorizationCode: code,
-		AuthorizationCodeExpiresIn: 3600, EventTime: tokensource.FormatPushTime(time.Now())}
+		AuthorizationCodeExpiresIn: 3600, EventTime: push.FormatTime(time.Now())}
 }
 
 // seal encrypts and signs a payload with the given TP identity, stamped now.
@@ -660,7 +682,7 @@ func seal(t *testing.T, componentAppID string, p any) []byte {
 // sealAt encrypts and signs a payload as the platform does, stamped ts.
 func sealAt(t *testing.T, componentAppID string, p any, ts time.Time) []byte {
 	t.Helper()
-	pc, err := tokensource.NewPushCrypto(e2eMsgToken, e2eAESKey, componentAppID)
+	pc, err := push.NewCrypto(e2eMsgToken, e2eAESKey, componentAppID)
 	if err != nil {
 		t.Fatal(err)
 	}

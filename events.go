@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 func init() {
@@ -136,13 +137,13 @@ func (ev *Events) push(w http.ResponseWriter, r *http.Request) error {
 		ev.rejectPush(w, r, ev.componentLabel(), reasonTooLarge, http.StatusRequestEntityTooLarge, "body larger than 64 KiB", nil)
 		return nil
 	}
-	var msg *tokensource.PushMessage
+	var msg *push.Message
 	var comp *component
 	for _, c := range ev.comps {
 		msg, err = c.push.Open(body)
 		// Several TPs may share a message token and key: a push for another
 		// appid is tried against the next component.
-		if err == nil || !errors.Is(err, tokensource.ErrPushSignature) && !errors.Is(err, tokensource.ErrPushAppID) {
+		if err == nil || !errors.Is(err, push.ErrSignature) && !errors.Is(err, push.ErrAppID) {
 			comp = c
 			break
 		}
@@ -150,9 +151,9 @@ func (ev *Events) push(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		status, reason := http.StatusBadRequest, reasonMalformed
 		switch {
-		case errors.Is(err, tokensource.ErrPushSignature):
+		case errors.Is(err, push.ErrSignature):
 			status, reason = http.StatusForbidden, reasonSignature
-		case errors.Is(err, tokensource.ErrPushAppID):
+		case errors.Is(err, push.ErrAppID):
 			reason = reasonAppID
 		}
 		label := ev.componentLabel()
@@ -162,56 +163,26 @@ func (ev *Events) push(w http.ResponseWriter, r *http.Request) error {
 		ev.rejectPush(w, r, label, reason, status, "push rejected: "+err.Error(), err)
 		return nil
 	}
-	e := comp.engine
-	duplicate, err := e.AdmitPush(r.Context(), msg)
-	if err != nil {
+	duplicate, err := comp.engine.HandlePush(r.Context(), msg)
+	switch {
+	case errors.Is(err, tokensource.ErrPushStale):
 		ev.rejectPush(w, r, comp.appID, reasonStale, http.StatusForbidden, "push rejected: "+err.Error(), err)
-		return nil
-	}
-	if duplicate {
+	case tokensource.KindOf(err) == tokensource.KindBadInput:
+		ev.rejectPush(w, r, comp.appID, reasonBadEvent, http.StatusBadRequest, err.Error(), nil)
+	case err != nil:
+		// Not handled for a reason a retry can fix: the platform retries it.
+		ev.logger.Error("push not handled; the platform will retry it", zap.String("component_appid", comp.appID),
+			zap.String("event", msg.Kind.String()), zap.String("push_id", msg.ID), zap.Error(err))
+		http.Error(w, "temporarily unable to handle the push", http.StatusServiceUnavailable)
+	case duplicate:
 		// A platform retry of a push already handled (its "success" was lost), or
 		// a replay: acknowledged, not acted on again.
 		ev.refusals.refused(zap.InfoLevel, comp.appID, kindPush, reasonDuplicate, "push already handled: acknowledged, not acted on again",
 			zap.String("event", msg.Kind.String()), zap.String("push_id", msg.ID))
 		writeSuccess(w)
-		return nil
-	}
-	log := ev.logger.With(zap.String("component_appid", comp.appID), zap.String("event", msg.Kind.String()), zap.String("push_id", msg.ID))
-	switch msg.Kind {
-	case tokensource.PushTicket:
-		err = e.StoreTicket(r.Context(), msg.Ticket, msg.CreateTime)
-	case tokensource.PushAuthorized, tokensource.PushUpdateAuthorized:
-		if !tokensource.ValidAppID(msg.AppID) || msg.AuthorizationCode == "" {
-			ev.rejectPush(w, r, comp.appID, reasonBadEvent, http.StatusBadRequest, "authorization event lacks AppId or AuthorizationCode", nil)
-			return nil
-		}
-		log = log.With(zap.String("appid", msg.AppID))
-		_, err = e.ExchangeCode(r.Context(), msg.AppID, msg.AuthorizationCode, msg.EventTime)
-	case tokensource.PushUnauthorized:
-		if !tokensource.ValidAppID(msg.AppID) {
-			ev.rejectPush(w, r, comp.appID, reasonBadEvent, http.StatusBadRequest, "UNAUTHORIZED event lacks a valid AppId", nil)
-			return nil
-		}
-		log = log.With(zap.String("appid", msg.AppID))
-		err = e.Unauthorize(r.Context(), msg.AppID, msg.EventTime)
 	default:
-		log.Info("push of an unhandled kind acknowledged", zap.String("event_field", msg.Event), zap.String("msg_type", msg.MsgType))
+		writeSuccess(w)
 	}
-	if err != nil {
-		// Transient failures are answered with an error so the platform retries;
-		// permanent ones (an expired code) are acknowledged: a retry cannot help.
-		switch tokensource.KindOf(err) {
-		case tokensource.KindUnavailable, tokensource.KindTimeout, tokensource.KindNoTicket, tokensource.KindInternal:
-			log.Error("push not handled; the platform will retry it", zap.Error(err))
-			http.Error(w, "temporarily unable to handle the push", http.StatusServiceUnavailable)
-			return nil
-		}
-		log.Error("push handled with an error that a retry cannot fix", zap.Error(err))
-	} else {
-		log.Info("push handled")
-	}
-	e.PushHandled(r.Context(), msg)
-	writeSuccess(w)
 	return nil
 }
 

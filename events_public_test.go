@@ -19,6 +19,7 @@ import (
 
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // Tests of the public surface (tptoken_events) under hostile traffic, through a
@@ -91,15 +92,17 @@ func (a *answerWatch) Write(b []byte) (int, error) {
 func (a *answerWatch) Unwrap() http.ResponseWriter { return a.ResponseWriter }
 
 // madeUpCode is what an attacker sends: a code of the emulator's shape (40 hex
-// digits), or every tenth time something that cannot be a code.
+// digits), or every tenth time (notACode) something that cannot be a code.
 func madeUpCode(i int) string {
-	if i%10 == 9 {
+	if notACode(i) {
 		return fmt.Sprintf("<script>%d</script>", i)
 	}
 	b := make([]byte, 20)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+func notACode(i int) bool { return i%10 == 9 }
 
 type floodResult struct {
 	total     int
@@ -127,7 +130,7 @@ func (x *e2e) floodRedirect(n, workers int, minTime time.Duration) floodResult {
 					res.errors++
 				} else {
 					res.byStatus[resp.StatusCode]++
-					if !tokensource.ValidAuthorizationCode(code) {
+					if notACode(i) {
 						res.malformed++
 					}
 				}
@@ -337,7 +340,7 @@ func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 		a := x.call("GET", x.apiPath(), appidHeader(appid), "")
 		return a.Status == 200 && a.Data.AppID == appid
 	}
-	push := func(what string, body []byte, wantStatus int, wantBody string) {
+	send := func(what string, body []byte, wantStatus int, wantBody string) {
 		t.Helper()
 		status, got := x.postPush(body)
 		if status != wantStatus || (wantBody != "" && got != wantBody) {
@@ -360,17 +363,17 @@ func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 			t.Fatal(err)
 		}
 		auth := authorizedPayload(appid, code)
-		auth.EventTime = tokensource.FormatPushTime(now.Add(-30 * time.Second))
-		push(appid+": AUTHORIZED", sealAt(t, e2eComponent, auth, now), 200, "success")
+		auth.EventTime = push.FormatTime(now.Add(-30 * time.Second))
+		send(appid+": AUTHORIZED", sealAt(t, e2eComponent, auth, now), 200, "success")
 
 		// The merchant revokes the authorization; the push is captured on its way.
 		if err := x.emu.Unauthorize(appid, false); err != nil {
 			t.Fatal(err)
 		}
 		revoke := pushPayload{AppID: appid, TpAppID: e2eComponent, Event: "UNAUTHORIZED",
-			EventTime: tokensource.FormatPushTime(now.Add(-20 * time.Second))}
+			EventTime: push.FormatTime(now.Add(-20 * time.Second))}
 		captured := sealAt(t, e2eComponent, revoke, now)
-		push(appid+": UNAUTHORIZED", captured, 200, "success")
+		send(appid+": UNAUTHORIZED", captured, 200, "success")
 		if served(appid) {
 			t.Fatalf("%s served after UNAUTHORIZED", appid)
 		}
@@ -386,13 +389,13 @@ func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 		}
 
 		// The captured push, replayed: acknowledged as handled, not acted on.
-		push(appid+": the captured UNAUTHORIZED replayed", captured, 200, "success")
+		send(appid+": the captured UNAUTHORIZED replayed", captured, 200, "success")
 		if !served(appid) {
 			t.Fatalf("%s: replaying the captured UNAUTHORIZED revoked the new authorization", appid)
 		}
 		// The same revocation delivered anew (a late platform retry): older than
 		// the re-authorization, so it does not revoke it either.
-		push(appid+": the old UNAUTHORIZED, newly signed", sealAt(t, e2eComponent, revoke, now), 200, "success")
+		send(appid+": the old UNAUTHORIZED, newly signed", sealAt(t, e2eComponent, revoke, now), 200, "success")
 		if !served(appid) {
 			t.Fatalf("%s: an UNAUTHORIZED older than the re-authorization revoked it", appid)
 		}
@@ -407,7 +410,7 @@ func TestReplayedAndStalePushesAreRefusedAndTheTenantStaysServed(t *testing.T) {
 	old := time.Date(2020, 5, 1, 10, 0, 0, 0, time.UTC)
 	stale := map[string][]byte{
 		"UNAUTHORIZED of 2020": sealAt(t, e2eComponent, pushPayload{AppID: "tt01app", TpAppID: e2eComponent, Event: "UNAUTHORIZED",
-			EventTime: tokensource.FormatPushTime(old)}, old),
+			EventTime: push.FormatTime(old)}, old),
 		"AUTHORIZED of 2020":         sealAt(t, e2eComponent, authorizedPayload("tt03app", code), old),
 		"AUTHORIZED stamped +1 hour": sealAt(t, e2eComponent, authorizedPayload("tt03app", code), now.Add(time.Hour)),
 	}

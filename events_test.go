@@ -19,10 +19,11 @@ import (
 
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // End-to-end tests of tptoken_events through a real Caddy: pushes are sealed
-// here with tokensource.PushCrypto, as the platform does, then delivered (or
+// here with push.Crypto, as the platform does, then delivered (or
 // tampered with first).
 
 // sealRaw encrypts an exact plaintext (no padding added) with the TP's key and
@@ -42,7 +43,7 @@ func sealRaw(t *testing.T, plaintext []byte) []byte {
 	enc := base64.StdEncoding.EncodeToString(ct)
 	ts, nonce := strconv.FormatInt(time.Now().Unix(), 10), "48213"
 	b, _ := json.Marshal(map[string]string{"Nonce": nonce, "TimeStamp": ts, "Encrypt": enc,
-		"MsgSignature": tokensource.Signature(e2eMsgToken, ts, nonce, enc)})
+		"MsgSignature": push.Signature(e2eMsgToken, ts, nonce, enc)})
 	return b
 }
 
@@ -76,7 +77,7 @@ func TestMalformedPushesAreRejectedAndChangeNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	env["MsgSignature"] = env["MsgSignature"][:39] + "0"
-	if env["MsgSignature"] == tokensource.Signature(e2eMsgToken, env["TimeStamp"], env["Nonce"], env["Encrypt"]) {
+	if env["MsgSignature"] == push.Signature(e2eMsgToken, env["TimeStamp"], env["Nonce"], env["Encrypt"]) {
 		env["MsgSignature"] = env["MsgSignature"][:39] + "1"
 	}
 	badSignature, _ := json.Marshal(env)
@@ -93,7 +94,7 @@ func TestMalformedPushesAreRejectedAndChangeNothing(t *testing.T) {
 		{"signed with another message token", func() []byte {
 			var e map[string]string
 			_ = json.Unmarshal(valid, &e)
-			e["MsgSignature"] = tokensource.Signature("not-the-message-token", e["TimeStamp"], e["Nonce"], e["Encrypt"])
+			e["MsgSignature"] = push.Signature("not-the-message-token", e["TimeStamp"], e["Nonce"], e["Encrypt"])
 			b, _ := json.Marshal(e)
 			return b
 		}(), http.StatusForbidden},
@@ -102,7 +103,7 @@ func TestMalformedPushesAreRejectedAndChangeNothing(t *testing.T) {
 		{"ticket for another TP", seal(t, "tt00someotherTP", pushPayload{Ticket: "a-forged-ticket-0123456789", MsgType: "Ticket", Event: "PUSH"}), http.StatusBadRequest},
 		{"body not JSON", []byte(`Nonce=1&TimeStamp=2`), http.StatusBadRequest},
 		{"decrypted message not JSON", func() []byte {
-			pc, _ := tokensource.NewPushCrypto(e2eMsgToken, e2eAESKey, e2eComponent)
+			pc, _ := push.NewCrypto(e2eMsgToken, e2eAESKey, e2eComponent)
 			b, _ := pc.Seal([]byte(`AppId=tt02app&Event=AUTHORIZED`), "1700000000", "1")
 			return b
 		}(), http.StatusBadRequest},
@@ -194,7 +195,7 @@ func TestUnauthorizedPushRevokesThatAppidOnly(t *testing.T) {
 		}
 	}
 	status, body := x.postPush(seal(t, e2eComponent, pushPayload{AppID: "tt01app", TpAppID: e2eComponent,
-		Event: "UNAUTHORIZED", EventTime: tokensource.FormatPushTime(time.Now())}))
+		Event: "UNAUTHORIZED", EventTime: push.FormatTime(time.Now())}))
 	if status != 200 || body != "success" {
 		t.Fatalf("UNAUTHORIZED push: %d %q", status, body)
 	}

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // Unsigned input must reach nothing: a push whose signature does not verify
@@ -46,7 +47,7 @@ type unsignedRig struct {
 	ev    *Events
 	store *countingStore
 	calls *atomic.Int64
-	push  *tokensource.PushCrypto
+	push  *push.Crypto
 }
 
 func newUnsignedRig(t testing.TB) *unsignedRig {
@@ -56,17 +57,14 @@ func newUnsignedRig(t testing.TB) *unsignedRig {
 		http.Error(w, "no call expected", http.StatusTeapot)
 	}))
 	t.Cleanup(platform.Close)
-	client, err := tokensource.NewClient(tokensource.ClientConfig{Endpoint: platform.URL, ComponentAppID: e2eComponent, ComponentSecret: e2eSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
 	store := &countingStore{}
-	engine, err := tokensource.New(tokensource.Config{ComponentAppID: e2eComponent, Client: client, Store: store})
+	engine, err := tokensource.New(tokensource.Config{ComponentAppID: e2eComponent, ComponentSecret: e2eSecret,
+		Endpoint: platform.URL, Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = engine.Close() })
-	pc, err := tokensource.NewPushCrypto(e2eMsgToken, e2eAESKey, e2eComponent)
+	pc, err := push.NewCrypto(e2eMsgToken, e2eAESKey, e2eComponent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +83,7 @@ func (rg *unsignedRig) post(body []byte, contentLength int64) int {
 }
 
 // signedPush is a genuine push, to derive forgeries from.
-func signedPush(t testing.TB, pc *tokensource.PushCrypto) []byte {
+func signedPush(t testing.TB, pc *push.Crypto) []byte {
 	plain, _ := json.Marshal(authorizedPayload("tt01app", "0123456789abcdef0123456789abcdef01234567"))
 	b, err := pc.Seal(plain, strconv.FormatInt(time.Now().Unix(), 10), "5521")
 	if err != nil {
@@ -111,7 +109,7 @@ func FuzzUnsignedPushReachesNoPlatformCallNorStorage(f *testing.F) {
 	_ = json.Unmarshal(good, &env)
 	for _, b := range [][]byte{
 		withField(f, good, "MsgSignature", strings.Repeat("0", 40)),
-		withField(f, good, "MsgSignature", tokensource.Signature("not-the-token", env["TimeStamp"], env["Nonce"], env["Encrypt"])),
+		withField(f, good, "MsgSignature", push.Signature("not-the-token", env["TimeStamp"], env["Nonce"], env["Encrypt"])),
 		withField(f, good, "TimeStamp", "1"),
 		withField(f, good, "Nonce", "1"),
 		withField(f, good, "Encrypt", env["Encrypt"][:len(env["Encrypt"])-4]+"AAA="),

@@ -335,8 +335,9 @@ func failureOf(err error) failure {
 		f.status, f.errno = http.StatusGatewayTimeout, 40000
 	case tokensource.KindPlatform:
 		f.status, f.errno = http.StatusBadGateway, 40000
-		if c := tokensource.PlatformCode(err); c != 0 {
-			f.errno = c
+		var pe *tokensource.PlatformError
+		if errors.As(err, &pe) && pe.Code != 0 {
+			f.errno = pe.Code
 		}
 	default:
 		f.status, f.errno = http.StatusBadGateway, 40000

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // benchHandler is a provisioned-by-hand tptoken handler whose engine holds a
@@ -27,23 +28,19 @@ func benchHandler(b *testing.B, family tokensource.Family) *Handler {
 	}
 	srv := httptest.NewServer(emu)
 	b.Cleanup(srv.Close)
-	client, err := tokensource.NewClient(tokensource.ClientConfig{Family: family, Endpoint: srv.URL,
-		ComponentAppID: e2eComponent, ComponentSecret: e2eSecret})
-	if err != nil {
-		b.Fatal(err)
-	}
-	e, err := tokensource.New(tokensource.Config{ComponentAppID: e2eComponent, Client: client,
-		Store: &certmagic.FileStorage{Path: b.TempDir()}})
+	e, err := tokensource.New(tokensource.Config{ComponentAppID: e2eComponent, ComponentSecret: e2eSecret,
+		Family: family, Endpoint: srv.URL, Store: &certmagic.FileStorage{Path: b.TempDir()}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = e.Close() })
 	ctx := context.Background()
-	if err := e.StoreTicket(ctx, tokensource.Secret(emu.Ticket()), time.Now()); err != nil {
+	ticket := &push.Message{Kind: push.Ticket, Ticket: tokensource.Secret(emu.Ticket()), Timestamp: time.Now(), ID: "bench"}
+	if _, err := e.HandlePush(ctx, ticket); err != nil {
 		b.Fatal(err)
 	}
 	code, _ := emu.Authorize("tt01bench", false)
-	if _, err := e.ExchangeCode(ctx, "tt01bench", tokensource.Secret(code), time.Now()); err != nil {
+	if _, err := e.ExchangeCode(ctx, "tt01bench", tokensource.Secret(code)); err != nil {
 		b.Fatal(err)
 	}
 	return &Handler{

@@ -278,8 +278,6 @@ var (
 
 // stateSource is what the state collector reads of an engine.
 type stateSource interface {
-	ComponentAppID() string
-	LastSummary() tokensource.Summary
 	ComponentInfo(ctx context.Context) tokensource.ComponentInfo
 }
 
@@ -308,10 +306,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	for _, src := range c.sources {
-		id := src.ComponentAppID()
+		ci := src.ComponentInfo(ctx)
+		id := ci.ComponentAppID
 		// Before the first sweep the counts are unknown: report nothing rather
 		// than zeros an alert would take for "no active authorizer".
-		if sum := src.LastSummary(); !sum.At.IsZero() {
+		if sum := ci.Sweep; sum != nil {
 			for _, st := range knownStates {
 				gauge(descAuthorizers, float64(sum.ByState[st]), id, string(st))
 			}
@@ -326,7 +325,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				gauge(descEarliestRefresh, sum.EarliestRefreshExp.Sub(now).Seconds(), id)
 			}
 		}
-		ci := src.ComponentInfo(ctx)
 		if !ci.TicketReceivedAt.IsZero() {
 			gauge(descTicketAge, now.Sub(ci.TicketReceivedAt).Seconds(), id)
 		}

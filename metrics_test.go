@@ -191,25 +191,19 @@ caddy_tptoken_authorizer_token_lookups_total{appid="tt01",component_appid="ttcom
 	}
 }
 
-type fakeState struct {
-	id  string
-	sum tokensource.Summary
-	ci  tokensource.ComponentInfo
-}
+type fakeState struct{ ci tokensource.ComponentInfo }
 
-func (f *fakeState) ComponentAppID() string                                  { return f.id }
-func (f *fakeState) LastSummary() tokensource.Summary                        { return f.sum }
 func (f *fakeState) ComponentInfo(context.Context) tokensource.ComponentInfo { return f.ci }
 
 func TestStateGaugesReadTheLastSweepAndTheComponentAtScrapeTime(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	swept := &fakeState{id: "tta", sum: tokensource.Summary{
-		At:                 now.Add(-time.Minute),
-		ByState:            map[tokensource.State]int{tokensource.StateActive: 40, tokensource.StateUnauthorized: 2},
-		EarliestRefreshExp: now.Add(50 * time.Hour), EarliestRefreshApp: "tt07", Unreadable: 1,
-	}, ci: tokensource.ComponentInfo{ComponentAppID: "tta", TicketReceivedAt: now.Add(-90 * time.Second),
-		TokenExpiry: now.Add(time.Hour)}}
-	fresh := &fakeState{id: "ttb"} // no sweep, no ticket yet: nothing to report
+	swept := &fakeState{tokensource.ComponentInfo{ComponentAppID: "tta", TicketReceivedAt: now.Add(-90 * time.Second),
+		TokenExpiry: now.Add(time.Hour), Sweep: &tokensource.Summary{
+			At:                 now.Add(-time.Minute),
+			ByState:            map[tokensource.State]int{tokensource.StateActive: 40, tokensource.StateUnauthorized: 2},
+			EarliestRefreshExp: now.Add(50 * time.Hour), EarliestRefreshApp: "tt07", Unreadable: 1,
+		}}}
+	fresh := &fakeState{tokensource.ComponentInfo{ComponentAppID: "ttb"}} // no sweep, no ticket yet: nothing to report
 	reg := prometheus.NewPedanticRegistry()
 	sc := &stateCollector{sources: []stateSource{swept, fresh}, now: func() time.Time { return now }, timeout: time.Second}
 	if err := registerCollectors(reg, sc); err != nil {

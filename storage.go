@@ -2,10 +2,17 @@ package tptoken
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/certmagic"
+
+	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
 // liveStore is the Store a pooled engine uses: the storage of the newest loaded
@@ -80,9 +87,40 @@ func (l *liveStore) Unlock(ctx context.Context, name string) error {
 	return s.Unlock(ctx, name)
 }
 
-// FileStorage is the current storage when it is a FileStorage (the engine works
-// around a FileStorage lock flaw).
-func (l *liveStore) FileStorage() *certmagic.FileStorage {
-	fs, _ := l.current().(*certmagic.FileStorage)
-	return fs
+// BreakLock implements tokensource.LockBreaker for certmagic.FileStorage
+// (v0.25.x), whose goroutine that keeps a lock file fresh is not tied to the
+// lock it was started for: if a holder releases a lock and another process
+// takes the same lock within 5 seconds, the first process's goroutine keeps
+// refreshing the second holder's lock file for as long as the first process
+// lives, so if the second holder crashes its lock never goes stale. The lock
+// file's "created" time is never refreshed, so a lock created longer ago than
+// olderThan (longer than any engine holds a lock) is abandoned, whatever its
+// "updated" time says, and is removed. Other storages expire their own locks:
+// nothing to do.
+func (l *liveStore) BreakLock(_ context.Context, name string, olderThan time.Duration) (time.Duration, error) {
+	fs, ok := l.current().(*certmagic.FileStorage)
+	if !ok {
+		return 0, nil
+	}
+	file := filepath.Join(fs.Path, "locks", certmagic.StorageKeys.Safe(name)+".lock")
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, nil
+	}
+	var meta struct {
+		Created time.Time `json:"created"`
+	}
+	if json.Unmarshal(b, &meta) != nil || meta.Created.IsZero() {
+		return 0, nil
+	}
+	age := time.Since(meta.Created)
+	if age <= olderThan {
+		return 0, nil
+	}
+	if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	return age, nil
 }
+
+var _ tokensource.LockBreaker = (*liveStore)(nil)

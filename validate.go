@@ -80,11 +80,11 @@ func apiFamily(v string) (tokensource.Family, error) {
 }
 
 // checkEndpoint: the platform base URL is an absolute http(s) URL (the
-// check tokensource.NewClient makes).
+// check tokensource.New makes too).
 func checkEndpoint(v string) error {
 	u, err := url.Parse(strings.TrimRight(v, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return invalid("endpoint", strconv.Quote(v), "want an absolute http(s) URL such as "+tokensource.DefaultEndpointV2)
+		return invalid("endpoint", strconv.Quote(v), "want an absolute http(s) URL such as https://open.douyin.com")
 	}
 	return nil
 }

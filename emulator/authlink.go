@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // Authorization links (docs/protocol.md, "Authorization links"): pre_auth_code and gen_link in both
@@ -143,10 +144,10 @@ func (e *Emulator) genLink(c *call) (any, *apiError) {
 // authorizes appid through the link (once: the link's pre_auth_code is then
 // used) and returns where the platform sends the browser, the link's
 // redirect_uri with authorization_code and expires_in ("" when the link has no
-// redirect_uri). With push it also sends the AUTHORIZED push, synchronously.
-func (e *Emulator) FollowAuthLink(link, appid string, push bool) (string, error) {
+// redirect_uri). With sendPush it also sends the AUTHORIZED push, synchronously.
+func (e *Emulator) FollowAuthLink(link, appid string, sendPush bool) (string, error) {
 	redirect, p, err := e.followLink(link, appid)
-	if err != nil || !push {
+	if err != nil || !sendPush {
 		return redirect, err
 	}
 	return redirect, e.pushOnce(e.ctx, appid, "AUTHORIZED", p)
@@ -177,7 +178,7 @@ func (e *Emulator) followLink(link, appid string) (string, authPayload, error) {
 	code, ttl := e.newCodeLocked(appid, now)
 	e.mu.Unlock()
 	e.log.Info("authorized through a link", zap.String("appid", appid))
-	p := authPayload{AppID: appid, TpAppID: e.appid, EventTime: tokensource.FormatPushTime(now), Event: "AUTHORIZED",
+	p := authPayload{AppID: appid, TpAppID: e.appid, EventTime: push.FormatTime(now), Event: "AUTHORIZED",
 		AuthorizationCode: code, AuthorizationCodeExpiresIn: seconds(ttl)}
 	ru := q.Get("redirect_uri")
 	if ru == "" {

@@ -15,7 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
-	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 func TestEmulatorCaddyfileParsesEveryForm(t *testing.T) {
@@ -170,10 +170,10 @@ func TestEmulatorCaddyModuleStateSurvivesReloadAndStopsWithTheLastConfig(t *test
 	// The first config starts the emulator: a ticket, then AUTHORIZED for appA.
 	old := cfg(time.Hour)
 	provision(t, old)
-	if m := rcv.next(t); m.Kind != tokensource.PushTicket {
+	if m := rcv.next(t); m.Kind != push.Ticket {
 		t.Fatalf("first push %+v", m)
 	}
-	if m := rcv.next(t); m.Kind != tokensource.PushAuthorized || m.AppID != appA {
+	if m := rcv.next(t); m.Kind != push.Authorized || m.AppID != appA {
 		t.Fatalf("second push %+v", m)
 	}
 	// A reload: the new config provisions before the old one is cleaned up.

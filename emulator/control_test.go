@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // control calls the /_emulator/ surface and decodes the JSON answer.
@@ -38,7 +39,7 @@ func TestEmulatorControlSurfaceDrivesTheEmulator(t *testing.T) {
 	if st, _ := h.control("POST", "ticket", ""); st != 200 {
 		t.Fatalf("ticket: %d", st)
 	}
-	if m := rcv.next(t); m.Kind != tokensource.PushTicket {
+	if m := rcv.next(t); m.Kind != push.Ticket {
 		t.Fatalf("push %+v", m)
 	}
 	st, out := h.control("POST", "authorize", `{"appid":"`+appA+`","push":true}`)
@@ -46,7 +47,7 @@ func TestEmulatorControlSurfaceDrivesTheEmulator(t *testing.T) {
 	if st != 200 || code == "" || out["expires_in"] != float64(3600) {
 		t.Fatalf("authorize: %d %v", st, out)
 	}
-	if m := rcv.next(t); m.Kind != tokensource.PushAuthorized || m.AuthorizationCode.Reveal() != code {
+	if m := rcv.next(t); m.Kind != push.Authorized || m.AuthorizationCode.Reveal() != code {
 		t.Fatalf("push %+v", m)
 	}
 	comp := h.componentToken(tokensource.V1)
@@ -94,7 +95,7 @@ func TestEmulatorControlSurfaceDrivesTheEmulator(t *testing.T) {
 	if st, out := h.control("POST", "unauthorize", `{"appid":"`+appA+`","push":true}`); st != 200 || out["ok"] != true {
 		t.Fatalf("unauthorize: %d %v", st, out)
 	}
-	if m := rcv.next(t); m.Kind != tokensource.PushUnauthorized {
+	if m := rcv.next(t); m.Kind != push.Unauthorized {
 		t.Fatalf("push %+v", m)
 	}
 	if st, _ := h.control("POST", "unauthorize", `{"appid":"tt0000000000000009"}`); st != 404 {

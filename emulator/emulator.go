@@ -17,8 +17,9 @@
 //
 // The emulator is an http.Handler (ServeHTTP) with a JSON control surface under
 // /_emulator/, and the Caddy module http.handlers.tptoken_emulator (caddy.go).
-// It depends on tokensource only for Secret, Family and PushCrypto, never on the
-// engine, so it can judge the engine independently. Time comes from Config.Now;
+// It depends on tokensource only for Secret and Family, and on tokensource/push
+// to seal its pushes, never on the engine, so it can judge the engine
+// independently. Time comes from Config.Now;
 // token values derive from Config.Seed and a counter, so a test that makes the
 // same calls gets the same values.
 package emulator
@@ -41,6 +42,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // Defaults of Config.
@@ -177,7 +179,7 @@ type ticket struct {
 type Emulator struct {
 	appid  string
 	secret string
-	crypto *tokensource.PushCrypto // nil without MessageToken / EncodingAESKey
+	crypto *push.Crypto // nil without MessageToken / EncodingAESKey
 	client *http.Client
 	now    func() time.Time
 	seed   int64
@@ -243,7 +245,7 @@ func New(cfg Config) (*Emulator, error) {
 		stats:        newStatsState(),
 	}
 	if cfg.MessageToken != "" || cfg.EncodingAESKey != "" {
-		pc, err := tokensource.NewPushCrypto(cfg.MessageToken, cfg.EncodingAESKey, cfg.ComponentAppID)
+		pc, err := push.NewCrypto(cfg.MessageToken, cfg.EncodingAESKey, cfg.ComponentAppID)
 		if err != nil {
 			return nil, fmt.Errorf("emulator: %w", err)
 		}

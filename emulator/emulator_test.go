@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 const (
@@ -575,7 +576,7 @@ func TestEmulatorRetrieveGivesACodeThatExchanges(t *testing.T) {
 		}
 		// The UPDATE_AUTHORIZED push carries the same code.
 		m := rcv.next(t)
-		if m.Kind != tokensource.PushUpdateAuthorized || m.AppID != appA || m.AuthorizationCode.Reveal() != code || m.CodeExpiresIn != 3600 || m.TpAppID != tpAppID {
+		if m.Kind != push.UpdateAuthorized || m.AppID != appA || m.AuthorizationCode.Reveal() != code || m.CodeExpiresIn != 3600 || m.TpAppID != tpAppID {
 			t.Fatalf("push %+v", m)
 		}
 		// The chain is intact until the code is exchanged; then it is replaced.
@@ -928,10 +929,10 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-// receiver is a push endpoint that decrypts with tokensource.PushCrypto.
+// receiver is a push endpoint that decrypts with push.Crypto.
 type receiver struct {
 	srv   *httptest.Server
-	msgs  chan *tokensource.PushMessage
+	msgs  chan *push.Message
 	fails atomic.Int32 // answer the next N pushes with "fail"
 	hits  atomic.Int32
 }
@@ -943,11 +944,11 @@ func newReceiver(t *testing.T, componentAppID ...string) *receiver {
 	if len(componentAppID) > 0 {
 		tp = componentAppID[0]
 	}
-	pc, err := tokensource.NewPushCrypto(msgToken, aesKey, tp)
+	pc, err := push.NewCrypto(msgToken, aesKey, tp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &receiver{msgs: make(chan *tokensource.PushMessage, 64)}
+	r := &receiver{msgs: make(chan *push.Message, 64)}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.hits.Add(1)
 		if r.fails.Load() > 0 {
@@ -969,7 +970,7 @@ func newReceiver(t *testing.T, componentAppID ...string) *receiver {
 }
 
 // next waits (with a deadline) for the next decrypted push.
-func (r *receiver) next(t *testing.T) *tokensource.PushMessage {
+func (r *receiver) next(t *testing.T) *push.Message {
 	t.Helper()
 	select {
 	case m := <-r.msgs:
@@ -987,7 +988,7 @@ func TestEmulatorPushesDecryptWithPushCrypto(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := rcv.next(t)
-	if m.Kind != tokensource.PushTicket || m.Ticket.Reveal() != h.e.Ticket() || !m.CreateTime.Equal(h.clock.Now()) {
+	if m.Kind != push.Ticket || m.Ticket.Reveal() != h.e.Ticket() || !m.CreateTime.Equal(h.clock.Now()) {
 		t.Fatalf("ticket push %+v", m)
 	}
 	code, err := h.e.Authorize(appA, true)
@@ -995,14 +996,14 @@ func TestEmulatorPushesDecryptWithPushCrypto(t *testing.T) {
 		t.Fatal(err)
 	}
 	m = rcv.next(t)
-	if m.Kind != tokensource.PushAuthorized || m.AppID != appA || m.TpAppID != tpAppID || m.AuthorizationCode.Reveal() != code ||
+	if m.Kind != push.Authorized || m.AppID != appA || m.TpAppID != tpAppID || m.AuthorizationCode.Reveal() != code ||
 		m.CodeExpiresIn != 3600 || !m.EventTime.Equal(h.clock.Now()) {
 		t.Fatalf("AUTHORIZED push %+v", m)
 	}
 	if err := h.e.Unauthorize(appA, true); err != nil {
 		t.Fatal(err)
 	}
-	if m = rcv.next(t); m.Kind != tokensource.PushUnauthorized || m.AppID != appA {
+	if m = rcv.next(t); m.Kind != push.Unauthorized || m.AppID != appA {
 		t.Fatalf("UNAUTHORIZED push %+v", m)
 	}
 	// The ticket pushed is accepted by the token endpoint.
@@ -1047,14 +1048,14 @@ func TestEmulatorRunPushesTicketsRetriesAndStops(t *testing.T) {
 		defer close(done)
 		h.e.Run(ctx)
 	}()
-	if m := rcv.next(t); m.Kind != tokensource.PushTicket {
+	if m := rcv.next(t); m.Kind != push.Ticket {
 		t.Fatalf("first push %+v", m)
 	}
 	authorized := rcv.next(t)
-	if authorized.Kind != tokensource.PushAuthorized || authorized.AppID != appA {
+	if authorized.Kind != push.Authorized || authorized.AppID != appA {
 		t.Fatalf("second push %+v, want AUTHORIZED for the start list", authorized)
 	}
-	if m := rcv.next(t); m.Kind != tokensource.PushTicket {
+	if m := rcv.next(t); m.Kind != push.Ticket {
 		t.Fatalf("third push %+v, want the next ticket", m)
 	}
 	// A second Run while one is active returns at once.

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // Paths of the emulated endpoints (docs/protocol.md, §Component token to
@@ -623,7 +624,7 @@ func (e *Emulator) retrieve(c *call) (any, *apiError) {
 	e.countLocked(appid, func(k *Counters) { k.Retrieves++ })
 	e.log.Info("code retrieved", zap.String("appid", appid), zap.String("family", string(c.family)))
 	if e.pushURL != "" {
-		p := authPayload{AppID: appid, TpAppID: e.appid, EventTime: tokensource.FormatPushTime(c.now),
+		p := authPayload{AppID: appid, TpAppID: e.appid, EventTime: push.FormatTime(c.now),
 			Event: "UPDATE_AUTHORIZED", AuthorizationCode: v, AuthorizationCodeExpiresIn: seconds(ttl)}
 		c.after = func() { e.goPushRetrying(appid, p) }
 	}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 // Errors of the push sender and the authorization calls.
@@ -163,14 +164,14 @@ func (e *Emulator) newTicketPayload() (ticketPayload, bool) {
 	defer e.mu.Unlock()
 	now := e.now()
 	v := e.newTicketLocked(now)
-	return ticketPayload{Ticket: v, FromUserName: "ByteDanceMicroApp", CreateTime: tokensource.FormatPushTime(now),
+	return ticketPayload{Ticket: v, FromUserName: "ByteDanceMicroApp", CreateTime: push.FormatTime(now),
 		MsgType: "Ticket", Event: "PUSH"}, e.pushURL != ""
 }
 
 // Authorize (re)authorizes appid and returns a new authorization code (valid
-// CodeTTL). With push it also sends the AUTHORIZED push (once, synchronously);
+// CodeTTL). With sendPush it also sends the AUTHORIZED push (once, synchronously);
 // a failed push returns the code together with the error.
-func (e *Emulator) Authorize(appid string, push bool) (string, error) {
+func (e *Emulator) Authorize(appid string, sendPush bool) (string, error) {
 	if !tokensource.ValidAppID(appid) {
 		return "", fmt.Errorf("emulator: invalid authorizer appid %q", appid)
 	}
@@ -179,18 +180,18 @@ func (e *Emulator) Authorize(appid string, push bool) (string, error) {
 	e.authorizeLocked(appid, now)
 	v, ttl := e.newCodeLocked(appid, now)
 	e.mu.Unlock()
-	e.log.Info("authorized", zap.String("appid", appid), zap.Bool("push", push))
-	if !push {
+	e.log.Info("authorized", zap.String("appid", appid), zap.Bool("push", sendPush))
+	if !sendPush {
 		return v, nil
 	}
 	return v, e.pushOnce(e.ctx, appid, "AUTHORIZED", authPayload{AppID: appid, TpAppID: e.appid,
-		EventTime: tokensource.FormatPushTime(now), Event: "AUTHORIZED", AuthorizationCode: v, AuthorizationCodeExpiresIn: seconds(ttl)})
+		EventTime: push.FormatTime(now), Event: "AUTHORIZED", AuthorizationCode: v, AuthorizationCodeExpiresIn: seconds(ttl)})
 }
 
 // Unauthorize revokes appid's authorization: both families' tokens and its
 // unused codes die, refreshes answer 40004 and retrieve answers 40022. With
-// push it also sends the UNAUTHORIZED push (once, synchronously).
-func (e *Emulator) Unauthorize(appid string, push bool) error {
+// sendPush it also sends the UNAUTHORIZED push (once, synchronously).
+func (e *Emulator) Unauthorize(appid string, sendPush bool) error {
 	e.mu.Lock()
 	a := e.auths[appid]
 	if a == nil {
@@ -210,12 +211,12 @@ func (e *Emulator) Unauthorize(appid string, push bool) error {
 		}
 	}
 	e.mu.Unlock()
-	e.log.Info("unauthorized", zap.String("appid", appid), zap.Bool("push", push))
-	if !push {
+	e.log.Info("unauthorized", zap.String("appid", appid), zap.Bool("push", sendPush))
+	if !sendPush {
 		return nil
 	}
 	return e.pushOnce(e.ctx, appid, "UNAUTHORIZED", authPayload{AppID: appid, TpAppID: e.appid,
-		EventTime: tokensource.FormatPushTime(now), Event: "UNAUTHORIZED"})
+		EventTime: push.FormatTime(now), Event: "UNAUTHORIZED"})
 }
 
 // Run pushes a ticket now and then every TicketInterval (real time), retrying
@@ -280,7 +281,7 @@ func (e *Emulator) pushStartAuthorizations(ctx context.Context) {
 		v, ttl := e.newCodeLocked(appid, now)
 		e.mu.Unlock()
 		_ = e.pushRetrying(ctx, appid, "AUTHORIZED", authPayload{AppID: appid, TpAppID: e.appid,
-			EventTime: tokensource.FormatPushTime(now), Event: "AUTHORIZED", AuthorizationCode: v, AuthorizationCodeExpiresIn: seconds(ttl)})
+			EventTime: push.FormatTime(now), Event: "AUTHORIZED", AuthorizationCode: v, AuthorizationCodeExpiresIn: seconds(ttl)})
 		if ctx.Err() != nil {
 			return
 		}

@@ -1,6 +1,7 @@
 package tokensource_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -19,5 +20,22 @@ func TestValidAppIDAcceptsOnlyTheStorageSafeAlphabet(t *testing.T) {
 		if tokensource.ValidAppID(s) {
 			t.Errorf("%q accepted", s)
 		}
+	}
+}
+
+func TestUnknownAndMalformedAppids(t *testing.T) {
+	h := newHarness(t, tokensource.V1)
+	e := h.engine()
+	_, err := e.Token(context.Background(), "tt404")
+	if tokensource.KindOf(err) != tokensource.KindUnknownAuthorizer || !strings.Contains(err.Error(), "tt404") {
+		t.Fatalf("err = %v, want KindUnknownAuthorizer naming the appid", err)
+	}
+	for _, bad := range []string{"", "../etc", "a/b", strings.Repeat("x", 65), "tt 1", "tt\x00"} {
+		if _, err := e.Token(context.Background(), bad); tokensource.KindOf(err) != tokensource.KindBadAppID {
+			t.Errorf("appid %q: err = %v, want KindBadAppID", bad, err)
+		}
+	}
+	if n := len(h.emu.Stats().Calls); n != 0 {
+		t.Fatalf("platform called for unknown appids: %v", h.emu.Stats().Calls)
 	}
 }

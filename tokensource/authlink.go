@@ -40,16 +40,11 @@ type LinkRequest struct {
 	RedirectURI string // where the platform sends the browser; required for LinkPreAuthCode
 }
 
-// Link is an authorization link and how long it works.
-type Link struct {
-	URL       string
-	ExpiresIn time.Duration
-}
-
-// AuthorizationLink asks the platform for an authorization link. The link is
-// meant for a merchant: it is not a secret, but it lets whoever opens it
-// authorize a mini-app to this TP, so it is returned and never logged.
-func (e *Engine) AuthorizationLink(ctx context.Context, req LinkRequest) (Link, error) {
+// AuthorizationLink asks the platform for an authorization link, and says how
+// long it works. The link is meant for a merchant: it is not a secret, but it
+// lets whoever opens it authorize a mini-app to this TP, so it is returned and
+// never logged.
+func (e *Engine) AuthorizationLink(ctx context.Context, req LinkRequest) (link string, expiresIn time.Duration, err error) {
 	if req.Method == "" {
 		req.Method = LinkPreAuthCode
 	}
@@ -58,38 +53,37 @@ func (e *Engine) AuthorizationLink(ctx context.Context, req LinkRequest) (Link, 
 	}
 	switch {
 	case req.Method != LinkPreAuthCode && req.Method != LinkGenLink:
-		return Link{}, &Error{Kind: KindBadInput, Msg: fmt.Sprintf("method %q: use %s or %s", req.Method, LinkPreAuthCode, LinkGenLink)}
+		return "", 0, &Error{Kind: KindBadInput, Msg: fmt.Sprintf("method %q: use %s or %s", req.Method, LinkPreAuthCode, LinkGenLink)}
 	case req.LinkType != 1 && req.LinkType != 2:
-		return Link{}, &Error{Kind: KindBadInput, Msg: fmt.Sprintf("link_type %d: use 1 (authorize an existing mini-app) or 2 (create one and authorize it)", req.LinkType)}
+		return "", 0, &Error{Kind: KindBadInput, Msg: fmt.Sprintf("link_type %d: use 1 (authorize an existing mini-app) or 2 (create one and authorize it)", req.LinkType)}
 	case req.LinkType == 2 && strings.TrimSpace(req.AppName) == "":
-		return Link{}, &Error{Kind: KindBadInput, Msg: "link_type 2 creates a mini-app: app_name is required"}
+		return "", 0, &Error{Kind: KindBadInput, Msg: "link_type 2 creates a mini-app: app_name is required"}
 	case req.Method == LinkPreAuthCode && req.RedirectURI == "":
-		return Link{}, &Error{Kind: KindBadInput, Msg: "a hand-built link needs redirect_uri (the tptoken_events site, on the TP's 授权域名)"}
+		return "", 0, &Error{Kind: KindBadInput, Msg: "a hand-built link needs redirect_uri (the tptoken_events site, on the TP's 授权域名)"}
 	}
 	if req.RedirectURI != "" {
 		if u, err := url.Parse(req.RedirectURI); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.Fragment != "" {
-			return Link{}, &Error{Kind: KindBadInput, Msg: "redirect_uri: want an absolute http(s) URL without #fragment on the TP's 授权域名"}
+			return "", 0, &Error{Kind: KindBadInput, Msg: "redirect_uri: want an absolute http(s) URL without #fragment on the TP's 授权域名"}
 		}
 	}
 	octx, done, err := e.begin()
 	if err != nil {
-		return Link{}, err
+		return "", 0, err
 	}
 	defer done()
-	var link Link
 	err = e.withComponentToken(octx, func(ct Secret) error {
 		return e.retry(octx, func(ctx context.Context) error {
 			t0 := time.Now()
 			op := req.Method
 			var err error
 			if req.Method == LinkGenLink {
-				link.URL, err = e.client.GenLink(ctx, ct, req)
-				link.ExpiresIn = GenLinkLife
+				link, err = e.client.GenLink(ctx, ct, req)
+				expiresIn = GenLinkLife
 			} else {
 				var code string
-				code, link.ExpiresIn, err = e.client.PreAuthCode(ctx, ct, req)
+				code, expiresIn, err = e.client.PreAuthCode(ctx, ct, req)
 				if err == nil {
-					link.URL = e.client.handBuiltLink(code, req.RedirectURI)
+					link = e.client.handBuiltLink(code, req.RedirectURI)
 				}
 			}
 			e.logCall(op, "", t0, err)
@@ -97,9 +91,9 @@ func (e *Engine) AuthorizationLink(ctx context.Context, req LinkRequest) (Link, 
 		})
 	})
 	if err != nil {
-		return Link{}, e.unavailable("", err, e.cfg.RetryBase)
+		return "", 0, e.unavailable("", err, e.cfg.RetryBase)
 	}
-	return link, nil
+	return link, expiresIn, nil
 }
 
 // linkBody is the JSON body of pre_auth_code and gen_link.
@@ -114,7 +108,7 @@ type linkBody struct {
 // PreAuthCode gets a pre_auth_code (获取预授权码): v1 POST
 // /openapi/v2/auth/pre_auth_code (on the legacy host), v2 POST
 // /api/tpapp/v3/auth/get_pre_auth_code/.
-func (c *Client) PreAuthCode(ctx context.Context, componentToken Secret, req LinkRequest) (string, time.Duration, error) {
+func (c *client) PreAuthCode(ctx context.Context, componentToken Secret, req LinkRequest) (string, time.Duration, error) {
 	body, _ := json.Marshal(linkBody{PreAuthCodeType: req.LinkType, AppName: req.AppName, AppIcon: req.AppIcon})
 	var out struct {
 		Code      string  `json:"pre_auth_code"`
@@ -135,7 +129,7 @@ func (c *Client) PreAuthCode(ctx context.Context, componentToken Secret, req Lin
 
 // GenLink asks for an authorization link (直接获取授权链接): v1 POST
 // /openapi/v2/auth/gen_link (legacy host), v2 POST /api/tpapp/v3/auth/gen_link/.
-func (c *Client) GenLink(ctx context.Context, componentToken Secret, req LinkRequest) (string, error) {
+func (c *client) GenLink(ctx context.Context, componentToken Secret, req LinkRequest) (string, error) {
 	body, _ := json.Marshal(linkBody{LinkType: req.LinkType, AppName: req.AppName, AppIcon: req.AppIcon, RedirectURI: req.RedirectURI})
 	var out struct {
 		Link string `json:"link"`
@@ -149,7 +143,7 @@ func (c *Client) GenLink(ctx context.Context, componentToken Secret, req LinkReq
 	return out.Link, nil
 }
 
-func (c *Client) linkCall(ctx context.Context, op, v1Path, v2Path string, componentToken Secret, body []byte, out any) error {
+func (c *client) linkCall(ctx context.Context, op, v1Path, v2Path string, componentToken Secret, body []byte, out any) error {
 	if c.family == V2 {
 		return c.do(ctx, op, http.MethodPost, v2Path, nil, componentToken.Reveal(), body, out)
 	}
@@ -164,10 +158,10 @@ func (c *Client) linkCall(ctx context.Context, op, v1Path, v2Path string, compon
 // endpoint other than a family default (an emulator), on that endpoint.
 const AuthorizationPage = "/mappconsole/tp/authorization"
 
-func (c *Client) handBuiltLink(preAuthCode, redirectURI string) string {
+func (c *client) handBuiltLink(preAuthCode, redirectURI string) string {
 	base := strings.TrimRight(c.base.String(), "/")
-	if base == strings.TrimRight(V2.DefaultEndpoint(), "/") {
-		base = strings.TrimRight(V1.DefaultEndpoint(), "/")
+	if base == strings.TrimRight(V2.defaultEndpoint(), "/") {
+		base = strings.TrimRight(V1.defaultEndpoint(), "/")
 	}
 	q := url.Values{}
 	q.Set("component_appid", c.appID)

@@ -14,26 +14,27 @@ import (
 	"time"
 )
 
-// ClientConfig configures a platform Client.
-type ClientConfig struct {
+// clientConfig configures a platform client (Config's platform fields).
+type clientConfig struct {
 	Family          Family
 	Endpoint        string // base URL; "" means the family's default
 	ComponentAppID  string
 	ComponentSecret Secret
 	HTTPClient      *http.Client  // nil means a client with sane transport timeouts
-	Timeout         time.Duration // per call; 0 means DefaultCallTimeout
+	Timeout         time.Duration // per call; 0 means defaultCallTimeout
 }
 
-// DefaultCallTimeout bounds one platform call.
-const DefaultCallTimeout = 10 * time.Second
+// defaultCallTimeout bounds one platform call.
+const defaultCallTimeout = 10 * time.Second
 
 // maxResponseBody bounds what is read of a platform answer.
 const maxResponseBody = 1 << 20
 
-// Client calls the platform's token endpoints of one family. It makes exactly one
+// client calls the platform's token endpoints of one family. It makes exactly one
 // HTTP call per method call: retries, locking and bookkeeping are the engine's.
-// Its errors never contain a URL query, a token or a secret.
-type Client struct {
+// Its errors never contain a URL query, a token or a secret. Its methods are
+// named after the platform operations they call.
+type client struct {
 	family    Family
 	base      *url.URL
 	appID     string
@@ -43,8 +44,8 @@ type Client struct {
 	userAgent string
 }
 
-// NewClient checks the configuration and returns a Client.
-func NewClient(cfg ClientConfig) (*Client, error) {
+// newClient checks the configuration and returns a client.
+func newClient(cfg clientConfig) (*client, error) {
 	if cfg.Family == "" {
 		cfg.Family = V1
 	}
@@ -52,11 +53,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		return nil, fmt.Errorf("unknown api family %q: use v1 or v2", cfg.Family)
 	}
 	if cfg.Endpoint == "" {
-		cfg.Endpoint = cfg.Family.DefaultEndpoint()
+		cfg.Endpoint = cfg.Family.defaultEndpoint()
 	}
 	base, err := url.Parse(strings.TrimRight(cfg.Endpoint, "/"))
 	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, fmt.Errorf("endpoint %q: want an absolute http(s) URL such as %s", cfg.Endpoint, cfg.Family.DefaultEndpoint())
+		return nil, fmt.Errorf("endpoint %q: want an absolute http(s) URL such as %s", cfg.Endpoint, cfg.Family.defaultEndpoint())
 	}
 	if !ValidAppID(cfg.ComponentAppID) {
 		return nil, fmt.Errorf("component_appid %q: want 1-64 letters, digits, '_' or '-'", cfg.ComponentAppID)
@@ -69,9 +70,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		hc = &http.Client{Transport: defaultTransport()}
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultCallTimeout
+		cfg.Timeout = defaultCallTimeout
 	}
-	return &Client{
+	return &client{
 		family: cfg.Family, base: base, appID: cfg.ComponentAppID, secret: cfg.ComponentSecret,
 		http: hc, timeout: cfg.Timeout, userAgent: "tptoken",
 	}, nil
@@ -79,22 +80,19 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 
 func defaultTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.ResponseHeaderTimeout = DefaultCallTimeout
+	t.ResponseHeaderTimeout = defaultCallTimeout
 	t.MaxIdleConnsPerHost = 16
 	return t
 }
 
-// Family is the token family the client speaks.
-func (c *Client) Family() Family { return c.family }
-
-// ComponentToken is a component_access_token answer.
-type ComponentToken struct {
+// componentGrant is a component_access_token answer.
+type componentGrant struct {
 	Token     Secret
 	ExpiresIn time.Duration
 }
 
-// Grant is the answer of a code exchange or a refresh.
-type Grant struct {
+// grant is the answer of a code exchange or a refresh.
+type grant struct {
 	AccessToken      Secret
 	ExpiresIn        time.Duration
 	RefreshToken     Secret
@@ -103,8 +101,8 @@ type Grant struct {
 	Permissions      []Permission
 }
 
-// AuthorizedApp is one entry of the authorized app list.
-type AuthorizedApp struct {
+// authorizedApp is one entry of the authorized app list.
+type authorizedApp struct {
 	AppID    string    `json:"appid"`
 	AuthTime time.Time `json:"auth_time"`
 }
@@ -120,7 +118,7 @@ const (
 
 // ComponentToken fetches a component_access_token with the latest ticket.
 // v2 fetches invalidate the previous token after a grace period: serialize them.
-func (c *Client) ComponentToken(ctx context.Context, ticket Secret) (ComponentToken, error) {
+func (c *client) ComponentToken(ctx context.Context, ticket Secret) (componentGrant, error) {
 	path := "/openapi/v1/auth/tp/token"
 	if c.family == V2 {
 		path = "/openapi/v2/auth/tp/token/"
@@ -134,26 +132,26 @@ func (c *Client) ComponentToken(ctx context.Context, ticket Secret) (ComponentTo
 		ExpiresIn flexInt `json:"expires_in"`
 	}
 	if err := c.do(ctx, OpComponentToken, http.MethodGet, path, q, "", nil, &out); err != nil {
-		return ComponentToken{}, err
+		return componentGrant{}, err
 	}
 	if out.Token == "" || out.ExpiresIn <= 0 {
-		return ComponentToken{}, &PlatformError{Op: OpComponentToken, HTTPStatus: 200, Message: "answer lacks component_access_token or expires_in"}
+		return componentGrant{}, &PlatformError{Op: OpComponentToken, HTTPStatus: 200, Message: "answer lacks component_access_token or expires_in"}
 	}
-	return ComponentToken{Token: Secret(out.Token), ExpiresIn: time.Duration(out.ExpiresIn) * time.Second}, nil
+	return componentGrant{Token: Secret(out.Token), ExpiresIn: time.Duration(out.ExpiresIn) * time.Second}, nil
 }
 
 // ExchangeCode swaps an authorization code for the authorizer's first token pair.
-func (c *Client) ExchangeCode(ctx context.Context, componentToken, code Secret) (Grant, error) {
+func (c *client) ExchangeCode(ctx context.Context, componentToken, code Secret) (grant, error) {
 	return c.grant(ctx, OpExchange, componentToken, "app_to_tp_authorization_code", "authorization_code", code)
 }
 
 // Refresh uses a refresh token. The refresh token is single-use: whatever the
 // outcome of this call, the caller must assume it may be spent.
-func (c *Client) Refresh(ctx context.Context, componentToken, refreshToken Secret) (Grant, error) {
+func (c *client) Refresh(ctx context.Context, componentToken, refreshToken Secret) (grant, error) {
 	return c.grant(ctx, OpRefresh, componentToken, "app_to_tp_refresh_token", "authorizer_refresh_token", refreshToken)
 }
 
-func (c *Client) grant(ctx context.Context, op string, componentToken Secret, grantType, field string, value Secret) (Grant, error) {
+func (c *client) grant(ctx context.Context, op string, componentToken Secret, grantType, field string, value Secret) (grant, error) {
 	q := url.Values{}
 	var path, header string
 	if c.family == V2 {
@@ -175,15 +173,15 @@ func (c *Client) grant(ctx context.Context, op string, componentToken Secret, gr
 		Permissions      []Permission `json:"authorize_permission"`
 	}
 	if err := c.do(ctx, op, http.MethodGet, path, q, header, nil, &out); err != nil {
-		return Grant{}, err
+		return grant{}, err
 	}
 	if out.AccessToken == "" || out.RefreshToken == "" || out.ExpiresIn <= 0 {
-		return Grant{}, &PlatformError{Op: op, HTTPStatus: 200, Message: "answer lacks authorizer_access_token, authorizer_refresh_token or expires_in"}
+		return grant{}, &PlatformError{Op: op, HTTPStatus: 200, Message: "answer lacks authorizer_access_token, authorizer_refresh_token or expires_in"}
 	}
 	if out.AppID != "" && !ValidAppID(out.AppID) {
-		return Grant{}, &PlatformError{Op: op, HTTPStatus: 200, Message: "answer carries a malformed authorizer_appid"}
+		return grant{}, &PlatformError{Op: op, HTTPStatus: 200, Message: "answer carries a malformed authorizer_appid"}
 	}
-	return Grant{
+	return grant{
 		AccessToken: Secret(out.AccessToken), ExpiresIn: time.Duration(out.ExpiresIn) * time.Second,
 		RefreshToken: Secret(out.RefreshToken), RefreshExpiresIn: time.Duration(out.RefreshExpiresIn) * time.Second,
 		AppID: out.AppID, Permissions: out.Permissions,
@@ -192,7 +190,7 @@ func (c *Client) grant(ctx context.Context, op string, componentToken Secret, gr
 
 // RetrieveCode asks for a fresh authorization code of an authorizer that is still
 // authorized (找回授权码): the recovery path when a refresh token is lost.
-func (c *Client) RetrieveCode(ctx context.Context, componentToken Secret, appid string) (Secret, time.Duration, error) {
+func (c *client) RetrieveCode(ctx context.Context, componentToken Secret, appid string) (Secret, time.Duration, error) {
 	var out struct {
 		Code      string  `json:"authorization_code"`
 		ExpiresIn flexInt `json:"expires_in"`
@@ -218,7 +216,7 @@ func (c *Client) RetrieveCode(ctx context.Context, componentToken Secret, appid 
 }
 
 // AuthorizedApps lists one page (1-based) of the authorizers of this TP; size ≤ 50.
-func (c *Client) AuthorizedApps(ctx context.Context, componentToken Secret, page, size int) ([]AuthorizedApp, int, error) {
+func (c *client) AuthorizedApps(ctx context.Context, componentToken Secret, page, size int) ([]authorizedApp, int, error) {
 	if page < 1 {
 		page = 1
 	}
@@ -250,12 +248,12 @@ func (c *Client) AuthorizedApps(ctx context.Context, componentToken Secret, page
 	if err != nil {
 		return nil, 0, err
 	}
-	apps := make([]AuthorizedApp, 0, len(out.V1List)+len(out.V2List))
+	apps := make([]authorizedApp, 0, len(out.V1List)+len(out.V2List))
 	for _, a := range out.V1List {
-		apps = append(apps, AuthorizedApp{AppID: a.AppID, AuthTime: time.Unix(int64(a.AuthTime), 0)})
+		apps = append(apps, authorizedApp{AppID: a.AppID, AuthTime: time.Unix(int64(a.AuthTime), 0)})
 	}
 	for _, a := range out.V2List {
-		apps = append(apps, AuthorizedApp{AppID: a.AppID, AuthTime: time.Unix(int64(a.AuthTime), 0)})
+		apps = append(apps, authorizedApp{AppID: a.AppID, AuthTime: time.Unix(int64(a.AuthTime), 0)})
 	}
 	return apps, int(out.Total), nil
 }
@@ -273,7 +271,7 @@ type envelope struct {
 // do makes one call and decodes the answer into out. The answer may be bare
 // fields (v1 token endpoints) or wrapped in data (v2); either error envelope
 // becomes a *PlatformError.
-func (c *Client) do(ctx context.Context, op, method, path string, q url.Values, accessToken string, body []byte, out any) error {
+func (c *client) do(ctx context.Context, op, method, path string, q url.Values, accessToken string, body []byte, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	u := *c.base

@@ -7,59 +7,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// componentRefreshAhead: a component token is fetched again this long before it
-// expires (capped at half its life). v1 returns the same token until less than
-// 30 minutes remain, so fetching earlier would only return the same token.
-const componentRefreshAhead = 20 * time.Minute
-
-// ticketStaleAfter: the platform pushes a ticket every 10 minutes and each is
-// valid 3 hours; an older stored ticket means pushes are not arriving.
-const ticketStaleAfter = 3 * time.Hour
-
 const componentKey = "\x00component"
-
-// StoreTicket keeps the latest component_ticket in storage, shared by every
-// instance. Pushes are retried by the platform, so a ticket already stored is a
-// no-op, and an older ticket never replaces a newer one.
-func (e *Engine) StoreTicket(ctx context.Context, ticket Secret, created time.Time) error {
-	if ticket == "" {
-		return &Error{Kind: KindBadInput, Msg: "empty component_ticket"}
-	}
-	if cur := e.ticket.Load(); cur != nil && cur.Ticket == ticket.Reveal() {
-		return nil
-	}
-	stored, err := e.loadTicket(ctx)
-	if err != nil && !isNotExist(err) {
-		e.log.Warn("reading the stored component ticket failed; storing the pushed one", zapErr(err))
-	}
-	if stored != nil {
-		if stored.Ticket == ticket.Reveal() {
-			e.ticket.Store(stored)
-			return nil
-		}
-		if !created.IsZero() && stored.CreateTime.After(created) {
-			e.ticket.Store(stored)
-			return nil
-		}
-	}
-	d := &diskTicket{Ticket: ticket.Reveal(), CreateTime: created, ReceivedAt: e.now()}
-	e.ticket.Store(d)
-	key := e.keys.ticket()
-	b, err := e.codec.encode(key, d)
-	if err != nil {
-		return err
-	}
-	for n := 0; ; n++ {
-		if err = e.store.Store(ctx, key, b); err == nil {
-			e.log.Info("component ticket stored", zap.Time("create_time", created))
-			return nil
-		}
-		if n == 2 || sleep(ctx, time.Duration(100<<n)*time.Millisecond) != nil {
-			e.log.Error("storing the component ticket failed; other instances will not see it", zapErr(err))
-			return err
-		}
-	}
-}
 
 func (e *Engine) loadTicket(ctx context.Context) (*diskTicket, error) {
 	key := e.keys.ticket()
@@ -102,13 +50,13 @@ func (e *Engine) currentTicket(ctx context.Context) (Secret, error) {
 func (e *Engine) ComponentToken(ctx context.Context) (Token, error) {
 	now := e.now()
 	if en := e.comp.cur.Load(); en.fresh(now) {
-		if now.Sub(en.checkedAt) > e.cfg.SyncInterval {
+		if e.syncDue(en, now) {
 			e.syncComponentInBackground()
 		}
 		e.obs.Lookup("", "hit")
 		return en.tok, nil
 	}
-	tok, err := e.wait(ctx, componentKey, func() (any, error) { return e.obtainComponent() })
+	tok, err := e.wait(ctx, componentKey, func() (any, error) { return e.obtainComponent(onDemand) })
 	if err != nil {
 		e.obs.Lookup("", "error")
 	} else {
@@ -120,7 +68,7 @@ func (e *Engine) ComponentToken(ctx context.Context) (Token, error) {
 // componentToken is ComponentToken for the engine's own calls.
 func (e *Engine) componentToken(ctx context.Context) (Token, error) { return e.ComponentToken(ctx) }
 
-func (e *Engine) loadComponent(ctx context.Context) (*Record, error) {
+func (e *Engine) loadComponent(ctx context.Context) (*record, error) {
 	key := e.keys.componentToken(e.family)
 	b, err := e.store.Load(ctx, key)
 	if err != nil {
@@ -130,11 +78,11 @@ func (e *Engine) loadComponent(ctx context.Context) (*Record, error) {
 	if err := e.codec.decode(key, b, &d); err != nil {
 		return nil, err
 	}
-	return &Record{Family: e.family, State: StateActive, AccessToken: Secret(d.Token), AccessIssued: d.Issued,
+	return &record{Family: e.family, State: StateActive, AccessToken: Secret(d.Token), AccessIssued: d.Issued,
 		AccessExpiry: d.Expiry, Generation: d.Generation, UpdatedAt: d.Issued}, nil
 }
 
-func (e *Engine) saveComponent(ctx context.Context, r *Record) error {
+func (e *Engine) saveComponent(ctx context.Context, r *record) error {
 	key := e.keys.componentToken(e.family)
 	b, err := e.codec.encode(key, diskComponentToken{Token: r.AccessToken.Reveal(), Issued: r.AccessIssued, Expiry: r.AccessExpiry, Generation: r.Generation})
 	if err != nil {
@@ -143,7 +91,7 @@ func (e *Engine) saveComponent(ctx context.Context, r *Record) error {
 	return e.store.Store(ctx, key, b)
 }
 
-func (e *Engine) newComponentEntry(r *Record, now time.Time) *entry {
+func (e *Engine) newComponentEntry(r *record, now time.Time) *entry {
 	en := &entry{rec: r, checkedAt: now}
 	if r != nil && r.AccessToken != "" {
 		en.refreshAt, en.unusableAt = margins(r.AccessIssued, r.AccessExpiry, componentRefreshAhead)
@@ -154,7 +102,7 @@ func (e *Engine) newComponentEntry(r *Record, now time.Time) *entry {
 
 // adoptComponent installs a stored component token unless it is older than or
 // the same as the one in memory.
-func (e *Engine) adoptComponent(r *Record, now time.Time) *entry {
+func (e *Engine) adoptComponent(r *record, now time.Time) *entry {
 	for {
 		old := e.comp.cur.Load()
 		if old != nil && old.rec != nil && r.Generation < old.rec.Generation {
@@ -188,10 +136,11 @@ func (e *Engine) syncComponentInBackground() {
 	}()
 }
 
-// obtainComponent fetches a component token once at a time: reload, lock (v2
-// fetches invalidate the previous token, so they are serialized cluster-wide),
-// reload again, fetch, store.
-func (e *Engine) obtainComponent() (any, error) {
+// obtainComponent fetches a component token if mode m (onDemand or ahead)
+// finds it due, once at a time: reload, lock (v2 fetches invalidate the
+// previous token, so they are serialized cluster-wide), reload again, fetch,
+// store.
+func (e *Engine) obtainComponent(m mode) (any, error) {
 	ctx, done, err := e.begin()
 	if err != nil {
 		return nil, err
@@ -204,7 +153,7 @@ func (e *Engine) obtainComponent() (any, error) {
 		e.log.Error("reading the stored component token failed", zapErr(err))
 	}
 	now := e.now()
-	if cur.fresh(now) {
+	if !e.due(m, cur, now, 0) {
 		return cur.tok, nil
 	}
 	if cur != nil && now.Before(cur.retryAt) {
@@ -218,7 +167,7 @@ func (e *Engine) obtainComponent() (any, error) {
 		if r, err := e.loadComponent(ctx); err == nil {
 			cur = e.adoptComponent(r, e.now())
 		}
-		if cur.fresh(e.now()) {
+		if !e.due(m, cur, e.now(), 0) {
 			return cur.tok, nil
 		}
 	case cur.usable(now):
@@ -232,7 +181,7 @@ func (e *Engine) obtainComponent() (any, error) {
 
 	// Due only because a downstream answer rejected the token: reject.go decides.
 	now = e.now()
-	reported := cur.reported() && cur.unsuspected().fresh(now)
+	reported := cur.reported() && !e.due(m, cur.unsuspected(), now, 0)
 	if reported && !e.mayRenewSuspect(&e.comp, "", cur, now) {
 		return cur.tok, nil
 	}
@@ -241,7 +190,7 @@ func (e *Engine) obtainComponent() (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ct ComponentToken
+	var ct componentGrant
 	start := e.now()
 	err = e.retry(ctx, func(ctx context.Context) error {
 		var err error
@@ -267,7 +216,7 @@ func (e *Engine) obtainComponent() (any, error) {
 		if en.usable(now) {
 			return en.tok, nil
 		}
-		if c := PlatformCode(err); c == 40037 || c == 40038 || c == 40003 {
+		if c := platformCode(err); c == 40037 || c == 40038 || c == 40003 {
 			return nil, &Error{Kind: KindPlatform, Msg: "the platform refused the component credentials (40037 ticket, 40038 secret, 40003 appid): check component_appid, component_appsecret and that tickets arrive", RetryAfter: en.retryAt.Sub(now), Err: err}
 		}
 		return nil, e.unavailable("", err, en.retryAt.Sub(now))
@@ -276,7 +225,7 @@ func (e *Engine) obtainComponent() (any, error) {
 	if cur != nil && cur.rec != nil {
 		gen = cur.rec.Generation
 	}
-	r := &Record{Family: e.family, State: StateActive, AccessToken: ct.Token, AccessIssued: start,
+	r := &record{Family: e.family, State: StateActive, AccessToken: ct.Token, AccessIssued: start,
 		AccessExpiry: start.Add(ct.ExpiresIn), Generation: gen + 1, UpdatedAt: now}
 	if err := e.saveComponent(ctx, r); err != nil {
 		e.log.Error("storing the component token failed; other instances will fetch their own", zapErr(err))

@@ -1,22 +1,8 @@
-// Package tokensource is the token engine of tptoken: it gives any caller a valid
-// authorizer_access_token (or component_access_token) of the Douyin / ByteDance
-// open platform for an authorizer appid, exchanging codes and refreshing on demand.
-//
-// Its invariant: a refresh token is used at most once. The platform's refresh
-// token is single-use and rotated, and a second concurrent refresh loses the
-// authorizer, so every use of a refresh token happens under an in-process
-// single-flight AND the storage lock, after reloading the stored record, and the
-// rotated pair is stored before the lock is released or the new token is used.
-//
-// The package knows nothing of Caddy: it takes a Store (certmagic.Storage
-// satisfies it), an HTTP client, a clock and a zap logger.
 package tokensource
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,147 +13,12 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Source is what a request handler needs: a token for an appid, and a way to
-// report that a token it sent was rejected.
-type Source interface {
-	Token(ctx context.Context, appid string) (Token, error)
-	Invalidate(appid string, sent Token) bool
-}
-
-// Token is an access token ready to be sent, with what is needed to send it.
-type Token struct {
-	Value      Secret
-	AppID      string // authorizer appid; "" for a component token
-	Family     Family
-	Expiry     time.Time
-	Generation uint64
-}
-
-// Config configures an Engine.
-type Config struct {
-	ComponentAppID string
-	Client         *Client // the platform client of the engine's family
-	Store          Store
-	EncryptionKey  []byte // optional: 32 bytes, records sealed with AES-256-GCM
-	// PreviousEncryptionKeys are earlier encryption keys: records sealed with
-	// them are still read, and sealed with EncryptionKey when next written
-	// (Reseal rewrites them all). Key rotation.
-	PreviousEncryptionKeys [][]byte
-	Logger                 *zap.Logger
-	Now                    func() time.Time
-	Observer               Observer // metrics hooks; optional
-
-	// RefreshAhead: refresh an access token this long before it expires (capped at
-	// half its lifetime). Default 10m.
-	RefreshAhead time.Duration
-	// RefreshTokenMargin: renew a refresh token this long before it expires, even
-	// for an idle authorizer. Default 72h.
-	RefreshTokenMargin time.Duration
-	// LockTimeout bounds the wait for the storage lock. Default 15s (FileStorage
-	// declares a crashed holder's lock stale after 10s).
-	LockTimeout time.Duration
-	// OpTimeout bounds one whole operation (lock wait, refresh with retries,
-	// store), and so how long any holder keeps a lock. Default: LockTimeout +
-	// Attempts × the client's call timeout + 5s (50s with the defaults).
-	OpTimeout time.Duration
-	// Attempts per platform operation for retryable failures. Default 3.
-	Attempts int
-	// RetryBase and RetryMax bound the backoff between attempts and, after an
-	// operation failed, before the next one for the same authorizer. Defaults 500ms and 30s.
-	RetryBase, RetryMax time.Duration
-	// AllowUnlocked lets a refresh proceed with the in-process lock only when the
-	// storage lock fails (not when it is merely held). Only for a single instance.
-	AllowUnlocked bool
-	// SyncInterval: a cached record older than this is reloaded from storage in
-	// the background on its next use, so pushes handled by other instances are
-	// seen. Default 30s.
-	SyncInterval time.Duration
-	// MaxConcurrentCalls caps platform calls in flight. Default 16.
-	MaxConcurrentCalls int
-	// RedirectCalls caps the platform calls in flight for exchanges started by
-	// the authorization redirect (input from anyone), on slots of their own:
-	// they never take one of MaxConcurrentCalls. Default 4.
-	RedirectCalls int
-	// RedirectExchanges per RedirectWindow bound the exchanges redirects start
-	// (a token bucket of RedirectExchanges). Defaults 300 and 1h. Negative: a
-	// redirect never starts an exchange (codes come from pushes only).
-	RedirectExchanges int
-	RedirectWindow    time.Duration
-	// PushWindow: a push stamped (TimeStamp) further than this from the clock
-	// is refused, and a push already handled is remembered this long. Default 10m.
-	PushWindow time.Duration
-
-	// Background work (Run).
-	MaintainInterval  time.Duration // how often cached authorizers are checked; default 15s
-	SweepInterval     time.Duration // how often every record in storage is checked; default 10m
-	ActiveWindow      time.Duration // authorizers used within this are refreshed ahead; default 1h
-	RenewRate         float64       // background renewals per second; default 2
-	BackgroundWorkers int           // background renewals in flight; default 2
-}
-
-func (c *Config) setDefaults() error {
-	if !ValidAppID(c.ComponentAppID) {
-		return fmt.Errorf("component_appid %q: want 1-64 letters, digits, '_' or '-'", c.ComponentAppID)
-	}
-	if c.Client == nil {
-		return errors.New("tokensource: Config.Client is required")
-	}
-	if c.Store == nil {
-		return errors.New("tokensource: Config.Store is required")
-	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Observer == nil {
-		c.Observer = nopObserver{}
-	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&c.RefreshAhead, 10*time.Minute)
-	def(&c.RefreshTokenMargin, 72*time.Hour)
-	def(&c.LockTimeout, 15*time.Second)
-	def(&c.RetryBase, 500*time.Millisecond)
-	def(&c.RetryMax, 30*time.Second)
-	def(&c.SyncInterval, 30*time.Second)
-	if c.Attempts <= 0 {
-		c.Attempts = 3
-	}
-	if c.MaxConcurrentCalls <= 0 {
-		c.MaxConcurrentCalls = 16
-	}
-	if c.RedirectCalls <= 0 {
-		c.RedirectCalls = 4
-	}
-	if c.RedirectExchanges == 0 {
-		c.RedirectExchanges = 300
-	}
-	def(&c.RedirectWindow, time.Hour)
-	def(&c.PushWindow, 10*time.Minute)
-	def(&c.OpTimeout, c.LockTimeout+time.Duration(c.Attempts)*c.Client.timeout+5*time.Second)
-	def(&c.MaintainInterval, 15*time.Second)
-	def(&c.SweepInterval, 10*time.Minute)
-	def(&c.ActiveWindow, time.Hour)
-	if c.RenewRate <= 0 {
-		c.RenewRate = 2
-	}
-	if c.BackgroundWorkers <= 0 {
-		c.BackgroundWorkers = 2
-	}
-	return nil
-}
-
 // Engine hands out tokens for the authorizers of one component (TP) appid and one
 // token family. Several engines (instances) may share one Store.
 type Engine struct {
 	cfg    Config
 	family Family
-	client *Client
+	client *client
 	store  Store
 	keys   keys
 	codec  codec
@@ -187,17 +38,21 @@ type Engine struct {
 	ticket  atomic.Pointer[diskTicket]
 	summary atomic.Pointer[Summary]
 	tags    sync.Map      // appid -> *opTag: operations reported apart (tags.go)
-	newApps *rate.Limiter // forced recoveries of appids with no record (operator.go)
+	newApps *rate.Limiter // recoveries of appids with no record (operator.go)
 
 	mu     sync.Mutex // guards closed
 	closed bool
 	wg     sync.WaitGroup // operations in flight
-	done   chan struct{}
 }
 
 // New builds an Engine. It makes no I/O and starts no goroutine.
 func New(cfg Config) (*Engine, error) {
 	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	cl, err := newClient(clientConfig{Family: cfg.Family, Endpoint: cfg.Endpoint, ComponentAppID: cfg.ComponentAppID,
+		ComponentSecret: cfg.ComponentSecret, HTTPClient: cfg.HTTPClient, Timeout: cfg.CallTimeout})
+	if err != nil {
 		return nil, err
 	}
 	cd, err := newCodec(cfg.EncryptionKey, cfg.PreviousEncryptionKeys)
@@ -206,8 +61,8 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{
 		cfg:     cfg,
-		family:  cfg.Client.Family(),
-		client:  cfg.Client,
+		family:  cl.family,
+		client:  cl,
 		store:   cfg.Store,
 		keys:    newKeys(cfg.ComponentAppID),
 		codec:   cd,
@@ -217,27 +72,17 @@ func New(cfg Config) (*Engine, error) {
 		slots:   gocache.New(gocache.NoExpiration, 0), // no janitor goroutine: idle slots are swept by the engine
 		calls:   make(chan struct{}, cfg.MaxConcurrentCalls),
 		pushes:  newRecentSet[time.Time](pushesKept),
-		done:    make(chan struct{}),
 		newApps: rate.NewLimiter(rate.Every(newAppRecoveryEvery), newAppRecoveryBurst),
 	}
 	e.redirect = newRedirectGate(&e.cfg)
 	return e, nil
 }
 
-// ComponentAppID is the TP appid the engine serves.
-func (e *Engine) ComponentAppID() string { return e.cfg.ComponentAppID }
-
-// Family is the token family the engine serves.
-func (e *Engine) Family() Family { return e.family }
-
 // Close waits for operations in flight (each is bounded by OpTimeout) and makes
 // later operations fail. It never interrupts a refresh: that would lose its answer.
 func (e *Engine) Close() error {
 	e.mu.Lock()
-	if !e.closed {
-		e.closed = true
-		close(e.done)
-	}
+	e.closed = true
 	e.mu.Unlock()
 	e.wg.Wait()
 	return nil
@@ -269,7 +114,7 @@ type slot struct {
 
 // entry is a snapshot of what this instance knows of a record.
 type entry struct {
-	rec        *Record // nil when missing
+	rec        *record // nil when missing
 	tok        Token
 	refreshAt  time.Time // refresh from here on
 	unusableAt time.Time // never send the token from here on
@@ -282,39 +127,13 @@ type entry struct {
 	dirty      bool  // rec is newer than what storage holds (a write failed)
 }
 
-// margins computes when a token should be refreshed and when it must no longer
-// be sent. The refresh point is RefreshAhead before expiry, but at most half the
-// lifetime; tokens are not sent in the last tenth of their life (at most 30s), so
-// a request in flight never carries an expired token.
-func margins(issued, expiry time.Time, ahead time.Duration) (refreshAt, unusableAt time.Time) {
-	life := expiry.Sub(issued)
-	if life <= 0 {
-		return expiry, expiry
-	}
-	skew := min(30*time.Second, life/10)
-	ahead = min(ahead, life/2)
-	return expiry.Add(-ahead), expiry.Add(-skew)
-}
-
-func (e *Engine) newEntry(rec *Record, now time.Time) *entry {
+func (e *Engine) newEntry(rec *record, now time.Time) *entry {
 	en := &entry{rec: rec, checkedAt: now}
 	if rec != nil && rec.State == StateActive && rec.AccessToken != "" {
 		en.refreshAt, en.unusableAt = margins(rec.AccessIssued, rec.AccessExpiry, e.cfg.RefreshAhead)
 		en.tok = Token{Value: rec.AccessToken, AppID: rec.AppID, Family: rec.Family, Expiry: rec.AccessExpiry, Generation: rec.Generation}
 	}
 	return en
-}
-
-// usable: the token may be sent now. A token only reported rejected by a
-// downstream answer may well be valid: it stays usable until it expires.
-func (en *entry) usable(now time.Time) bool {
-	return en != nil && en.tok.Value != "" && !(en.confirmed && en.tok.Value == en.suspect) && now.Before(en.unusableAt)
-}
-
-// fresh: the token may be sent and needs no refresh (nor a check after a
-// reported rejection) yet. It is the hot path of every request.
-func (en *entry) fresh(now time.Time) bool {
-	return en != nil && en.tok.Value != "" && en.tok.Value != en.suspect && now.Before(en.unusableAt) && now.Before(en.refreshAt)
 }
 
 func (e *Engine) slotFor(appid string) *slot {
@@ -327,6 +146,15 @@ func (e *Engine) slotFor(appid string) *slot {
 		return v.(*slot)
 	}
 	return s
+}
+
+// Token is an access token ready to be sent, with what is needed to send it.
+type Token struct {
+	Value      Secret
+	AppID      string // authorizer appid; "" for a component token
+	Family     Family
+	Expiry     time.Time
+	Generation uint64
 }
 
 // Token returns a valid access token for the authorizer appid. The hot path is a
@@ -343,7 +171,7 @@ func (e *Engine) Token(ctx context.Context, appid string) (Token, error) {
 		en := s.cur.Load()
 		if en.fresh(now) {
 			s.touch(now)
-			if now.Sub(en.checkedAt) > e.cfg.SyncInterval {
+			if e.syncDue(en, now) {
 				e.syncInBackground(appid, s)
 			}
 			e.obs.Lookup(appid, "hit")
@@ -358,32 +186,19 @@ func (e *Engine) Token(ctx context.Context, appid string) (Token, error) {
 	tok, err := e.wait(ctx, appid, func() (any, error) { return e.obtain(appid, onDemand) })
 	if err != nil {
 		e.obs.Lookup(appid, "error")
-	} else {
-		e.obs.Lookup(appid, "obtained")
+		return tok, err
 	}
-	return tok, err
+	if v, ok := e.slots.Get(appid); ok {
+		v.(*slot).touch(now) // a slot obtain made is in use, not idle
+	}
+	e.obs.Lookup(appid, "obtained")
+	return tok, nil
 }
 
 func (s *slot) touch(now time.Time) {
 	if sec := now.Unix(); s.used.Load() != sec {
 		s.used.Store(sec)
 	}
-}
-
-// settledError answers without I/O for authorizers whose state is known bad and
-// recently confirmed: unauthorized, unknown, or the other family.
-func (e *Engine) settledError(appid string, en *entry, now time.Time) error {
-	if en == nil {
-		return nil
-	}
-	recheck := 30 * time.Second
-	if en.rec == nil {
-		recheck = 5 * time.Second
-	}
-	if now.Sub(en.checkedAt) > recheck {
-		return nil
-	}
-	return e.stateError(appid, en)
 }
 
 // stateError is the error for a record that cannot give tokens, or nil.
@@ -453,7 +268,7 @@ func (e *Engine) syncInBackground(appid string, s *slot) {
 
 // adopt installs what storage holds into the slot, unless memory holds a newer
 // record that storage lacks (a failed write). It returns the entry in effect.
-func (e *Engine) adopt(s *slot, rec *Record, now time.Time) *entry {
+func (e *Engine) adopt(s *slot, rec *record, now time.Time) *entry {
 	for {
 		old := s.cur.Load()
 		if old != nil && old.dirty && (rec == nil || rec.Generation < old.rec.Generation) {
@@ -469,17 +284,6 @@ func (e *Engine) adopt(s *slot, rec *Record, now time.Time) *entry {
 			return en
 		}
 	}
-}
-
-// backoff is the delay before attempt n (1-based), jittered ±20%.
-func (e *Engine) backoff(n int) time.Duration {
-	d := e.cfg.RetryBase
-	for i := 1; i < n && d < e.cfg.RetryMax; i++ {
-		d *= 2
-	}
-	d = min(d, e.cfg.RetryMax)
-	j := time.Duration(rand.Int64N(int64(d)/5+1)) * 2
-	return d - d/5 + j
 }
 
 // sleep waits d or until ctx ends.
@@ -519,7 +323,7 @@ func (e *Engine) retry(ctx context.Context, fn func(context.Context) error) erro
 	var err error
 	for n := 1; n <= attempts; n++ {
 		err = e.call(ctx, fn)
-		if err == nil || !IsRetryable(err) || n == attempts {
+		if err == nil || !isRetryable(err) || n == attempts {
 			return err
 		}
 		if serr := sleep(ctx, e.backoff(n)); serr != nil {

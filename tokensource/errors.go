@@ -37,32 +37,32 @@ func (e *PlatformError) Error() string {
 	return s
 }
 
-// Class is what a platform error means for the token engine.
-type Class int
+// class is what a platform error means for the token engine.
+type class int
 
 const (
-	ClassOther                  Class = iota // not classified: fail the operation, do not retry
-	ClassRetryable                           // transient: retry with backoff (40045, 40000, 28001005, 28001006, 5xx, timeouts)
-	ClassComponentToken                      // the component token is expired or wrong: refetch it once (40009, 40010)
-	ClassRefreshTokenDead                    // the refresh token is wrong or used: recover (40021)
-	ClassAuthorizationGone                   // the authorizer revoked us or is banned (40004, 40022, 28001016)
-	ClassCodeExpired                         // the authorization code expired or was used (40018)
-	ClassInvalidAuthorizerToken              // a downstream API rejected the authorizer token (40020, 28001003, 28001008)
+	classOther                  class = iota // not classified: fail the operation, do not retry
+	classRetryable                           // transient: retry with backoff (40045, 40000, 28001005, 28001006, 5xx, timeouts)
+	classComponentToken                      // the component token is expired or wrong: refetch it once (40009, 40010)
+	classRefreshTokenDead                    // the refresh token is wrong or used: recover (40021)
+	classAuthorizationGone                   // the authorizer revoked us or is banned (40004, 40022, 28001016)
+	classCodeExpired                         // the authorization code expired or was used (40018)
+	classInvalidAuthorizerToken              // a downstream API rejected the authorizer token (40020, 28001003, 28001008)
 )
 
-func (c Class) String() string {
+func (c class) String() string {
 	switch c {
-	case ClassRetryable:
+	case classRetryable:
 		return "retryable"
-	case ClassComponentToken:
+	case classComponentToken:
 		return "component_token"
-	case ClassRefreshTokenDead:
+	case classRefreshTokenDead:
 		return "refresh_token_dead"
-	case ClassAuthorizationGone:
+	case classAuthorizationGone:
 		return "authorization_gone"
-	case ClassCodeExpired:
+	case classCodeExpired:
 		return "code_expired"
-	case ClassInvalidAuthorizerToken:
+	case classInvalidAuthorizerToken:
 		return "invalid_authorizer_token"
 	}
 	return "other"
@@ -70,21 +70,21 @@ func (c Class) String() string {
 
 // codeClasses is the one table of platform codes the engine acts on
 // (docs/protocol.md §Errors).
-var codeClasses = map[int]Class{
-	40000:    ClassRetryable, // 系统错误
-	40045:    ClassRetryable, // 生成 token 失败,请重试
-	28001005: ClassRetryable, // 系统内部错误,请重试
-	28001006: ClassRetryable, // 网络调用错误,请重试
-	40009:    ClassComponentToken,
-	40010:    ClassComponentToken,
-	40021:    ClassRefreshTokenDead,
-	40004:    ClassAuthorizationGone,
-	40022:    ClassAuthorizationGone,
-	28001016: ClassAuthorizationGone,
-	40018:    ClassCodeExpired,
-	40020:    ClassInvalidAuthorizerToken,
-	28001003: ClassInvalidAuthorizerToken,
-	28001008: ClassInvalidAuthorizerToken,
+var codeClasses = map[int]class{
+	40000:    classRetryable, // 系统错误
+	40045:    classRetryable, // 生成 token 失败,请重试
+	28001005: classRetryable, // 系统内部错误,请重试
+	28001006: classRetryable, // 网络调用错误,请重试
+	40009:    classComponentToken,
+	40010:    classComponentToken,
+	40021:    classRefreshTokenDead,
+	40004:    classAuthorizationGone,
+	40022:    classAuthorizationGone,
+	28001016: classAuthorizationGone,
+	40018:    classCodeExpired,
+	40020:    classInvalidAuthorizerToken,
+	28001003: classInvalidAuthorizerToken,
+	28001008: classInvalidAuthorizerToken,
 }
 
 // rejectionCodes are the codes with which a downstream API says the token it
@@ -113,38 +113,38 @@ func RejectionCodes(f Family, component bool) []int {
 	return rejectionCodes[i][j]
 }
 
-// ClassifyCode classifies a platform errno / err_no.
-func ClassifyCode(code int) Class { return codeClasses[code] }
+// classifyCode classifies a platform errno / err_no.
+func classifyCode(code int) class { return codeClasses[code] }
 
-// Classify tells what err means for the engine. Platform codes go through the
+// classify tells what err means for the engine. Platform codes go through the
 // table; HTTP 5xx, timeouts and broken connections are retryable.
-func Classify(err error) Class {
+func classify(err error) class {
 	if err == nil {
-		return ClassOther
+		return classOther
 	}
 	var pe *PlatformError
 	if errors.As(err, &pe) {
 		if pe.Code != 0 {
-			return ClassifyCode(pe.Code)
+			return classifyCode(pe.Code)
 		}
 		if pe.HTTPStatus >= 500 || pe.HTTPStatus == http.StatusTooManyRequests {
-			return ClassRetryable
+			return classRetryable
 		}
-		return ClassOther
+		return classOther
 	}
-	if IsTimeout(err) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		return ClassRetryable
+	if isTimeout(err) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return classRetryable
 	}
 	var ne net.Error
 	var oe *net.OpError
 	if errors.As(err, &ne) || errors.As(err, &oe) {
-		return ClassRetryable
+		return classRetryable
 	}
-	return ClassOther
+	return classOther
 }
 
-// IsTimeout reports whether err is a timeout of a platform call.
-func IsTimeout(err error) bool {
+// isTimeout reports whether err is a timeout of a platform call.
+func isTimeout(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
@@ -152,25 +152,20 @@ func IsTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// IsRetryable reports a transient platform failure.
-func IsRetryable(err error) bool { return Classify(err) == ClassRetryable }
+// isRetryable reports a transient platform failure.
+func isRetryable(err error) bool { return classify(err) == classRetryable }
 
-// IsComponentTokenError reports 40009 / 40010.
-func IsComponentTokenError(err error) bool { return Classify(err) == ClassComponentToken }
+// isComponentTokenError reports 40009 / 40010.
+func isComponentTokenError(err error) bool { return classify(err) == classComponentToken }
 
-// IsRefreshTokenDead reports 40021.
-func IsRefreshTokenDead(err error) bool { return Classify(err) == ClassRefreshTokenDead }
+// isRefreshTokenDead reports 40021.
+func isRefreshTokenDead(err error) bool { return classify(err) == classRefreshTokenDead }
 
-// NeedsReauthorization reports that the authorization is gone (40004, 40022, 28001016).
-func NeedsReauthorization(err error) bool { return Classify(err) == ClassAuthorizationGone }
+// needsReauthorization reports that the authorization is gone (40004, 40022, 28001016).
+func needsReauthorization(err error) bool { return classify(err) == classAuthorizationGone }
 
-// IsCodeExpired reports 40018.
-func IsCodeExpired(err error) bool { return Classify(err) == ClassCodeExpired }
-
-// IsInvalidAuthorizerToken reports 40020, 28001003, 28001008.
-func IsInvalidAuthorizerToken(err error) bool {
-	return Classify(err) == ClassInvalidAuthorizerToken
-}
+// isCodeExpired reports 40018.
+func isCodeExpired(err error) bool { return classify(err) == classCodeExpired }
 
 // Kind is what went wrong for a caller of the engine; the Caddy handler maps it to
 // an HTTP status.
@@ -239,22 +234,6 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Is makes errors.Is(err, ErrUnauthorized) and friends match by kind.
-func (e *Error) Is(target error) bool {
-	t, ok := target.(*Error)
-	return ok && t.Msg == "" && t.AppID == "" && t.Err == nil && t.Kind == e.Kind
-}
-
-// Sentinels for errors.Is.
-var (
-	ErrBadAppID          = &Error{Kind: KindBadAppID}
-	ErrUnknownAuthorizer = &Error{Kind: KindUnknownAuthorizer}
-	ErrUnauthorized      = &Error{Kind: KindUnauthorized}
-	ErrUnavailable       = &Error{Kind: KindUnavailable}
-	ErrNoTicket          = &Error{Kind: KindNoTicket}
-	ErrFamilyMismatch    = &Error{Kind: KindFamilyMismatch}
-)
-
 // KindOf returns the Kind of an engine error (KindInternal for others).
 func KindOf(err error) Kind {
 	var e *Error
@@ -264,8 +243,8 @@ func KindOf(err error) Kind {
 	return KindInternal
 }
 
-// PlatformCode returns the platform code carried by err, or 0.
-func PlatformCode(err error) int {
+// platformCode returns the platform code carried by err, or 0.
+func platformCode(err error) int {
 	var pe *PlatformError
 	if errors.As(err, &pe) {
 		return pe.Code

@@ -16,8 +16,8 @@ const (
 
 // Default platform endpoints per family.
 const (
-	DefaultEndpointV1 = "https://open.microapp.bytedance.com"
-	DefaultEndpointV2 = "https://open.douyin.com"
+	defaultEndpointV1 = "https://open.microapp.bytedance.com"
+	defaultEndpointV2 = "https://open.douyin.com"
 )
 
 // ParseFamily accepts "v1" and "v2" ("" means v1).
@@ -31,10 +31,10 @@ func ParseFamily(s string) (Family, error) {
 	return "", fmt.Errorf("unknown api family %q: use v1 or v2", s)
 }
 
-// DefaultEndpoint is the platform base URL of the family.
-func (f Family) DefaultEndpoint() string {
+// defaultEndpoint is the platform base URL of the family.
+func (f Family) defaultEndpoint() string {
 	if f == V2 {
-		return DefaultEndpointV2
+		return defaultEndpointV2
 	}
-	return DefaultEndpointV1
+	return defaultEndpointV1
 }

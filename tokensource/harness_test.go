@@ -2,10 +2,14 @@ package tokensource_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +20,7 @@ import (
 
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
+	"github.com/tptoken/caddy-tptoken/tokensource/push"
 )
 
 const (
@@ -55,6 +60,8 @@ type harness struct {
 	dir    string
 	logs   *observer.ObservedLogs
 	logger *zap.Logger
+
+	deliveries atomic.Int64 // pushes delivered (deliver)
 }
 
 func newHarness(t testing.TB, family tokensource.Family) *harness {
@@ -91,22 +98,17 @@ type engineOpt func(*tokensource.Config)
 // engine builds an instance with the ticket already received.
 func (h *harness) engine(opts ...engineOpt) *tokensource.Engine {
 	h.t.Helper()
-	client, err := tokensource.NewClient(tokensource.ClientConfig{
-		Family: h.family, Endpoint: h.srv.URL, ComponentAppID: testComponent,
-		ComponentSecret: testSecret, Timeout: 5 * time.Second,
-	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return h.start(tokensource.Config{Client: client, Logger: h.logger, LockTimeout: 20 * time.Second}, opts)
+	return h.start(tokensource.Config{Endpoint: h.srv.URL, CallTimeout: 5 * time.Second,
+		Logger: h.logger, LockTimeout: 20 * time.Second}, opts)
 }
 
-// start completes cfg (the harness's component, a fresh storage object on the
-// shared folder, the fake clock, short retries), applies opts, builds the
-// engine (closed at cleanup) and gives it the current ticket.
+// start completes cfg (the harness's component and family, a fresh storage
+// object on the shared folder, the fake clock, short retries), applies opts,
+// builds the engine (closed at cleanup) and gives it the current ticket.
 func (h *harness) start(cfg tokensource.Config, opts []engineOpt) *tokensource.Engine {
 	h.t.Helper()
-	cfg.ComponentAppID, cfg.Store, cfg.Now = testComponent, h.store(), h.clock.Now
+	cfg.ComponentAppID, cfg.ComponentSecret, cfg.Family = testComponent, testSecret, h.family
+	cfg.Store, cfg.Now = h.store(), h.clock.Now
 	cfg.RetryBase, cfg.RetryMax = 5*time.Millisecond, 50*time.Millisecond
 	for _, o := range opts {
 		o(&cfg)
@@ -116,10 +118,22 @@ func (h *harness) start(cfg tokensource.Config, opts []engineOpt) *tokensource.E
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { _ = e.Close() })
-	if err := e.StoreTicket(context.Background(), tokensource.Secret(h.emu.Ticket()), h.clock.Now()); err != nil {
+	if err := h.deliver(e, push.Message{Kind: push.Ticket, Ticket: tokensource.Secret(h.emu.Ticket()), CreateTime: h.clock.Now()}); err != nil {
 		h.t.Fatal(err)
 	}
 	return e
+}
+
+// deliver has e handle m as a push delivered now, each call a new delivery
+// (its own ID), as the platform's push would after push.Crypto.Open.
+func (h *harness) deliver(e *tokensource.Engine, m push.Message) error {
+	h.t.Helper()
+	m.Timestamp, m.ID = h.clock.Now(), fmt.Sprintf("delivery-%d", h.deliveries.Add(1))
+	dup, err := e.HandlePush(context.Background(), &m)
+	if dup {
+		h.t.Fatalf("delivery %s taken for a second delivery", m.ID)
+	}
+	return err
 }
 
 // authorize authorizes appid on the platform and exchanges its code in e.
@@ -129,7 +143,7 @@ func (h *harness) authorize(e *tokensource.Engine, appid string) tokensource.Inf
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	info, err := e.ExchangeCode(context.Background(), appid, tokensource.Secret(code), h.clock.Now())
+	info, err := e.ExchangeCode(context.Background(), appid, tokensource.Secret(code))
 	if err != nil {
 		h.t.Fatalf("exchange %s: %v", appid, err)
 	}
@@ -189,4 +203,73 @@ func (h *harness) assertNoSecretsLogged() {
 	if h.logs.Len() == 0 {
 		h.t.Error("no log line captured: the leak check checked nothing")
 	}
+}
+
+var families = []tokensource.Family{tokensource.V1, tokensource.V2}
+
+func forEachFamily(t *testing.T, f func(t *testing.T, h *harness)) {
+	for _, fam := range families {
+		t.Run(string(fam), func(t *testing.T) { f(t, newHarness(t, fam)) })
+	}
+}
+
+// expire moves time past the refresh point of a 2h access token.
+func (h *harness) expire() { h.clock.Advance(2*time.Hour - 5*time.Minute) }
+
+func logged(h *harness, substr string) bool {
+	for _, e := range h.logs.All() {
+		if strings.Contains(e.Message, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+func loggedAtError(h *harness, substr string) bool {
+	for _, e := range h.logs.All() {
+		if e.Level >= 2 /* error */ && strings.Contains(e.Message, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+func mustComponent(t *testing.T, e *tokensource.Engine) tokensource.Token {
+	t.Helper()
+	tok, err := e.ComponentToken(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func equalCounts(a, b map[string]int64) bool {
+	for k, v := range b {
+		if a[k] != v {
+			return false
+		}
+	}
+	return len(a) == len(b)
+}
+
+func decodeJSON(resp *http.Response, v any) error {
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("decoding %q: %w", b, err)
+	}
+	return nil
+}
+
+func toString(v any) string {
+	if s, ok := v.(string); ok {
+		return s
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
 }

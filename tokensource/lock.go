@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // keyedMutex serializes work on one name inside this engine, ahead of the storage
@@ -93,4 +95,55 @@ func (e *Engine) acquire(ctx context.Context, name string) (release func(), err 
 		}
 		unlocal()
 	}, nil
+}
+
+// lockStorage takes the storage lock. With a store that can tell an
+// abandoned lock (LockBreaker), the wait is cut into attempts of lockAttempt,
+// and after each the store is asked to break the lock if it was taken longer
+// ago than any engine holds one.
+func (e *Engine) lockStorage(ctx context.Context, name string) error {
+	lb, breaks := e.store.(LockBreaker)
+	if !breaks {
+		return e.store.Lock(ctx, name)
+	}
+	for {
+		actx, cancel := context.WithTimeout(ctx, lockAttempt)
+		err := e.store.Lock(actx, name)
+		attemptTimedOut := actx.Err() != nil
+		cancel()
+		if err == nil || ctx.Err() != nil || !attemptTimedOut {
+			return err
+		}
+		heldFor, err := lb.BreakLock(ctx, name, e.abandonedAfter())
+		switch {
+		case err != nil:
+			e.log.Error("cannot remove an abandoned storage lock", e.lockField(name), zapErr(err))
+		case heldFor > 0:
+			e.log.Error("removed an abandoned storage lock (its holder is gone but the lock was kept fresh)",
+				e.lockField(name), zap.Duration("held_for", heldFor))
+		}
+	}
+}
+
+// locked runs fn once per key+appid at a time (single-flight), as an engine
+// operation holding the authorizer's storage lock, with its stored record (nil
+// when there is none). what says, in errors, what the lock was needed for.
+func (e *Engine) locked(ctx context.Context, key, appid, what string, fn func(ctx context.Context, s *slot, prev *record) (any, error)) (any, error) {
+	return e.await(ctx, key+appid, func() (any, error) {
+		octx, done, err := e.begin()
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+		release, err := e.acquire(octx, e.keys.authorizerLock(appid))
+		if err != nil {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock to " + what, RetryAfter: 2 * time.Second, Err: err}
+		}
+		defer release()
+		prev, err := e.loadRecord(octx, appid)
+		if err != nil && !isNotExist(err) {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
+		}
+		return fn(octx, e.slotFor(appid), prev)
+	})
 }

@@ -23,7 +23,7 @@ import (
 // and each one goes through the same lock-reload-recheck path as a request, so
 // in a cluster every instance may sweep while each authorizer renews once.
 
-// Summary is what the last sweep of storage found.
+// Summary is what the last sweep of storage found (ComponentInfo.Sweep).
 type Summary struct {
 	At                 time.Time     `json:"at"`
 	ByState            map[State]int `json:"by_state"`
@@ -38,25 +38,27 @@ type Summary struct {
 	SweepDurationMillis int64 `json:"sweep_duration_ms"`
 }
 
-// LastSummary is the result of the last sweep (zero before the first).
-func (e *Engine) LastSummary() Summary {
-	if s := e.summary.Load(); s != nil {
-		return *s
-	}
-	return Summary{}
-}
-
-// job is one background renewal.
+// job is one background renewal: of an authorizer's token (mode ahead or
+// renewRefresh), or of the component token (appid "", mode ahead).
 type job struct {
 	appid string
 	m     mode
+}
+
+// key is the job's single-flight key, shared with obtain's callers of the
+// same mode, and its key in the queue (at most one queued job each).
+func (j job) key() string {
+	if j.appid == "" {
+		return j.m.key(componentKey)
+	}
+	return j.m.key(j.appid)
 }
 
 // Run does the background work until ctx ends, then waits for its workers.
 // Call it once per engine.
 func (e *Engine) Run(ctx context.Context) {
 	jobs := make(chan job, 1024)
-	queued := sync.Map{} // appid+mode → struct{}: at most one queued job each
+	queued := sync.Map{} // job.key() → struct{}: at most one queued job each
 	limiter := rate.NewLimiter(rate.Limit(e.cfg.RenewRate), 1)
 	var wg sync.WaitGroup
 	for range e.cfg.BackgroundWorkers {
@@ -72,29 +74,27 @@ func (e *Engine) Run(ctx context.Context) {
 						return
 					}
 					e.runJob(ctx, j)
-					queued.Delete(j.m.key(j.appid))
+					queued.Delete(j.key())
 				}
 			}
 		}()
 	}
 	enqueue := func(j job) bool {
-		if _, dup := queued.LoadOrStore(j.m.key(j.appid), struct{}{}); dup {
+		if _, dup := queued.LoadOrStore(j.key(), struct{}{}); dup {
 			return false
 		}
 		select {
 		case jobs <- j:
 			return true
 		default: // full: the next pass schedules it again
-			queued.Delete(j.m.key(j.appid))
+			queued.Delete(j.key())
 			return false
 		}
 	}
 
 	tick := time.NewTicker(e.cfg.MaintainInterval)
 	defer tick.Stop()
-	// The first sweep comes after a random delay: instances started together do
-	// not sweep together.
-	sweep := time.NewTimer(time.Duration(rand.Int64N(int64(min(e.cfg.SweepInterval, time.Minute)) + 1)))
+	sweep := time.NewTimer(e.firstSweepIn())
 	defer sweep.Stop()
 	for {
 		select {
@@ -102,11 +102,10 @@ func (e *Engine) Run(ctx context.Context) {
 			wg.Wait()
 			return
 		case <-tick.C:
-			e.maintain(ctx, enqueue)
+			e.maintain(enqueue, rand.Float64)
 		case <-sweep.C:
 			e.sweep(ctx, enqueue)
-			jitter := time.Duration(rand.Int64N(int64(e.cfg.SweepInterval)/5 + 1))
-			sweep.Reset(e.cfg.SweepInterval - e.cfg.SweepInterval/10 + jitter)
+			sweep.Reset(e.nextSweepIn())
 		}
 	}
 }
@@ -115,27 +114,29 @@ func (e *Engine) runJob(ctx context.Context, j job) {
 	if ctx.Err() != nil {
 		return
 	}
-	ch := e.sf.DoChan(j.m.key(j.appid), func() (any, error) { return e.obtain(j.appid, j.m) })
+	fn := func() (any, error) { return e.obtain(j.appid, j.m) }
+	if j.appid == "" {
+		fn = func() (any, error) { return e.obtainComponent(j.m) }
+	}
 	select {
-	case r := <-ch:
-		if r.Err != nil {
+	case r := <-e.sf.DoChan(j.key(), fn):
+		switch {
+		case r.Err != nil && j.appid == "":
+			e.log.Warn("keeping the component token fresh failed", zapErr(r.Err))
+		case r.Err != nil:
 			e.log.Debug("background renewal did not complete", zapApp(j.appid), zapErr(r.Err))
 		}
 	case <-ctx.Done():
 	}
 }
 
-// maintain looks at what this instance holds in memory.
-func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
+// maintain looks at what this instance holds in memory and queues the
+// renewals due within the background lead (u draws its jitter, policy.go).
+func (e *Engine) maintain(enqueue func(job) bool, u func() float64) {
 	now := e.now()
-	if e.ticket.Load() != nil || e.comp.cur.Load() != nil {
-		if en := e.comp.cur.Load(); !en.fresh(now.Add(backgroundLead(en))) {
-			if _, err := e.ComponentToken(ctx); err != nil {
-				e.log.Warn("keeping the component token fresh failed", zapErr(err))
-			}
-		}
+	if e.queuesComponentAhead(e.comp.cur.Load(), now, u()) {
+		enqueue(job{"", ahead})
 	}
-	idle := max(e.cfg.ActiveWindow, time.Hour)
 	for appid, item := range e.slots.Items() {
 		s := item.Object.(*slot)
 		en := s.cur.Load()
@@ -144,16 +145,15 @@ func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
 		}
 		used := time.Unix(s.used.Load(), 0)
 		switch {
+		case e.queuesAhead(en, now, used, u()):
+			enqueue(job{appid, ahead})
 		case en.dirty:
-			enqueue(job{appid, ahead}) // obtain writes unsaved records first
-		case now.Sub(used) > idle:
+			// Its newest record is in memory only: it stays cached until written.
+		case now.Sub(used) > e.idleAfter():
 			// Idle: forget the cached copy (the sweep still renews its refresh token).
 			if !s.syncing.Load() {
 				e.slots.Delete(appid)
 			}
-		case en.rec != nil && en.rec.State == StateActive && now.Sub(used) <= e.cfg.ActiveWindow &&
-			!en.fresh(now.Add(jittered(backgroundLead(en)))) && !now.Before(en.retryAt):
-			enqueue(job{appid, ahead})
 		}
 	}
 }
@@ -162,7 +162,7 @@ func (e *Engine) maintain(ctx context.Context, enqueue func(job) bool) {
 // recoveries, and summarizes states for metrics.
 func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 	start := time.Now()
-	ids, err := e.AppIDs(ctx)
+	ids, err := e.appIDs(ctx)
 	if err != nil {
 		e.log.Error("listing authorizer records failed", zapErr(err))
 		return
@@ -188,7 +188,7 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 			(sum.EarliestRefreshExp.IsZero() || rec.RefreshExpiry.Before(sum.EarliestRefreshExp)) {
 			sum.EarliestRefreshExp, sum.EarliestRefreshApp = rec.RefreshExpiry, id
 		}
-		if rec.Family == e.family && e.refreshTokenDue(rec, e.now()) && enqueue(job{id, renewRefresh}) {
+		if e.queuesRenewal(rec, e.cachedEntry(id), e.now()) && enqueue(job{id, renewRefresh}) {
 			sum.RenewalsScheduled++
 		}
 	}
@@ -198,9 +198,4 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 	e.summary.Store(&sum)
 	e.log.Info("authorizer sweep done", zap.Int("authorizers", len(ids)), zap.Int("renewals_scheduled", sum.RenewalsScheduled),
 		zap.Int("unreadable", sum.Unreadable), zap.Duration("took", time.Since(start)))
-}
-
-// jittered is d plus a random part of up to d/2.
-func jittered(d time.Duration) time.Duration {
-	return d + time.Duration(rand.Int64N(int64(d)/2+1))
 }

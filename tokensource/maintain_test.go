@@ -72,7 +72,7 @@ func TestIdleAuthorizersRefreshTokenIsRenewedInTheBackground(t *testing.T) {
 	if s := h.emu.Stats().App("tt01idle"); s.Refresh40021 != 0 || s.Refreshes != 3 || s.Retrieves != 0 {
 		t.Fatalf("stats = %+v: want exactly one renewal per period across both instances", s)
 	}
-	if sum := a.LastSummary(); sum.ByState[tokensource.StateActive] != 1 || sum.EarliestRefreshApp != "tt01idle" {
+	if sum := a.ComponentInfo(context.Background()).Sweep; sum == nil || sum.ByState[tokensource.StateActive] != 1 || sum.EarliestRefreshApp != "tt01idle" {
 		t.Fatalf("summary = %+v", sum)
 	}
 }

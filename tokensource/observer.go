@@ -13,8 +13,9 @@ type Observer interface {
 	// memory), "obtained" (through the slow path) or "error". appid is "" for the
 	// component token.
 	Lookup(appid, result string)
-	// PlatformCall: one call to the platform ended; result is CallResult(err),
-	// cause CauseLive or CauseImport. appid is "" for a component-token call
+	// PlatformCall: one call to the platform ended; result is "ok", the
+	// platform code ("40021"), "malformed", "http_<status>", "timeout" or
+	// "network", cause CauseLive or CauseImport. appid is "" for a component-token call
 	// and for an appid not confirmed yet (see opTag).
 	PlatformCall(op, appid, cause, result string, took time.Duration)
 	// Recovery: a retrieve-code recovery ended (appid and cause as for PlatformCall).
@@ -32,9 +33,9 @@ func (nopObserver) PlatformCall(string, string, string, string, time.Duration) {
 func (nopObserver) Recovery(string, string, bool)                              {}
 func (nopObserver) Rejection(string, string)                                   {}
 
-// CallResult names the outcome of a platform call with bounded cardinality:
+// callResult names the outcome of a platform call with bounded cardinality:
 // "ok", the platform code ("40021"), "http_<status>", "timeout" or "network".
-func CallResult(err error) string {
+func callResult(err error) string {
 	if err == nil {
 		return "ok"
 	}
@@ -48,7 +49,7 @@ func CallResult(err error) string {
 		}
 		return "http_" + strconv.Itoa(pe.HTTPStatus)
 	}
-	if IsTimeout(err) {
+	if isTimeout(err) {
 		return "timeout"
 	}
 	return "network"

@@ -1,6 +1,13 @@
 package tokensource
 
-import "time"
+import (
+	"context"
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+	"time"
+)
 
 // State of an authorizer record.
 type State string
@@ -32,9 +39,9 @@ type LastError struct {
 	At      time.Time `json:"at"`
 }
 
-// Record is the durable state of one authorizer. Token fields are Secrets, so
-// printing or marshalling a Record redacts them; the storage encoding is diskRecord.
-type Record struct {
+// record is the durable state of one authorizer. Token fields are Secrets, so
+// printing or marshalling a record redacts them; the storage encoding is diskRecord.
+type record struct {
 	AppID         string
 	Family        Family
 	State         State
@@ -54,7 +61,7 @@ type Record struct {
 	ForcedAt      []time.Time // operator-forced refreshes and recoveries within forcedWindow (cluster-wide budget)
 }
 
-// diskRecord is the stored JSON of a Record. Only encodeRecord/decodeRecord use it.
+// diskRecord is the stored JSON of a record. Only encodeRecord/decodeRecord use it.
 type diskRecord struct {
 	V             int          `json:"v"`
 	AppID         string       `json:"appid"`
@@ -76,7 +83,7 @@ type diskRecord struct {
 	ForcedAt      []time.Time  `json:"forced_at,omitempty"`
 }
 
-func (r *Record) disk() diskRecord {
+func (r *record) disk() diskRecord {
 	return diskRecord{
 		V: 1, AppID: r.AppID, Family: r.Family, State: r.State,
 		AccessToken: r.AccessToken.Reveal(), AccessIssued: r.AccessIssued, AccessExpiry: r.AccessExpiry,
@@ -87,8 +94,8 @@ func (r *Record) disk() diskRecord {
 	}
 }
 
-func (d *diskRecord) record() *Record {
-	return &Record{
+func (d *diskRecord) record() *record {
+	return &record{
 		AppID: d.AppID, Family: d.Family, State: d.State,
 		AccessToken: Secret(d.AccessToken), AccessIssued: d.AccessIssued, AccessExpiry: d.AccessExpiry,
 		RefreshToken: Secret(d.RefreshToken), RefreshExpiry: d.RefreshExpiry,
@@ -99,7 +106,7 @@ func (d *diskRecord) record() *Record {
 }
 
 // clone returns a copy safe to modify.
-func (r *Record) clone() *Record {
+func (r *record) clone() *record {
 	c := *r
 	c.Permissions = append([]Permission(nil), r.Permissions...)
 	c.ForcedAt = append([]time.Time(nil), r.ForcedAt...)
@@ -131,4 +138,99 @@ type diskComponentToken struct {
 type diskCode struct {
 	AppID string    `json:"appid"`
 	At    time.Time `json:"at"`
+}
+
+// Info is what may be shown of an authorizer: everything but token values.
+type Info struct {
+	AppID         string       `json:"appid"`
+	Family        Family       `json:"family"`
+	State         State        `json:"state"`
+	AccessExpiry  time.Time    `json:"access_expiry,omitzero"`
+	RefreshExpiry time.Time    `json:"refresh_expiry,omitzero"`
+	LastRefresh   time.Time    `json:"last_refresh,omitzero"`
+	AuthorizedAt  time.Time    `json:"authorized_at,omitzero"`
+	UpdatedAt     time.Time    `json:"updated_at,omitzero"`
+	Generation    uint64       `json:"generation"`
+	Permissions   []Permission `json:"permissions,omitempty"`
+	LastError     *LastError   `json:"last_error,omitempty"`
+	Unsaved       bool         `json:"unsaved,omitempty"` // the newest tokens live only in memory (storage write failing)
+}
+
+// infoOf is the displayable view of r.
+func infoOf(r *record) Info {
+	return Info{AppID: r.AppID, Family: r.Family, State: r.State, AccessExpiry: r.AccessExpiry,
+		RefreshExpiry: r.RefreshExpiry, LastRefresh: r.LastRefresh, AuthorizedAt: r.AuthorizedAt,
+		UpdatedAt: r.UpdatedAt, Generation: r.Generation, Permissions: r.Permissions, LastError: r.LastError}
+}
+
+func (e *Engine) loadRecord(ctx context.Context, appid string) (*record, error) {
+	rec, _, err := e.loadRecordSeal(ctx, appid)
+	return rec, err
+}
+
+// loadRecordSeal is loadRecord that also says how the record is stored
+// (sealPlain, sealCurrent, sealPrevious).
+func (e *Engine) loadRecordSeal(ctx context.Context, appid string) (*record, string, error) {
+	key := e.keys.authorizer(appid)
+	b, err := e.store.Load(ctx, key)
+	if err != nil {
+		return nil, "", err
+	}
+	var d diskRecord
+	seal, err := e.codec.decodeSeal(key, b, &d)
+	if err != nil {
+		return nil, "", err
+	}
+	if d.AppID != appid {
+		return nil, "", fmt.Errorf("record %s holds appid %q", key, d.AppID)
+	}
+	return d.record(), seal, nil
+}
+
+// saveRecord writes rec, retrying a failing write twice.
+func (e *Engine) saveRecord(ctx context.Context, rec *record) error {
+	key := e.keys.authorizer(rec.AppID)
+	b, err := e.codec.encode(key, rec.disk())
+	if err != nil {
+		return err
+	}
+	for n := 0; ; n++ {
+		err = e.store.Store(ctx, key, b)
+		if err == nil || n == 2 {
+			return err
+		}
+		if sleep(ctx, time.Duration(100<<n)*time.Millisecond) != nil {
+			return err
+		}
+	}
+}
+
+// loadInto reads the stored record of appid into its slot. A storage failure is
+// returned; a missing record installs a "missing" entry.
+func (e *Engine) loadInto(ctx context.Context, appid string, s *slot) (*entry, error) {
+	rec, err := e.loadRecord(ctx, appid)
+	if err != nil && !isNotExist(err) {
+		return s.cur.Load(), err
+	}
+	return e.adopt(s, rec, e.now()), nil
+}
+
+// appIDs lists the authorizers that have a record in storage, sorted.
+func (e *Engine) appIDs(ctx context.Context) ([]string, error) {
+	list, err := e.store.List(ctx, e.keys.authorizerDir(), false)
+	if err != nil {
+		if isNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	ids := make([]string, 0, len(list))
+	for _, k := range list {
+		name := path.Base(k)
+		if id, ok := strings.CutSuffix(name, ".json"); ok && ValidAppID(id) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
 }

@@ -35,8 +35,8 @@ var (
 
 // Bounds of an authorization code as accepted from the redirect.
 const (
-	MinCodeLen = 8
-	MaxCodeLen = 256
+	minCodeLen = 8
+	maxCodeLen = 256
 )
 
 // failedCodeMemory is how long a code that failed for good is answered from
@@ -46,13 +46,13 @@ const (
 	failedCodesKept  = 10000
 )
 
-// ValidAuthorizationCode reports whether s can be a platform authorization
+// validAuthorizationCode reports whether s can be a platform authorization
 // code. The platform does not document the format (docs/protocol.md, section
-// "Authorization codes from the redirect"), so the check is permissive: MinCodeLen to MaxCodeLen
+// "Authorization codes from the redirect"), so the check is permissive: minCodeLen to maxCodeLen
 // letters, digits or any of - . _ ~ + / = @ : *. It keeps junk (blanks,
 // control bytes, markup, megabytes) away from the platform, nothing more.
-func ValidAuthorizationCode(s string) bool {
-	if len(s) < MinCodeLen || len(s) > MaxCodeLen {
+func validAuthorizationCode(s string) bool {
+	if len(s) < minCodeLen || len(s) > maxCodeLen {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -96,7 +96,7 @@ func fromRedirect(ctx context.Context) bool { return ctx.Value(redirectCall{}) !
 // and RedirectExchanges), never taking a call slot that refreshes use.
 // Refusals are *Errors wrapping one of the sentinels above.
 func (e *Engine) ExchangeRedirectCode(ctx context.Context, code Secret) (Info, error) {
-	if !ValidAuthorizationCode(code.Reveal()) {
+	if !validAuthorizationCode(code.Reveal()) {
 		return Info{}, &Error{Kind: KindBadInput, Err: ErrCodeMalformed,
 			Msg: "authorization_code is not an authorization code: open the link you were given again"}
 	}

@@ -31,22 +31,9 @@ import (
 //   - A report that leads to a reload finding a newer token in storage (another
 //     instance renewed it) costs no platform call and trips nothing.
 //
-// The state is per instance and per authorizer (plus one for the component
-// token), kept with the authorizer's cached slot.
-const (
-	// rejectInterval: a genuine rejection (a revoked token, or one another
-	// instance rotated away) is settled by one reload or renewal, whose replay
-	// follows within a second; a token rejected again within a minute of being
-	// obtained is not the problem. A minute is also twice the longest retry
-	// backoff (RetryMax, 30s), so a renewal that failed is retried once its
-	// backoff is over, and at most 60 times an hour while the platform fails.
-	rejectInterval = time.Minute
-	// breakerOpenFor: while answers keep rejecting fresh tokens, one renewal per
-	// 10 minutes (6 an hour per authorizer) is all they can cause; a real
-	// platform-side fault heals by itself within that time, and tokens (2 h
-	// lives, renewed refresh_ahead before expiry) never need it in between.
-	breakerOpenFor = 10 * time.Minute
-)
+// The intervals and the breaker's timing are in policy.go (rejectInterval,
+// breakerOpenFor). The state is per instance and per authorizer (plus one for
+// the component token), kept with the authorizer's cached slot.
 
 // Outcomes of a report, as given to Observer.Rejection.
 const (
@@ -101,15 +88,7 @@ func (e *Engine) report(s *slot, appid string, sent Secret) bool {
 	now := e.now()
 	r := s.rejections()
 	r.mu.Lock()
-	result := RejectInvalidated
-	switch {
-	case now.Before(r.openUntil):
-		result = RejectBreakerOpen
-	case r.lastSent == sent && now.Sub(r.lastAt) < rejectInterval:
-		result = RejectThrottled
-	default:
-		r.lastSent, r.lastAt = sent, now
-	}
+	result := r.onReport(sent, now)
 	r.mu.Unlock()
 	e.obs.Rejection(appid, result)
 	if result != RejectInvalidated {
@@ -157,15 +136,9 @@ func (en *entry) unsuspected() *entry {
 func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Time) bool {
 	r := s.rejections()
 	r.mu.Lock()
-	allow, tripped, first := true, false, false
-	switch {
-	case now.Before(r.openUntil):
-		allow = false
-	case r.renewed == cur.tok.Value && now.Sub(r.renewedAt) < rejectInterval:
-		allow, tripped = false, true
-		r.openUntil = now.Add(breakerOpenFor)
-		first, r.trippedOnce = !r.trippedOnce, true
-	}
+	allow, tripped := r.onRenewal(cur.tok.Value, now)
+	first := tripped && !r.trippedOnce
+	r.trippedOnce = r.trippedOnce || tripped
 	r.mu.Unlock()
 	if allow {
 		return true

@@ -16,9 +16,12 @@ type rejectionLog struct {
 	counts map[string]int
 }
 
-func (r *rejectionLog) Lookup(string, string)                                      {}
+func (r *rejectionLog) Lookup(string, string) {}
+
 func (r *rejectionLog) PlatformCall(string, string, string, string, time.Duration) {}
-func (r *rejectionLog) Recovery(string, string, bool)                              {}
+
+func (r *rejectionLog) Recovery(string, string, bool) {}
+
 func (r *rejectionLog) Rejection(appid, result string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -203,6 +206,44 @@ func TestFalseComponentTokenRejectionsAreBounded(t *testing.T) {
 		}
 		if n := h.emu.Stats().Total.ComponentTokenFetches - fetches; n != 1 {
 			t.Fatalf("100 false rejections caused %d component token fetches, want 1", n)
+		}
+	})
+}
+
+func TestInvalidateIsCompareAndInvalidate(t *testing.T) {
+	forEachFamily(t, func(t *testing.T, h *harness) {
+		e := h.engine()
+		h.authorize(e, "tt01app")
+		cur, _ := e.Token(context.Background(), "tt01app")
+		stale := cur
+		stale.Value = "some-older-token"
+		if e.Invalidate("tt01app", stale) {
+			t.Fatal("a token that is no longer current invalidated the current one")
+		}
+		if tok, _ := e.Token(context.Background(), "tt01app"); tok.Value != cur.Value {
+			t.Fatal("the current token changed after invalidating a stale one")
+		}
+		if h.emu.Stats().App("tt01app").Refreshes != 0 {
+			t.Fatal("invalidating a stale token caused a refresh")
+		}
+		// The platform silently revokes the current token: the downstream call
+		// fails, the caller invalidates what it sent, and gets a working token.
+		h.emu.RevokeAccessToken("tt01app", h.family)
+		if _, code := h.downstream(cur); code == 0 {
+			t.Fatal("emulator did not revoke the token")
+		}
+		if !e.Invalidate("tt01app", cur) {
+			t.Fatal("invalidating the current token reported false")
+		}
+		if e.Invalidate("tt01app", cur) {
+			t.Fatal("invalidating twice reported true twice")
+		}
+		fresh, err := e.Token(context.Background(), "tt01app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if owner, code := h.downstream(fresh); owner != "tt01app" || code != 0 {
+			t.Fatalf("fresh token: owner %q code %d", owner, code)
 		}
 	})
 }

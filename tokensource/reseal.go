@@ -13,7 +13,7 @@ import (
 // ResealReport is what Reseal did.
 type ResealReport struct {
 	ComponentAppID string `json:"component_appid"`
-	KeyID          string `json:"key_id"`          // KeyID of encryption_key, which sealed the records
+	KeyID          string `json:"key_id"`          // key id of encryption_key, which sealed the records
 	Resealed       int    `json:"resealed"`        // records sealed again with encryption_key
 	Current        int    `json:"already_current"` // records already sealed with it
 	Failed         int    `json:"failed"`
@@ -25,12 +25,13 @@ type ResealReport struct {
 const maxResealErrors = 20
 
 // Reseal rewrites every stored record of this component (authorizers, ticket,
-// component tokens, the code index) that is plain or sealed with a previous key,
-// sealing it with the current encryption key: after it, the previous keys can be
-// dropped from the configuration. Each authorizer record and component token is
-// rewritten under its storage lock, reloaded first, so a refresh running at the
-// same time is never overwritten; the ticket and code index have no lock and are
-// rewritten only if unchanged since read. Running it again does nothing.
+// component tokens, the code index, the pushes handled) that is plain or sealed
+// with a previous key, sealing it with the current encryption key: after it,
+// the previous keys can be dropped from the configuration. Each authorizer
+// record and component token is rewritten under its storage lock, reloaded
+// first, so a refresh running at the same time is never overwritten; the
+// ticket, the code index and the pushes handled have no lock and are rewritten
+// only if unchanged since read. Running it again does nothing.
 func (e *Engine) Reseal(ctx context.Context) (ResealReport, error) {
 	rep := ResealReport{ComponentAppID: e.cfg.ComponentAppID}
 	if e.codec.cur == nil {
@@ -57,7 +58,7 @@ func (e *Engine) Reseal(ctx context.Context) (ResealReport, error) {
 			rep.Current++
 		}
 	}
-	ids, err := e.AppIDs(ctx)
+	ids, err := e.appIDs(ctx)
 	if err != nil {
 		return rep, &Error{Kind: KindUnavailable, Msg: "listing authorizer records failed", RetryAfter: 5 * time.Second, Err: err}
 	}
@@ -71,9 +72,11 @@ func (e *Engine) Reseal(ctx context.Context) (ResealReport, error) {
 		one(e.keys.componentToken(f), e.keys.componentTokenLock(f))
 	}
 	one(e.keys.ticket(), "")
-	if codes, err := e.store.List(ctx, e.keys.codeDir(), false); err == nil {
-		for _, key := range codes {
-			one(key, "")
+	for _, dir := range []string{e.keys.codeDir(), e.keys.pushDir()} {
+		if list, err := e.store.List(ctx, dir, false); err == nil {
+			for _, key := range list {
+				one(key, "")
+			}
 		}
 	}
 	e.log.Info("records re-sealed with the current encryption key", zap.String("key_id", rep.KeyID),

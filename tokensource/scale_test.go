@@ -75,15 +75,8 @@ func (h *harness) tappedEngine(tap *platformTap, opts ...engineOpt) *tokensource
 	tap.next = h.emu
 	srv := httptest.NewServer(tap)
 	h.t.Cleanup(srv.Close)
-	client, err := tokensource.NewClient(tokensource.ClientConfig{
-		Family: h.family, Endpoint: srv.URL, ComponentAppID: testComponent,
-		ComponentSecret: testSecret, Timeout: 30 * time.Second,
-		HTTPClient: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return h.start(tokensource.Config{Client: client, Logger: zap.NewNop()}, opts)
+	return h.start(tokensource.Config{Endpoint: srv.URL, CallTimeout: 30 * time.Second,
+		HTTPClient: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, Logger: zap.NewNop()}, opts)
 }
 
 // diskRecord mirrors the engine's on-disk record (tokensource/record.go), as a
@@ -335,7 +328,7 @@ func TestBackgroundRenewalsFollowRenewRateWithNoBurst(t *testing.T) {
 		// lasting until the first sweep over every record is done.
 		time.Sleep(observe)
 		deadline := time.Now().Add(5 * time.Minute)
-		for e.LastSummary().At.IsZero() {
+		for e.ComponentInfo(context.Background()).Sweep == nil {
 			if time.Now().After(deadline) {
 				t.Fatal("the first sweep did not finish in 5 minutes")
 			}
@@ -376,7 +369,10 @@ func TestBackgroundRenewalsFollowRenewRateWithNoBurst(t *testing.T) {
 			t.Fatalf("%d renewals took %v: faster than the rate allows", n, times[len(times)-1].Sub(times[0]))
 		}
 	}
-	sum := e.LastSummary()
+	var sum tokensource.Summary
+	if s := e.ComponentInfo(context.Background()).Sweep; s != nil {
+		sum = *s
+	}
 	t.Logf("SCALE renewal_records=%d renew_rate=%g observed=%v renewals=%d first_second=%d achieved_rate=%.1f/s last_sweep=%dms scheduled_by_last_sweep=%d",
 		n, rate, observe.Round(time.Millisecond), len(times), firstSecond,
 		float64(len(times))/observe.Seconds(), sum.SweepDurationMillis, sum.RenewalsScheduled)
@@ -408,14 +404,9 @@ func TestStartupReadsNoRecordUntilOneIsAskedFor(t *testing.T) {
 	writeRecords(t, h.dir, h.family, h.clock.Now(), ids, time.Hour, 20*24*time.Hour, nil)
 
 	store := &countingStore{inner: h.store()}
-	client, err := tokensource.NewClient(tokensource.ClientConfig{Family: h.family, Endpoint: h.srv.URL,
-		ComponentAppID: testComponent, ComponentSecret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
 	t0 := time.Now()
-	e, err := tokensource.New(tokensource.Config{ComponentAppID: testComponent, Client: client, Store: store,
-		Logger: zap.NewNop(), Now: h.clock.Now})
+	e, err := tokensource.New(tokensource.Config{ComponentAppID: testComponent, ComponentSecret: testSecret,
+		Family: h.family, Endpoint: h.srv.URL, Store: store, Logger: zap.NewNop(), Now: h.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -455,13 +446,8 @@ func TestMemoryPerCachedAuthorizerIsBounded(t *testing.T) {
 // served from storage) and returns the heap growth per authorizer, measured
 // after a GC once the engine holds them all.
 func cachedAuthorizerMemory(t testing.TB, h *harness, ids []string) (float64, time.Duration) {
-	client, err := tokensource.NewClient(tokensource.ClientConfig{Family: h.family, Endpoint: h.srv.URL,
-		ComponentAppID: testComponent, ComponentSecret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := tokensource.New(tokensource.Config{ComponentAppID: testComponent, Client: client, Store: h.store(),
-		Logger: zap.NewNop(), Now: h.clock.Now})
+	e, err := tokensource.New(tokensource.Config{ComponentAppID: testComponent, ComponentSecret: testSecret,
+		Family: h.family, Endpoint: h.srv.URL, Store: h.store(), Logger: zap.NewNop(), Now: h.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,52 +1,8 @@
 package tokensource
 
-import (
-	"crypto/sha256"
-	"encoding/hex"
-	"log/slog"
+import "github.com/tptoken/caddy-tptoken/tokensource/secret"
 
-	"go.uber.org/zap/zapcore"
-)
-
-// Secret is a token, refresh token, ticket, code or key. Every way of printing it
-// (fmt verbs, JSON, zap, slog) yields "[REDACTED]", so a Secret that reaches a log
-// line or an error by accident reveals nothing. Use Reveal where the value must
-// leave the process: on the wire to the platform, or into the upstream request.
-type Secret string
-
-const redacted = "[REDACTED]"
-
-// Reveal returns the secret value. Call it only where the value goes on the wire.
-func (s Secret) Reveal() string { return string(s) }
-
-// String redacts.
-func (s Secret) String() string { return redacted }
-
-// GoString redacts (%#v).
-func (s Secret) GoString() string { return redacted }
-
-// MarshalJSON redacts.
-func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
-
-// MarshalText redacts.
-func (s Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
-
-// LogValue redacts for slog.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(redacted) }
-
-// MarshalLogObject redacts for zap.Object.
-func (s Secret) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	enc.AddString("value", redacted)
-	return nil
-}
-
-// Fingerprint is a short, non-reversible identifier of the secret for logs and
-// comparisons across instances (first 8 bytes of SHA-256, hex). It is empty for an
-// empty secret.
-func (s Secret) Fingerprint() string {
-	if s == "" {
-		return ""
-	}
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:8])
-}
+// Secret is a token, refresh token, ticket, code or key: every way of printing
+// it redacts, and Reveal gives the value where it must go on the wire. It is
+// secret.Secret, shared with the push package.
+type Secret = secret.Secret

@@ -2,16 +2,9 @@ package tokensource
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io/fs"
+	"time"
 )
 
 // Store is where records live and how instances coordinate. certmagic.Storage
@@ -30,36 +23,15 @@ type Store interface {
 	List(ctx context.Context, path string, recursive bool) ([]string, error)
 }
 
-// TryLocker is implemented by stores that can try a lock without waiting
-// (certmagic.TryLocker). Background work uses it so it never queues behind a request.
-type TryLocker interface {
-	TryLock(ctx context.Context, name string) (bool, error)
-}
-
-// ValidAppID reports whether s may be used as an appid (and so in a storage
-// key): ^[A-Za-z0-9_-]{1,64}$. It is on the request path, so no regexp.
-func ValidAppID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// CheckAppID returns a KindBadAppID error when appid is malformed. The error
-// does not quote the value (it may be a token pasted in the wrong place): it
-// gives its length and fingerprint.
-func CheckAppID(appid string) error {
-	if ValidAppID(appid) {
-		return nil
-	}
-	return &Error{Kind: KindBadAppID, Msg: fmt.Sprintf("invalid appid (%d characters, fingerprint %s; not echoed back): an appid is 1-64 letters, digits, '_' or '-'",
-		len(appid), Secret(appid).Fingerprint())}
+// LockBreaker is an optional capability of a Store whose locks can outlive
+// their holder (the Caddy glue implements it for certmagic.FileStorage, whose
+// lock files a goroutine of another holder may keep fresh). BreakLock removes
+// the lock name if it was taken longer ago than olderThan, and reports how
+// long ago (0 when it removed nothing). The engine calls it while it waits for
+// a lock, with olderThan longer than any engine holds one (OpTimeout), so it
+// breaks only a lock no live holder keeps.
+type LockBreaker interface {
+	BreakLock(ctx context.Context, name string, olderThan time.Duration) (heldFor time.Duration, err error)
 }
 
 // keys builds the storage keys and lock names of one component (TP) appid.
@@ -73,201 +45,24 @@ func newKeys(componentAppID string) keys {
 	}
 }
 
-func (k keys) authorizerDir() string              { return k.prefix + "/authorizers" }
-func (k keys) authorizer(appid string) string     { return k.prefix + "/authorizers/" + appid + ".json" }
+func (k keys) authorizerDir() string { return k.prefix + "/authorizers" }
+
+func (k keys) authorizer(appid string) string { return k.prefix + "/authorizers/" + appid + ".json" }
+
 func (k keys) authorizerLock(appid string) string { return k.lockPrefix + ".authorizer." + appid }
-func (k keys) ticket() string                     { return k.prefix + "/ticket.json" }
-func (k keys) codeDir() string                    { return k.prefix + "/codes" }
-func (k keys) code(fp string) string              { return k.prefix + "/codes/" + fp + ".json" }
+
+func (k keys) ticket() string { return k.prefix + "/ticket.json" }
+
+func (k keys) codeDir() string { return k.prefix + "/codes" }
+
+func (k keys) code(fp string) string { return k.prefix + "/codes/" + fp + ".json" }
+
 func (k keys) componentToken(f Family) string {
 	return k.prefix + "/component_token_" + string(f) + ".json"
 }
+
 func (k keys) componentTokenLock(f Family) string {
 	return k.lockPrefix + ".component_token_" + string(f)
-}
-
-// codec turns records into stored bytes and back, sealing them with AES-256-GCM
-// when an encryption key is configured. The storage key is the additional data,
-// so a sealed record cannot be moved to another key. Records are sealed with the
-// current key and read with it or any previous key (key rotation): a sealed
-// record names its key by a key id, and older records without one are tried
-// with each key.
-type codec struct {
-	cur  *sealKey  // nil: plain JSON
-	prev []sealKey // read only
-}
-
-type sealKey struct {
-	aead cipher.AEAD
-	id   string // KeyID of the key
-}
-
-// sealed is the stored form of an encrypted record.
-type sealed struct {
-	Enc   string `json:"enc"`
-	KeyID string `json:"kid,omitempty"`
-	Nonce []byte `json:"nonce"`
-	Data  []byte `json:"data"`
-}
-
-const sealAlg = "A256GCM"
-
-// ParseEncryptionKey accepts a 32-byte AES-256 key given as 32 raw characters,
-// 64 hex digits or base64 (standard or URL alphabet, padded or not).
-func ParseEncryptionKey(s string) ([]byte, error) {
-	if len(s) == 32 {
-		return []byte(s), nil
-	}
-	if len(s) == 64 {
-		if b, err := hex.DecodeString(s); err == nil {
-			return b, nil
-		}
-	}
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if b, err := enc.DecodeString(s); err == nil && len(b) == 32 {
-			return b, nil
-		}
-	}
-	return nil, errors.New("encryption_key must be 32 bytes: 32 characters, 64 hex digits, or base64 of 32 bytes (for example: openssl rand -base64 32)")
-}
-
-// KeyID names an encryption key in sealed records and in messages: the first
-// 4 bytes of a SHA-256 of the key, in hex. It reveals nothing of the key.
-func KeyID(key []byte) string {
-	sum := sha256.Sum256(append([]byte("tptoken encryption key id\x00"), key...))
-	return hex.EncodeToString(sum[:4])
-}
-
-func newSealKey(key []byte) (sealKey, error) {
-	if len(key) != 32 {
-		return sealKey{}, errors.New("encryption key must be 32 bytes")
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return sealKey{}, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return sealKey{}, err
-	}
-	return sealKey{aead: aead, id: KeyID(key)}, nil
-}
-
-func newCodec(key []byte, previous [][]byte) (codec, error) {
-	if len(key) == 0 {
-		if len(previous) > 0 {
-			return codec{}, errors.New("previous encryption keys need a current encryption key to seal records with")
-		}
-		return codec{}, nil
-	}
-	cur, err := newSealKey(key)
-	if err != nil {
-		return codec{}, err
-	}
-	c := codec{cur: &cur}
-	for i, p := range previous {
-		k, err := newSealKey(p)
-		if err != nil {
-			return codec{}, fmt.Errorf("previous encryption key %d: %v", i+1, err)
-		}
-		if k.id == cur.id {
-			continue // the current key listed again: harmless
-		}
-		c.prev = append(c.prev, k)
-	}
-	return c, nil
-}
-
-// errEncrypted is returned when a sealed record is read without a key.
-var errEncrypted = errors.New("record is encrypted at rest: configure the same encryption_key on this instance")
-
-// Seal states of a stored record (decodeSeal).
-const (
-	sealPlain    = "plain"    // plain JSON
-	sealCurrent  = "current"  // sealed with the current key
-	sealPrevious = "previous" // sealed with a previous key: re-sealed on its next write
-)
-
-func (c codec) encode(key string, v any) ([]byte, error) {
-	plain, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	if c.cur == nil {
-		return plain, nil
-	}
-	nonce := make([]byte, c.cur.aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, err
-	}
-	return json.Marshal(sealed{Enc: sealAlg, KeyID: c.cur.id, Nonce: nonce, Data: c.cur.aead.Seal(nil, nonce, plain, []byte(key))})
-}
-
-func (c codec) decode(key string, b []byte, v any) error {
-	_, err := c.decodeSeal(key, b, v)
-	return err
-}
-
-// decodeSeal is decode that also says how the record was stored (sealPlain,
-// sealCurrent, sealPrevious).
-func (c codec) decodeSeal(key string, b []byte, v any) (string, error) {
-	state := sealPlain
-	var s sealed
-	if json.Unmarshal(b, &s) == nil && s.Enc != "" {
-		if s.Enc != sealAlg {
-			return "", fmt.Errorf("record %s: unknown encryption %q", key, s.Enc)
-		}
-		if c.cur == nil {
-			return "", fmt.Errorf("record %s: %w", key, errEncrypted)
-		}
-		if len(s.Nonce) != c.cur.aead.NonceSize() {
-			return "", fmt.Errorf("record %s: malformed sealed record", key)
-		}
-		plain, st, err := c.open(key, s)
-		if err != nil {
-			return "", err
-		}
-		b, state = plain, st
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return "", fmt.Errorf("record %s: malformed JSON: %v", key, err)
-	}
-	return state, nil
-}
-
-// open decrypts s with the key it names, or, for a record sealed before key
-// ids existed, with each configured key in turn.
-func (c codec) open(key string, s sealed) ([]byte, string, error) {
-	try := func(k sealKey) ([]byte, bool) {
-		plain, err := k.aead.Open(nil, s.Nonce, s.Data, []byte(key))
-		return plain, err == nil
-	}
-	if s.KeyID != "" {
-		if s.KeyID == c.cur.id {
-			if plain, ok := try(*c.cur); ok {
-				return plain, sealCurrent, nil
-			}
-			return nil, "", fmt.Errorf("record %s: cannot decrypt with the key it names (key id %s): the record is damaged", key, s.KeyID)
-		}
-		for _, k := range c.prev {
-			if k.id == s.KeyID {
-				if plain, ok := try(k); ok {
-					return plain, sealPrevious, nil
-				}
-				return nil, "", fmt.Errorf("record %s: cannot decrypt with the key it names (key id %s): the record is damaged", key, s.KeyID)
-			}
-		}
-		return nil, "", fmt.Errorf("record %s: sealed with encryption key id %s, which is neither encryption_key (key id %s) nor one of previous_encryption_keys: configure that key", key, s.KeyID, c.cur.id)
-	}
-	if plain, ok := try(*c.cur); ok {
-		return plain, sealCurrent, nil
-	}
-	for _, k := range c.prev {
-		if plain, ok := try(k); ok {
-			return plain, sealPrevious, nil
-		}
-	}
-	return nil, "", fmt.Errorf("record %s: cannot decrypt (wrong encryption_key?)", key)
 }
 
 // isNotExist reports a missing key.

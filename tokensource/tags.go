@@ -1,6 +1,7 @@
 package tokensource
 
 import (
+	"errors"
 	"strings"
 	"sync/atomic"
 
@@ -77,4 +78,19 @@ func (e *Engine) lockField(name string) zap.Field {
 		return zapLock(e.keys.lockPrefix + ".authorizer.[appid " + Secret(id).Fingerprint() + "]")
 	}
 	return zapLock(name)
+}
+
+// WithoutAppID is err with appid replaced by its fingerprint in its text; an
+// *Error keeps its Kind and RetryAfter. For errors about an appid that is not
+// confirmed (see opTag).
+func WithoutAppID(err error, appid string) error {
+	if err == nil || appid == "" || !strings.Contains(err.Error(), appid) {
+		return err
+	}
+	msg := strings.ReplaceAll(err.Error(), appid, "[appid fingerprint "+Secret(appid).Fingerprint()+"]")
+	var e *Error
+	if errors.As(err, &e) {
+		return &Error{Kind: e.Kind, Msg: msg, RetryAfter: e.RetryAfter}
+	}
+	return errors.New(msg)
 }

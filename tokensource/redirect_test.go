@@ -5,16 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/tptoken/caddy-tptoken/emulator"
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
-
-// Tests of what input from the internet can make the engine do: exchanges
-// started by the authorization redirect, and pushes replayed or stamped long ago.
 
 func TestValidAuthorizationCodeKeepsJunkAwayAndLetsPlausibleCodesThrough(t *testing.T) {
 	for _, ok := range []string{
@@ -96,7 +92,7 @@ func TestRedirectExchangesStayWithinTheirBudgetAndCheapAnswersCostNoCall(t *test
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.ExchangeCode(ctx, "tt02app", tokensource.Secret(code), h.clock.Now()); err != nil {
+	if err := h.deliver(e, authorized("tt02app", tokensource.Secret(code), h.clock.Now())); err != nil {
 		t.Fatal(err)
 	}
 	n = calls()
@@ -137,7 +133,7 @@ func TestRedirectExchangesOffAnswerOnlyFromTheCodeIndex(t *testing.T) {
 	if got := h.emu.Stats().Calls[emulator.OpExchange]; got != n {
 		t.Fatalf("%d exchange calls with redirect exchanges off", got-n)
 	}
-	if _, err := e.ExchangeCode(ctx, "tt01app", tokensource.Secret(code), h.clock.Now()); err != nil { // the push
+	if err := h.deliver(e, authorized("tt01app", tokensource.Secret(code), h.clock.Now())); err != nil { // the push
 		t.Fatal(err)
 	}
 	if info, err := e.ExchangeRedirectCode(ctx, tokensource.Secret(code)); err != nil || info.AppID != "tt01app" {
@@ -176,139 +172,28 @@ func TestRedirectExchangesUseTheirOwnSlotsNeverTheRefreshes(t *testing.T) {
 	}
 }
 
-// sealPush seals a push payload as the platform would, stamped ts.
-func sealPush(t *testing.T, payload string, ts time.Time) *tokensource.PushMessage {
-	t.Helper()
-	pc, err := tokensource.NewPushCrypto(testMsgToken, testAESKey, testComponent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := pc.Seal([]byte(payload), strconv.FormatInt(ts.Unix(), 10), "7731")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := pc.Open(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func TestPushesOutsideTheWindowAreStaleAndHandledPushesAreRememberedByEveryInstance(t *testing.T) {
+func TestRedirectAfterThePushAnswersWithoutUsingTheCodeAgain(t *testing.T) {
 	h := newHarness(t, tokensource.V1)
-	a, b := h.engine(), h.engine() // two instances on one storage
-	ctx := context.Background()
-	now := h.clock.Now()
-	for _, off := range []time.Duration{-11 * time.Minute, 11 * time.Minute, -6 * 365 * 24 * time.Hour} {
-		m := sealPush(t, `{"Ticket":"t1","MsgType":"Ticket","Event":"PUSH"}`, now.Add(off))
-		if dup, err := a.AdmitPush(ctx, m); !errors.Is(err, tokensource.ErrPushStale) || dup {
-			t.Fatalf("a push stamped %s from now: dup %v, %v", off, dup, err)
-		}
-	}
-	m := sealPush(t, `{"AppId":"tt01app","Event":"UNAUTHORIZED","EventTime":"2026-11-25 16:00:00"}`, now.Add(-9*time.Minute))
-	if dup, err := a.AdmitPush(ctx, m); dup || err != nil {
-		t.Fatalf("a fresh push: dup %v, %v", dup, err)
-	}
-	a.PushHandled(ctx, m)
-	for name, e := range map[string]*tokensource.Engine{"the same instance": a, "another instance": b} {
-		if dup, err := e.AdmitPush(ctx, m); !dup || err != nil {
-			t.Fatalf("%s, second delivery: dup %v, %v", name, dup, err)
-		}
-	}
-	// Once its stamp leaves the window, the push is stale, remembered or not.
-	h.clock.Advance(2 * time.Minute)
-	if _, err := b.AdmitPush(ctx, m); !errors.Is(err, tokensource.ErrPushStale) {
-		t.Fatalf("the handled push after its window: %v", err)
-	}
-}
-
-func TestEveryLocalAuthorizationOrdersLaterPushes(t *testing.T) {
-	h := newHarness(t, tokensource.V1)
-	e := h.engine()
-	ctx := context.Background()
-	served := func(appid string) bool {
-		tok, err := e.Token(ctx, appid)
-		return err == nil && tok.Value != ""
-	}
-	t0 := h.clock.Now()
-	reauth := map[string]func(appid string, code tokensource.Secret) error{
-		"operator code": func(appid string, code tokensource.Secret) error {
-			_, err := e.ExchangeCode(ctx, appid, code, time.Time{})
-			return err
-		},
-		"redirect": func(_ string, code tokensource.Secret) error {
-			_, err := e.ExchangeRedirectCode(ctx, code)
-			return err
-		},
-		"recovery": func(appid string, _ tokensource.Secret) error {
-			_, err := e.Recover(ctx, appid, false)
-			return err
-		},
-		"import": func(appid string, code tokensource.Secret) error {
-			// A legacy system exchanged the code; its refresh token is imported.
-			ct, err := e.ComponentToken(ctx)
-			if err != nil {
-				return err
-			}
-			client, err := tokensource.NewClient(tokensource.ClientConfig{Endpoint: h.srv.URL, ComponentAppID: testComponent, ComponentSecret: testSecret})
-			if err != nil {
-				return err
-			}
-			g, err := client.ExchangeCode(ctx, ct.Value, code)
-			if err != nil {
-				return err
-			}
-			if r := e.Import(ctx, appid, g.RefreshToken, time.Time{}); r.Result != "imported" {
-				return errors.New(r.Result + ": " + r.Detail)
-			}
-			return nil
-		},
-	}
-	i := 0
-	for name, do := range reauth {
-		i++
-		appid := "tt0" + strconv.Itoa(i) + "app"
-		code, _ := h.emu.Authorize(appid, false)
-		if _, err := e.ExchangeCode(ctx, appid, tokensource.Secret(code), t0); err != nil {
-			t.Fatal(err)
-		}
-		// Revoked by a push of 10 s later, which the merchant undid 10 s after.
-		h.clock.Advance(10 * time.Second)
-		if err := e.Unauthorize(ctx, appid, h.clock.Now()); err != nil || served(appid) {
-			t.Fatalf("%s: the revocation: %v", name, err)
-		}
-		revokedAt := h.clock.Now()
-		h.clock.Advance(10 * time.Second)
-		code, _ = h.emu.Authorize(appid, false)
-		if err := do(appid, tokensource.Secret(code)); err != nil || !served(appid) {
-			t.Fatalf("%s: re-authorization: %v", name, err)
-		}
-		// The platform delivers the old revocation again (a late retry): it is
-		// older than the re-authorization, and must not revoke it.
-		if err := e.Unauthorize(ctx, appid, revokedAt); err != nil || !served(appid) {
-			t.Fatalf("%s: an UNAUTHORIZED older than the re-authorization revoked it (%v)", name, err)
-		}
-		t0 = h.clock.Now()
-	}
-
-	// The push of a code the redirect exchanged first carries a later event
-	// time: it counts, though no exchange is made.
-	code, _ := h.emu.Authorize("tt09app", false)
-	if _, err := e.ExchangeRedirectCode(ctx, tokensource.Secret(code)); err != nil {
+	a, b := h.engine(), h.engine()
+	code, _ := h.emu.Authorize("tt01redir", false)
+	// The AUTHORIZED push reaches instance a; the browser's redirect, with the
+	// same code and no appid, reaches b (and is reloaded).
+	if err := h.deliver(a, authorized("tt01redir", tokensource.Secret(code), h.clock.Now())); err != nil {
 		t.Fatal(err)
 	}
-	n := h.emu.Stats().Calls[emulator.OpExchange]
-	pushAt := h.clock.Now().Add(30 * time.Second) // the platform's clock is ahead
-	if _, err := e.ExchangeCode(ctx, "tt09app", tokensource.Secret(code), pushAt); err != nil {
-		t.Fatal(err)
+	for range 2 {
+		info, err := b.ExchangeCode(context.Background(), "", tokensource.Secret(code))
+		if err != nil {
+			t.Fatalf("redirect after the push: %v", err)
+		}
+		if info.AppID != "tt01redir" || info.State != tokensource.StateActive {
+			t.Fatalf("info = %+v", info)
+		}
 	}
-	if got := h.emu.Stats().Calls[emulator.OpExchange]; got != n {
-		t.Fatalf("the push of an exchanged code made %d exchange calls", got-n)
+	if s := h.emu.Stats().App("tt01redir"); s.Exchanges != 1 {
+		t.Fatalf("exchanges = %d, want 1", s.Exchanges)
 	}
-	if err := e.Unauthorize(ctx, "tt09app", pushAt.Add(-10*time.Second)); err != nil || !served("tt09app") {
-		t.Fatalf("an UNAUTHORIZED older than the AUTHORIZED push revoked it (%v)", err)
-	}
-	if err := e.Unauthorize(ctx, "tt09app", pushAt.Add(time.Second)); err != nil || served("tt09app") {
-		t.Fatalf("a later UNAUTHORIZED did not revoke (%v)", err)
+	if n := h.emu.Stats().Calls[emulator.OpExchange]; n != 1 {
+		t.Fatalf("exchange calls = %d: the used code was sent again", n)
 	}
 }

@@ -3,133 +3,20 @@ package tokensource
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// defaultRefreshLife is assumed when the platform omits refresh_expires_in.
-const defaultRefreshLife = 30 * 24 * time.Hour
+// The refresh path. obtain is the one place a token is renewed, whoever asks
+// (a request, the background loop, an operator), in the order certmagic
+// obtains a certificate: reload, decide, lock, reload again, decide again,
+// renew, store, unlock. The decisions are policy.go's (due, backoff); the
+// single-use refresh token is used only under the storage lock, on the record
+// just reloaded, and the rotated pair is stored before the lock is released.
 
-func (e *Engine) loadRecord(ctx context.Context, appid string) (*Record, error) {
-	rec, _, err := e.loadRecordSeal(ctx, appid)
-	return rec, err
-}
-
-// loadRecordSeal is loadRecord that also says how the record is stored
-// (sealPlain, sealCurrent, sealPrevious).
-func (e *Engine) loadRecordSeal(ctx context.Context, appid string) (*Record, string, error) {
-	key := e.keys.authorizer(appid)
-	b, err := e.store.Load(ctx, key)
-	if err != nil {
-		return nil, "", err
-	}
-	var d diskRecord
-	seal, err := e.codec.decodeSeal(key, b, &d)
-	if err != nil {
-		return nil, "", err
-	}
-	if d.AppID != appid {
-		return nil, "", fmt.Errorf("record %s holds appid %q", key, d.AppID)
-	}
-	return d.record(), seal, nil
-}
-
-// saveRecord writes rec, retrying a failing write twice.
-func (e *Engine) saveRecord(ctx context.Context, rec *Record) error {
-	key := e.keys.authorizer(rec.AppID)
-	b, err := e.codec.encode(key, rec.disk())
-	if err != nil {
-		return err
-	}
-	for n := 0; ; n++ {
-		err = e.store.Store(ctx, key, b)
-		if err == nil || n == 2 {
-			return err
-		}
-		if sleep(ctx, time.Duration(100<<n)*time.Millisecond) != nil {
-			return err
-		}
-	}
-}
-
-// loadInto reads the stored record of appid into its slot. A storage failure is
-// returned; a missing record installs a "missing" entry.
-func (e *Engine) loadInto(ctx context.Context, appid string, s *slot) (*entry, error) {
-	rec, err := e.loadRecord(ctx, appid)
-	if err != nil && !isNotExist(err) {
-		return s.cur.Load(), err
-	}
-	return e.adopt(s, rec, e.now()), nil
-}
-
-// mode says when an obtain renews the token.
-type mode int
-
-const (
-	onDemand     mode = iota // a request: renew when the token is not fresh
-	ahead                    // background: renew a little before the refresh point
-	renewRefresh             // background: renew when the refresh token nears its expiry
-	forced                   // operator: renew unless another instance did meanwhile
-)
-
-func (m mode) key(appid string) string {
-	switch m {
-	case ahead:
-		return "\x00ahead:" + appid
-	case renewRefresh:
-		return "\x00renew:" + appid
-	case forced:
-		return "\x00force:" + appid
-	}
-	return appid
-}
-
-// due reports whether the entry needs renewing in mode m. seen is the
-// generation the caller saw before waiting (forced mode).
-func (e *Engine) due(m mode, en *entry, now time.Time, seen uint64) bool {
-	switch m {
-	case ahead:
-		// maintain schedules at a jittered point within 1–1.5 leads of the
-		// refresh point; any such job is honored.
-		return !en.fresh(now.Add(backgroundLead(en) * 3 / 2))
-	case renewRefresh:
-		return !en.fresh(now) || e.refreshTokenDue(en.rec, now)
-	case forced:
-		return en.rec.Generation == seen || !en.usable(now)
-	}
-	return !en.fresh(now)
-}
-
-// backgroundLead: background refreshes start about this long before the refresh
-// point, so requests never wait for one: a tenth of the token's life, at most a
-// minute (plus up to half of that as jitter, so instances do not all try at once).
-func backgroundLead(en *entry) time.Duration {
-	if en == nil || en.rec == nil {
-		return 0
-	}
-	return min(time.Minute, en.rec.AccessExpiry.Sub(en.rec.AccessIssued)/10)
-}
-
-// refreshTokenDue: the refresh token must be used before RefreshTokenMargin
-// (at most half its life) is left, or the record waits for a recovery.
-func (e *Engine) refreshTokenDue(rec *Record, now time.Time) bool {
-	if rec == nil || rec.State == StateUnauthorized {
-		return false
-	}
-	if rec.State == StateNeedsRecovery || rec.RefreshToken == "" {
-		return true
-	}
-	if rec.RefreshExpiry.IsZero() {
-		return false
-	}
-	margin := min(e.cfg.RefreshTokenMargin, rec.RefreshExpiry.Sub(rec.AccessIssued)/2)
-	return !now.Before(rec.RefreshExpiry.Add(-margin))
-}
-
-// obtain is the slow path of Token, run once per appid and mode at a time:
-// reload, lock, reload again, and renew only if still due.
+// obtain renews appid's token if mode m finds it due, and returns the token to
+// use. It runs once per appid and mode at a time (single-flight, mode.key).
 func (e *Engine) obtain(appid string, m mode) (any, error) {
 	ctx, done, err := e.begin()
 	if err != nil {
@@ -138,6 +25,7 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 	defer done()
 	s := e.slotFor(appid)
 
+	// 1. Reload: another instance may have renewed it, or a push changed it.
 	cur, err := e.loadInto(ctx, appid, s)
 	if err != nil {
 		e.log.Error("reading the authorizer record from storage failed", zapApp(appid), zapErr(err))
@@ -150,14 +38,17 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 	if err := e.stateError(appid, cur); err != nil {
 		return nil, err
 	}
+	// 2. Decide without the lock: most callers find it renewed already. An
+	// unsaved record (a failed write) is written first, whatever the mode.
 	seen := cur.rec.Generation
-	if m != forced && !e.due(m, cur, now, seen) {
+	if m != forced && !cur.dirty && !e.due(m, cur, now, seen) {
 		return cur.tok, nil
 	}
 	if m != forced && now.Before(cur.retryAt) {
 		return e.duringBackoff(appid, cur, now)
 	}
 
+	// 3. Lock: one renewal at a time across instances.
 	release, err := e.acquire(ctx, e.keys.authorizerLock(appid))
 	if err != nil {
 		if cur.usable(now) {
@@ -169,7 +60,7 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 	}
 	defer release()
 
-	// Double check under the lock: another instance may have refreshed.
+	// 4. Reload under the lock: another instance may have renewed meanwhile.
 	cur, err = e.loadInto(ctx, appid, s)
 	if err != nil {
 		// The lock is held, so no one else uses the refresh token now; the worst a
@@ -179,10 +70,12 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
 		}
 	}
-	if cur.dirty {
+	if cur.dirty { // an earlier write failed: store the newest pair before anything else
 		e.flushLocked(ctx, appid, s, cur)
 		cur = s.cur.Load()
 	}
+
+	// 5. Decide again, on what storage holds now.
 	now = e.now()
 	if err := e.stateError(appid, cur); err != nil {
 		return nil, err
@@ -203,6 +96,8 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 	if reported && !e.mayRenewSuspect(s, appid, cur, now) {
 		return cur.tok, nil
 	}
+
+	// 6. Renew and store, still under the lock.
 	v, err := e.renewLocked(ctx, appid, s, cur)
 	if tok, ok := v.(Token); reported && ok && err == nil && tok.Value != cur.tok.Value {
 		s.renewedSuspect(tok.Value, now)
@@ -232,9 +127,9 @@ func (e *Engine) unavailable(appid string, cause error, retryAfter time.Duration
 	}
 	retryAfter = max(retryAfter, time.Second)
 	switch {
-	case IsTimeout(cause):
+	case isTimeout(cause):
 		return &Error{Kind: KindTimeout, AppID: appid, Msg: "the platform did not answer in time and the current token has expired", RetryAfter: retryAfter, Err: cause}
-	case IsRetryable(cause):
+	case isRetryable(cause):
 		return &Error{Kind: KindUnavailable, AppID: appid, Msg: "the platform is failing and the current token has expired", RetryAfter: retryAfter, Err: cause}
 	default:
 		return &Error{Kind: KindPlatform, AppID: appid, Msg: "the platform refused to renew the token", RetryAfter: retryAfter, Err: cause}
@@ -246,19 +141,19 @@ func (e *Engine) unavailable(appid string, cause error, retryAfter time.Duration
 func (e *Engine) renewLocked(ctx context.Context, appid string, s *slot, cur *entry) (any, error) {
 	rec := cur.rec
 	now := e.now()
-	var next *Record
+	var next *record
 	var err error
 	op := OpRefresh
-	if rec.State == StateNeedsRecovery || rec.RefreshToken == "" || (!rec.RefreshExpiry.IsZero() && !now.Before(rec.RefreshExpiry)) {
+	if needsRecovery(rec, now) {
 		op = "recover"
 		next, err = e.recoverLocked(ctx, rec)
 	} else {
 		next, err = e.refreshLocked(ctx, rec)
-		if IsRefreshTokenDead(err) {
+		if isRefreshTokenDead(err) {
 			e.log.Warn("refresh token rejected (40021): recovering with retrieve code + exchange", zapApp(appid), zapErr(err))
 			op = "recover"
 			next, err = e.recoverLocked(ctx, rec)
-			if err != nil && !NeedsReauthorization(err) {
+			if err != nil && !needsReauthorization(err) {
 				rec = rec.clone()
 				rec.State = StateNeedsRecovery
 				rec.RefreshToken = ""
@@ -280,7 +175,7 @@ func (e *Engine) withComponentToken(ctx context.Context, fn func(ct Secret) erro
 		return err
 	}
 	err = fn(ct.Value)
-	if !IsComponentTokenError(err) {
+	if !isComponentTokenError(err) {
 		return err
 	}
 	e.log.Warn("component token rejected; fetching a new one once", zapErr(err))
@@ -295,8 +190,8 @@ func (e *Engine) withComponentToken(ctx context.Context, fn func(ct Secret) erro
 	return fn(ct2.Value)
 }
 
-func (e *Engine) refreshLocked(ctx context.Context, rec *Record) (*Record, error) {
-	var g Grant
+func (e *Engine) refreshLocked(ctx context.Context, rec *record) (*record, error) {
+	var g grant
 	start := e.now()
 	err := e.withComponentToken(ctx, func(ct Secret) error {
 		return e.retry(ctx, func(ctx context.Context) error {
@@ -315,7 +210,7 @@ func (e *Engine) refreshLocked(ctx context.Context, rec *Record) (*Record, error
 
 // recoverLocked gets a new authorization code with the retrieve API and
 // exchanges it: the way back when a refresh token is lost or rejected.
-func (e *Engine) recoverLocked(ctx context.Context, rec *Record) (*Record, error) {
+func (e *Engine) recoverLocked(ctx context.Context, rec *record) (*record, error) {
 	appid := rec.AppID
 	var code Secret
 	err := e.withComponentToken(ctx, func(ct Secret) error {
@@ -343,39 +238,10 @@ func (e *Engine) recoverLocked(ctx context.Context, rec *Record) (*Record, error
 	return next, nil
 }
 
-// exchangeLocked swaps code for a token pair. The storage lock of appid is held
-// (or appid is not known yet and the caller locks before storing).
-func (e *Engine) exchangeLocked(ctx context.Context, rec *Record, appid string, code Secret) (*Record, error) {
-	var g Grant
-	start := e.now()
-	err := e.withComponentToken(ctx, func(ct Secret) error {
-		return e.retry(ctx, func(ctx context.Context) error {
-			var err error
-			t0 := time.Now()
-			g, err = e.client.ExchangeCode(ctx, ct, code)
-			e.logCall(OpExchange, appid, t0, err)
-			return err
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	if appid != "" && g.AppID != "" && g.AppID != appid {
-		return nil, &Error{Kind: KindPlatform, AppID: appid, Msg: fmt.Sprintf("the code belongs to authorizer %s, not to this one", g.AppID)}
-	}
-	if appid == "" {
-		appid = g.AppID
-	}
-	next := e.fromGrant(rec, appid, g, start)
-	next.AuthorizedAt = next.LastRefresh
-	next.LastCode = code.Fingerprint()
-	return next, nil
-}
-
 // fromGrant builds the record that follows prev (nil for a first exchange).
-func (e *Engine) fromGrant(prev *Record, appid string, g Grant, issued time.Time) *Record {
+func (e *Engine) fromGrant(prev *record, appid string, g grant, issued time.Time) *record {
 	now := e.now()
-	r := &Record{AppID: appid, Family: e.family, State: StateActive, UpdatedAt: now, LastRefresh: now,
+	r := &record{AppID: appid, Family: e.family, State: StateActive, UpdatedAt: now, LastRefresh: now,
 		AccessToken: g.AccessToken, AccessIssued: issued, AccessExpiry: issued.Add(g.ExpiresIn),
 		RefreshToken: g.RefreshToken, Permissions: g.Permissions}
 	life := g.RefreshExpiresIn
@@ -396,7 +262,7 @@ func (e *Engine) fromGrant(prev *Record, appid string, g Grant, issued time.Time
 
 // commitLocked stores next and installs it. A failed write keeps next in memory,
 // marked dirty: it is written again before the next renewal and by Maintain.
-func (e *Engine) commitLocked(ctx context.Context, s *slot, next *Record) Token {
+func (e *Engine) commitLocked(ctx context.Context, s *slot, next *record) Token {
 	err := e.saveRecord(ctx, next)
 	en := e.newEntry(next, e.now())
 	if err != nil {
@@ -435,18 +301,18 @@ func (e *Engine) flushLocked(ctx context.Context, appid string, s *slot, cur *en
 // failedLocked records a failed renewal: authorization gone → unauthorized;
 // otherwise the last error and a backoff. The current token keeps serving while
 // it may be sent.
-func (e *Engine) failedLocked(ctx context.Context, appid string, s *slot, cur *entry, rec *Record, op string, cause error) (any, error) {
+func (e *Engine) failedLocked(ctx context.Context, appid string, s *slot, cur *entry, rec *record, op string, cause error) (any, error) {
 	now := e.now()
 	next := rec.clone()
 	next.LastError = lastErrorOf(op, cause, now)
 	next.UpdatedAt = now
 	next.Generation++
-	gone := NeedsReauthorization(cause)
+	gone := needsReauthorization(cause)
 	if gone {
 		next.State = StateUnauthorized
 		next.AccessToken, next.RefreshToken = "", ""
 		e.log.Warn("authorization gone; requests for this authorizer now fail until it authorizes again",
-			zapApp(appid), zap.Int("code", PlatformCode(cause)))
+			zapApp(appid), zap.Int("code", platformCode(cause)))
 	}
 	if err := e.saveRecord(ctx, next); err != nil {
 		e.log.Error("storing the failure state failed", zapApp(appid), zapErr(err))
@@ -468,7 +334,7 @@ func (e *Engine) failedLocked(ctx context.Context, appid string, s *slot, cur *e
 		return nil, &Error{Kind: KindUnauthorized, AppID: appid, Msg: "the authorization is gone: the mini-app must authorize the TP again", Err: cause}
 	}
 	e.log.Error("renewing the authorizer token failed", zapApp(appid), zap.String("op", op),
-		zap.Int("code", PlatformCode(cause)), zap.Duration("retry_in", en.retryAt.Sub(now)), zapErr(cause))
+		zap.Int("code", platformCode(cause)), zap.Duration("retry_in", en.retryAt.Sub(now)), zapErr(cause))
 	if en.usable(now) {
 		return en.tok, nil
 	}
@@ -489,7 +355,7 @@ func lastErrorOf(op string, err error, now time.Time) *LastError {
 // A call answered successfully confirms its appid (see opTag).
 func (e *Engine) logCall(op, appid string, t0 time.Time, err error) {
 	took := time.Since(t0)
-	result := CallResult(err)
+	result := callResult(err)
 	if t := e.tagOf(appid); t != nil && err == nil {
 		t.unconfirmed.Store(false)
 	}

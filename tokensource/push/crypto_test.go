@@ -1,4 +1,4 @@
-package tokensource
+package push
 
 import (
 	"bytes"
@@ -32,9 +32,9 @@ func vecBody() []byte {
 	return fmt.Appendf(nil, `{"Nonce":%q,"TimeStamp":%q,"Encrypt":%q,"MsgSignature":%q}`, vecNonce, vecTimeStamp, vecEncrypt, vecSignature)
 }
 
-func newVecCrypto(t testing.TB) *PushCrypto {
+func newVecCrypto(t testing.TB) *Crypto {
 	t.Helper()
-	p, err := NewPushCrypto(vecToken, vecAESKey, vecAppID)
+	p, err := NewCrypto(vecToken, vecAESKey, vecAppID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestPushOpenDecryptsPublicVectorTicket(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := time.Date(2019, 1, 14, 12, 45, 10, 0, time.FixedZone("CST", 8*3600))
-	if m.Kind != PushTicket || m.Ticket.Reveal() != vecTicket || !m.CreateTime.Equal(want) ||
+	if m.Kind != Ticket || m.Ticket.Reveal() != vecTicket || !m.CreateTime.Equal(want) ||
 		m.MsgType != "Ticket" || m.Event != "PUSH" || m.FromUserName != "ByteDanceMicroApp" {
 		t.Fatalf("got %+v (ticket ok: %v, time %v)", m, m.Ticket.Reveal() == vecTicket, m.CreateTime)
 	}
@@ -88,9 +88,9 @@ func TestNewPushCryptoRejectsBadConfigWithoutEchoingSecrets(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewPushCrypto(tt.token, tt.key, tt.appid)
-			if !errors.Is(err, ErrPushConfig) {
-				t.Fatalf("err = %v, want ErrPushConfig", err)
+			_, err := NewCrypto(tt.token, tt.key, tt.appid)
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("err = %v, want ErrConfig", err)
 			}
 			for _, s := range []string{tt.token, tt.key} {
 				if len(s) > 3 && strings.Contains(err.Error(), s) {
@@ -117,59 +117,59 @@ func TestPushSealOpenRoundTrip(t *testing.T) {
 	tests := []struct {
 		name    string
 		payload string
-		check   func(t *testing.T, m *PushMessage)
+		check   func(t *testing.T, m *Message)
 	}{
 		{"ticket", `{"Ticket":"t-123","FromUserName":"ByteDanceMicroApp","CreateTime":"2024-05-06 07:08:09","MsgType":"Ticket","Event":"PUSH"}`,
-			func(t *testing.T, m *PushMessage) {
-				if m.Kind != PushTicket || m.Ticket.Reveal() != "t-123" || !m.CreateTime.Equal(evtTime) {
+			func(t *testing.T, m *Message) {
+				if m.Kind != Ticket || m.Ticket.Reveal() != "t-123" || !m.CreateTime.Equal(evtTime) {
 					t.Fatalf("got %+v", m)
 				}
 			}},
 		{"ticket by MsgType only", `{"Ticket":"t-9","MsgType":"Ticket"}`,
-			func(t *testing.T, m *PushMessage) {
-				if m.Kind != PushTicket || m.Ticket.Reveal() != "t-9" || !m.CreateTime.IsZero() {
+			func(t *testing.T, m *Message) {
+				if m.Kind != Ticket || m.Ticket.Reveal() != "t-9" || !m.CreateTime.IsZero() {
 					t.Fatalf("got %+v", m)
 				}
 			}},
 		{"authorized, expiry as number", `{"AppId":"tt01","TpAppId":"` + vecAppID + `","EventTime":"2024-05-06 07:08:09","Event":"AUTHORIZED","AuthorizationCode":"code-1","AuthorizationCodeExpiresIn":3600,"AppName":"Demo"}`,
-			func(t *testing.T, m *PushMessage) {
-				if m.Kind != PushAuthorized || m.AppID != "tt01" || m.TpAppID != vecAppID || m.AuthorizationCode.Reveal() != "code-1" ||
+			func(t *testing.T, m *Message) {
+				if m.Kind != Authorized || m.AppID != "tt01" || m.TpAppID != vecAppID || m.AuthorizationCode.Reveal() != "code-1" ||
 					m.CodeExpiresIn != 3600 || !m.EventTime.Equal(evtTime) || m.AppName != "Demo" {
 					t.Fatalf("got %+v", m)
 				}
 			}},
 		{"authorized, expiry as string", `{"AppId":"tt01","Event":"AUTHORIZED","AuthorizationCode":"code-2","AuthorizationCodeExpiresIn":"3600"}`,
-			func(t *testing.T, m *PushMessage) {
-				if m.Kind != PushAuthorized || m.CodeExpiresIn != 3600 || m.AuthorizationCode.Reveal() != "code-2" || !m.EventTime.IsZero() {
+			func(t *testing.T, m *Message) {
+				if m.Kind != Authorized || m.CodeExpiresIn != 3600 || m.AuthorizationCode.Reveal() != "code-2" || !m.EventTime.IsZero() {
 					t.Fatalf("got %+v", m)
 				}
 			}},
 		{"authorized, expiry unparsable is unknown", `{"AppId":"tt01","Event":"AUTHORIZED","AuthorizationCode":"c","AuthorizationCodeExpiresIn":"soon","EventTime":""}`,
-			func(t *testing.T, m *PushMessage) {
-				if m.Kind != PushAuthorized || m.CodeExpiresIn != 0 {
+			func(t *testing.T, m *Message) {
+				if m.Kind != Authorized || m.CodeExpiresIn != 0 {
 					t.Fatalf("got %+v", m)
 				}
 			}},
 		{"update authorized", `{"AppId":"tt02","TpAppId":"` + vecAppID + `","EventTime":"2024-05-06 07:08:09","Event":"UPDATE_AUTHORIZED","AuthorizationCode":"code-3","AuthorizationCodeExpiresIn":3600}`,
-			func(t *testing.T, m *PushMessage) {
-				if m.Kind != PushUpdateAuthorized || m.AppID != "tt02" || m.AuthorizationCode.Reveal() != "code-3" || m.CodeExpiresIn != 3600 {
+			func(t *testing.T, m *Message) {
+				if m.Kind != UpdateAuthorized || m.AppID != "tt02" || m.AuthorizationCode.Reveal() != "code-3" || m.CodeExpiresIn != 3600 {
 					t.Fatalf("got %+v", m)
 				}
 			}},
 		{"unauthorized", `{"AppId":"tt03","TpAppId":"` + vecAppID + `","EventTime":"2024-05-06 07:08:09","Event":"UNAUTHORIZED"}`,
-			func(t *testing.T, m *PushMessage) {
-				if m.Kind != PushUnauthorized || m.AppID != "tt03" || !m.EventTime.Equal(evtTime) {
+			func(t *testing.T, m *Message) {
+				if m.Kind != Unauthorized || m.AppID != "tt03" || !m.EventTime.Equal(evtTime) {
 					t.Fatalf("got %+v", m)
 				}
 			}},
 		{"other event is kept", `{"AppId":"tt04","Event":"PACKAGE_AUDIT"}`,
-			func(t *testing.T, m *PushMessage) {
-				if m.Kind != PushOther || m.Event != "PACKAGE_AUDIT" {
+			func(t *testing.T, m *Message) {
+				if m.Kind != Other || m.Event != "PACKAGE_AUDIT" {
 					t.Fatalf("got %+v", m)
 				}
 			}},
 		{"unicode and block-aligned sizes", `{"AppId":"tt05","Event":"UNAUTHORIZED","AppName":"小程序"}`,
-			func(t *testing.T, m *PushMessage) {
+			func(t *testing.T, m *Message) {
 				if m.AppName != "小程序" {
 					t.Fatalf("got %+v", m)
 				}
@@ -317,39 +317,39 @@ func TestPushOpenRejectsMalformedPushes(t *testing.T) {
 		body []byte
 		want error
 	}{
-		{"bad signature", withField("MsgSignature", Signature("wrong-token", "1700000000", "n1", goodEnv["Encrypt"])), ErrPushSignature},
-		{"signature not hex", withField("MsgSignature", "zz"), ErrPushSignature},
-		{"signature of other timestamp", withField("TimeStamp", "1700000001"), ErrPushSignature},
-		{"tampered ciphertext, not re-signed", withField("Encrypt", flip(len(ct)-20)), ErrPushSignature},
-		{"tampered last block, re-signed", signedBody(flip(len(ct) - 20)), ErrPushMalformed},
-		{"tampered message block, re-signed", signedBody(flip(40)), ErrPushMalformed},
-		{"padding byte 0", sealRaw(t, pad(nil, 64, 0)), ErrPushMalformed},
-		{"padding 0 after a message", sealRaw(t, pad(layout(uint32(len(ticketMsg)), ticketMsg, vecAppID), 32-(36+len(ticketMsg)+len(vecAppID))%32, 0)), ErrPushMalformed},
-		{"padding over 32", sealRaw(t, pad(layout(uint32(len(ticketMsg)), ticketMsg, vecAppID), 32-(36+len(ticketMsg)+len(vecAppID))%32+32, 33)), ErrPushMalformed},
-		{"padding longer than the plaintext", sealRaw(t, pad(nil, 16, 32)), ErrPushMalformed},
-		{"inconsistent padding bytes", sealRaw(t, inconsistent), ErrPushMalformed},
-		{"ciphertext not block aligned", signedBody(base64.StdEncoding.EncodeToString(ct[:len(ct)-1])), ErrPushMalformed},
-		{"ciphertext empty", withField("Encrypt", ""), ErrPushMalformed},
-		{"plaintext shorter than the header", sealRaw(t, pad(bytes.Repeat([]byte{1}, 16), 16, 16)), ErrPushMalformed},
-		{"length field beyond the plaintext", sealRaw(t, longLen), ErrPushMalformed},
-		{"length field huge", sealRaw(t, hugeLen), ErrPushMalformed},
-		{"wrong appid suffix", sealRaw(t, pkcs32(layout(uint32(len(ticketMsg)), ticketMsg, "tt0000000000000000"))), ErrPushAppID},
-		{"no appid suffix", sealRaw(t, pkcs32(layout(uint32(len(ticketMsg)), ticketMsg, ""))), ErrPushAppID},
-		{"TpAppId of another TP", sealRaw(t, pkcs32(layout(uint32(len(`{"AppId":"tt1","TpAppId":"tt9","Event":"UNAUTHORIZED"}`)), `{"AppId":"tt1","TpAppId":"tt9","Event":"UNAUTHORIZED"}`, vecAppID))), ErrPushAppID},
-		{"bad JSON inside, well framed", sealRaw(t, framed(`{"Ticket":`, vecAppID)), ErrPushMalformed},
-		{"JSON array inside", sealRaw(t, framed(`[]`, vecAppID)), ErrPushMalformed},
-		{"wrong JSON type inside", sealRaw(t, framed(`{"Ticket":123}`, vecAppID)), ErrPushMalformed},
-		{"ticket push without ticket", sealRaw(t, framed(`{"Event":"PUSH"}`, vecAppID)), ErrPushMalformed},
-		{"authorized without code", sealRaw(t, framed(`{"AppId":"tt1","Event":"AUTHORIZED"}`, vecAppID)), ErrPushMalformed},
-		{"unauthorized without appid", sealRaw(t, framed(`{"Event":"UNAUTHORIZED"}`, vecAppID)), ErrPushMalformed},
-		{"bad outer JSON", []byte(`{"Nonce":"1",`), ErrPushMalformed},
-		{"outer JSON not an object", []byte(`"success"`), ErrPushMalformed},
-		{"empty body", nil, ErrPushMalformed},
-		{"outer field of wrong type", []byte(`{"Nonce":{},"TimeStamp":"1","Encrypt":"x","MsgSignature":"y"}`), ErrPushMalformed},
-		{"missing Nonce", withField("Nonce", ""), ErrPushMalformed},
-		{"missing TimeStamp", withField("TimeStamp", ""), ErrPushMalformed},
-		{"missing MsgSignature", withField("MsgSignature", ""), ErrPushMalformed},
-		{"Encrypt not base64", signedBody("not*base64!"), ErrPushMalformed},
+		{"bad signature", withField("MsgSignature", Signature("wrong-token", "1700000000", "n1", goodEnv["Encrypt"])), ErrSignature},
+		{"signature not hex", withField("MsgSignature", "zz"), ErrSignature},
+		{"signature of other timestamp", withField("TimeStamp", "1700000001"), ErrSignature},
+		{"tampered ciphertext, not re-signed", withField("Encrypt", flip(len(ct)-20)), ErrSignature},
+		{"tampered last block, re-signed", signedBody(flip(len(ct) - 20)), ErrMalformed},
+		{"tampered message block, re-signed", signedBody(flip(40)), ErrMalformed},
+		{"padding byte 0", sealRaw(t, pad(nil, 64, 0)), ErrMalformed},
+		{"padding 0 after a message", sealRaw(t, pad(layout(uint32(len(ticketMsg)), ticketMsg, vecAppID), 32-(36+len(ticketMsg)+len(vecAppID))%32, 0)), ErrMalformed},
+		{"padding over 32", sealRaw(t, pad(layout(uint32(len(ticketMsg)), ticketMsg, vecAppID), 32-(36+len(ticketMsg)+len(vecAppID))%32+32, 33)), ErrMalformed},
+		{"padding longer than the plaintext", sealRaw(t, pad(nil, 16, 32)), ErrMalformed},
+		{"inconsistent padding bytes", sealRaw(t, inconsistent), ErrMalformed},
+		{"ciphertext not block aligned", signedBody(base64.StdEncoding.EncodeToString(ct[:len(ct)-1])), ErrMalformed},
+		{"ciphertext empty", withField("Encrypt", ""), ErrMalformed},
+		{"plaintext shorter than the header", sealRaw(t, pad(bytes.Repeat([]byte{1}, 16), 16, 16)), ErrMalformed},
+		{"length field beyond the plaintext", sealRaw(t, longLen), ErrMalformed},
+		{"length field huge", sealRaw(t, hugeLen), ErrMalformed},
+		{"wrong appid suffix", sealRaw(t, pkcs32(layout(uint32(len(ticketMsg)), ticketMsg, "tt0000000000000000"))), ErrAppID},
+		{"no appid suffix", sealRaw(t, pkcs32(layout(uint32(len(ticketMsg)), ticketMsg, ""))), ErrAppID},
+		{"TpAppId of another TP", sealRaw(t, pkcs32(layout(uint32(len(`{"AppId":"tt1","TpAppId":"tt9","Event":"UNAUTHORIZED"}`)), `{"AppId":"tt1","TpAppId":"tt9","Event":"UNAUTHORIZED"}`, vecAppID))), ErrAppID},
+		{"bad JSON inside, well framed", sealRaw(t, framed(`{"Ticket":`, vecAppID)), ErrMalformed},
+		{"JSON array inside", sealRaw(t, framed(`[]`, vecAppID)), ErrMalformed},
+		{"wrong JSON type inside", sealRaw(t, framed(`{"Ticket":123}`, vecAppID)), ErrMalformed},
+		{"ticket push without ticket", sealRaw(t, framed(`{"Event":"PUSH"}`, vecAppID)), ErrMalformed},
+		{"authorized without code", sealRaw(t, framed(`{"AppId":"tt1","Event":"AUTHORIZED"}`, vecAppID)), ErrMalformed},
+		{"unauthorized without appid", sealRaw(t, framed(`{"Event":"UNAUTHORIZED"}`, vecAppID)), ErrMalformed},
+		{"bad outer JSON", []byte(`{"Nonce":"1",`), ErrMalformed},
+		{"outer JSON not an object", []byte(`"success"`), ErrMalformed},
+		{"empty body", nil, ErrMalformed},
+		{"outer field of wrong type", []byte(`{"Nonce":{},"TimeStamp":"1","Encrypt":"x","MsgSignature":"y"}`), ErrMalformed},
+		{"missing Nonce", withField("Nonce", ""), ErrMalformed},
+		{"missing TimeStamp", withField("TimeStamp", ""), ErrMalformed},
+		{"missing MsgSignature", withField("MsgSignature", ""), ErrMalformed},
+		{"Encrypt not base64", signedBody("not*base64!"), ErrMalformed},
 	}
 	secrets := []string{vecToken, vecAESKey, "SECRET-TICKET-VALUE", vecAESKey[:20]}
 	for _, tt := range tests {
@@ -401,19 +401,19 @@ func TestPushMessagePrintsRedacted(t *testing.T) {
 
 func TestPushTimeFormatRoundTrips(t *testing.T) {
 	ts := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
-	s := FormatPushTime(ts)
+	s := FormatTime(ts)
 	if s != "2024-01-02 11:04:05" {
-		t.Fatalf("FormatPushTime = %s", s)
+		t.Fatalf("FormatTime = %s", s)
 	}
-	if got := parsePushTime(s); !got.Equal(ts) {
-		t.Fatalf("parsePushTime(%s) = %v", s, got)
+	if got := parseTime(s); !got.Equal(ts) {
+		t.Fatalf("parseTime(%s) = %v", s, got)
 	}
-	if got := parsePushTime("1704164645"); !got.Equal(ts) {
+	if got := parseTime("1704164645"); !got.Equal(ts) {
 		t.Fatalf("unix seconds: %v", got)
 	}
 	for _, bad := range []string{"", "  ", "yesterday", "2024-13-45 99:99:99"} {
-		if got := parsePushTime(bad); !got.IsZero() {
-			t.Fatalf("parsePushTime(%q) = %v, want zero", bad, got)
+		if got := parseTime(bad); !got.IsZero() {
+			t.Fatalf("parseTime(%q) = %v, want zero", bad, got)
 		}
 	}
 }
@@ -439,7 +439,7 @@ func FuzzOpen(f *testing.F) {
 		if (m == nil) == (err == nil) {
 			t.Fatalf("Open returned %v and %v", m, err)
 		}
-		if err != nil && !errors.Is(err, ErrPushMalformed) && !errors.Is(err, ErrPushSignature) && !errors.Is(err, ErrPushAppID) {
+		if err != nil && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrSignature) && !errors.Is(err, ErrAppID) {
 			t.Fatalf("unclassified error %v", err)
 		}
 	})
@@ -462,7 +462,7 @@ func FuzzOpenPlaintext(f *testing.F) {
 		if err == nil && m == nil {
 			t.Fatal("nil message without error")
 		}
-		if errors.Is(err, ErrPushSignature) {
+		if errors.Is(err, ErrSignature) {
 			t.Fatalf("signature rejected: %v", err)
 		}
 	})

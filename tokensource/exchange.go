@@ -2,44 +2,25 @@ package tokensource
 
 import (
 	"context"
-	"path"
-	"sort"
-	"strings"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// Info is what may be shown of an authorizer: everything but token values.
-type Info struct {
-	AppID         string       `json:"appid"`
-	Family        Family       `json:"family"`
-	State         State        `json:"state"`
-	AccessExpiry  time.Time    `json:"access_expiry,omitzero"`
-	RefreshExpiry time.Time    `json:"refresh_expiry,omitzero"`
-	LastRefresh   time.Time    `json:"last_refresh,omitzero"`
-	AuthorizedAt  time.Time    `json:"authorized_at,omitzero"`
-	UpdatedAt     time.Time    `json:"updated_at,omitzero"`
-	Generation    uint64       `json:"generation"`
-	Permissions   []Permission `json:"permissions,omitempty"`
-	LastError     *LastError   `json:"last_error,omitempty"`
-	Unsaved       bool         `json:"unsaved,omitempty"` // the newest tokens live only in memory (storage write failing)
+// ExchangeCode exchanges an authorization code an operator supplies (seeding
+// an authorizer) and stores the authorizer's tokens. appid may be "" when
+// unknown. A code already exchanged is a success without a platform call.
+func (e *Engine) ExchangeCode(ctx context.Context, appid string, code Secret) (Info, error) {
+	return e.exchangeCode(ctx, appid, code, time.Time{})
 }
 
-// InfoOf is the displayable view of r.
-func InfoOf(r *Record) Info {
-	return Info{AppID: r.AppID, Family: r.Family, State: r.State, AccessExpiry: r.AccessExpiry,
-		RefreshExpiry: r.RefreshExpiry, LastRefresh: r.LastRefresh, AuthorizedAt: r.AuthorizedAt,
-		UpdatedAt: r.UpdatedAt, Generation: r.Generation, Permissions: r.Permissions, LastError: r.LastError}
-}
-
-// ExchangeCode exchanges an authorization code (from an AUTHORIZED or
-// UPDATE_AUTHORIZED push, the authorization redirect, or an operator) and stores
-// the authorizer's tokens. appid may be "" when unknown (the redirect carries no
-// appid). eventAt orders pushes: an event older than the last one applied to the
-// authorizer is ignored. Pushes are retried by the platform, so a code already
-// exchanged is a success without a platform call.
-func (e *Engine) ExchangeCode(ctx context.Context, appid string, code Secret, eventAt time.Time) (Info, error) {
+// exchangeCode is ExchangeCode for a code from any trusted source (an
+// AUTHORIZED or UPDATE_AUTHORIZED push, an operator). eventAt orders pushes: an
+// event older than the last one applied to the authorizer is ignored; zero
+// stamps the exchange with the local clock. Pushes are retried by the
+// platform, so a code already exchanged is a success without a platform call.
+func (e *Engine) exchangeCode(ctx context.Context, appid string, code Secret, eventAt time.Time) (Info, error) {
 	if code == "" {
 		return Info{}, &Error{Kind: KindBadInput, AppID: appid, Msg: "empty authorization code"}
 	}
@@ -78,7 +59,7 @@ func (e *Engine) exchange(appid string, code Secret, eventAt time.Time, fromRedi
 		stamp = e.localEventTime()
 	}
 
-	var next *Record
+	var next *record
 	if appid == "" {
 		// The redirect after an authorization carries the code the AUTHORIZED
 		// push already exchanged: answer from the code index, with no platform call.
@@ -122,7 +103,7 @@ func (e *Engine) exchange(appid string, code Secret, eventAt time.Time, fromRedi
 				prev = rec
 			}
 			e.adopt(s, prev, e.now())
-			return InfoOf(prev), nil
+			return infoOf(prev), nil
 		}
 		if prev.Family != e.family && prev.State == StateActive {
 			e.log.Warn("authorizer moves to another token family with a new code", zapApp(appid),
@@ -130,7 +111,7 @@ func (e *Engine) exchange(appid string, code Secret, eventAt time.Time, fromRedi
 		}
 		if next == nil && !eventAt.IsZero() && eventAt.Before(prev.LastEventAt) {
 			e.log.Info("ignoring an authorization push older than the last one applied", zapApp(appid))
-			return InfoOf(prev), nil
+			return infoOf(prev), nil
 		}
 	}
 	if next == nil {
@@ -148,7 +129,36 @@ func (e *Engine) exchange(appid string, code Secret, eventAt time.Time, fromRedi
 	e.commitLocked(ctx, s, next)
 	e.rememberCode(ctx, fp, appid)
 	e.log.Info("authorization code exchanged", zapApp(appid), zap.Uint64("generation", next.Generation))
-	return InfoOf(next), nil
+	return infoOf(next), nil
+}
+
+// exchangeLocked swaps code for a token pair. The storage lock of appid is held
+// (or appid is not known yet and the caller locks before storing).
+func (e *Engine) exchangeLocked(ctx context.Context, rec *record, appid string, code Secret) (*record, error) {
+	var g grant
+	start := e.now()
+	err := e.withComponentToken(ctx, func(ct Secret) error {
+		return e.retry(ctx, func(ctx context.Context) error {
+			var err error
+			t0 := time.Now()
+			g, err = e.client.ExchangeCode(ctx, ct, code)
+			e.logCall(OpExchange, appid, t0, err)
+			return err
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if appid != "" && g.AppID != "" && g.AppID != appid {
+		return nil, &Error{Kind: KindPlatform, AppID: appid, Msg: fmt.Sprintf("the code belongs to authorizer %s, not to this one", g.AppID)}
+	}
+	if appid == "" {
+		appid = g.AppID
+	}
+	next := e.fromGrant(rec, appid, g, start)
+	next.AuthorizedAt = next.LastRefresh
+	next.LastCode = code.Fingerprint()
+	return next, nil
 }
 
 // localEventTime is the event time of an authorization established here (a
@@ -204,93 +214,10 @@ func (e *Engine) forgetOldCodes(ctx context.Context) {
 
 func (e *Engine) exchangeError(appid string, err error) error {
 	switch {
-	case IsCodeExpired(err):
+	case isCodeExpired(err):
 		return &Error{Kind: KindPlatform, AppID: appid, Msg: "the authorization code expired or was already used (codes live 1 hour and work once): retrieve a new one", Err: err}
-	case NeedsReauthorization(err):
+	case needsReauthorization(err):
 		return &Error{Kind: KindUnauthorized, AppID: appid, Msg: "the platform says this mini-app is not authorized to the TP", Err: err}
 	}
 	return e.unavailable(appid, err, e.cfg.RetryBase)
-}
-
-// Unauthorize marks the authorizer unauthorized (an UNAUTHORIZED push) and
-// forgets its tokens: requests then fail at once, with no platform call, until a
-// new code arrives. An event older than the last one applied is ignored.
-func (e *Engine) Unauthorize(ctx context.Context, appid string, eventAt time.Time) error {
-	if err := CheckAppID(appid); err != nil {
-		return err
-	}
-	_, err := e.locked(ctx, "\x00unauth:", appid, "record the revocation", func(octx context.Context, s *slot, prev *Record) (any, error) {
-		now := e.now()
-		next := &Record{AppID: appid, Family: e.family}
-		if prev != nil {
-			if !eventAt.IsZero() && eventAt.Before(prev.LastEventAt) {
-				e.log.Info("ignoring an UNAUTHORIZED push older than the last authorization", zapApp(appid))
-				return nil, nil
-			}
-			if prev.State == StateUnauthorized {
-				return nil, nil
-			}
-			next = prev.clone()
-		}
-		next.State = StateUnauthorized
-		next.AccessToken, next.RefreshToken = "", ""
-		next.AccessExpiry, next.RefreshExpiry = time.Time{}, time.Time{}
-		next.UpdatedAt = now
-		if eventAt.After(next.LastEventAt) {
-			next.LastEventAt = eventAt
-		}
-		next.Generation++
-		if err := e.saveRecord(octx, next); err != nil {
-			// Still stop using it here; the next push retry stores it.
-			s.cur.Store(e.newEntry(next, now))
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "storing the revocation failed", RetryAfter: 5 * time.Second, Err: err}
-		}
-		s.cur.Store(e.newEntry(next, now))
-		e.log.Warn("authorizer unauthorized", zapApp(appid))
-		return nil, nil
-	})
-	return err
-}
-
-// AppIDs lists the authorizers that have a record in storage, sorted.
-func (e *Engine) AppIDs(ctx context.Context) ([]string, error) {
-	list, err := e.store.List(ctx, e.keys.authorizerDir(), false)
-	if err != nil {
-		if isNotExist(err) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	ids := make([]string, 0, len(list))
-	for _, k := range list {
-		name := path.Base(k)
-		if id, ok := strings.CutSuffix(name, ".json"); ok && ValidAppID(id) {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	return ids, nil
-}
-
-// locked runs fn once per key+appid at a time (single-flight), as an engine
-// operation holding the authorizer's storage lock, with its stored record (nil
-// when there is none). what says, in errors, what the lock was needed for.
-func (e *Engine) locked(ctx context.Context, key, appid, what string, fn func(ctx context.Context, s *slot, prev *Record) (any, error)) (any, error) {
-	return e.await(ctx, key+appid, func() (any, error) {
-		octx, done, err := e.begin()
-		if err != nil {
-			return nil, err
-		}
-		defer done()
-		release, err := e.acquire(octx, e.keys.authorizerLock(appid))
-		if err != nil {
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot take the storage lock to " + what, RetryAfter: 2 * time.Second, Err: err}
-		}
-		defer release()
-		prev, err := e.loadRecord(octx, appid)
-		if err != nil && !isNotExist(err) {
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
-		}
-		return fn(octx, e.slotFor(appid), prev)
-	})
 }

@@ -8,8 +8,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// Operations for operators (the admin API). None returns a token value.
-
 // Info returns what is on record for appid (storage first; memory when the
 // newest record could not be written).
 func (e *Engine) Info(ctx context.Context, appid string) (Info, error) {
@@ -19,7 +17,7 @@ func (e *Engine) Info(ctx context.Context, appid string) (Info, error) {
 	rec, err := e.loadRecord(ctx, appid)
 	mem := e.cachedEntry(appid)
 	if mem != nil && mem.dirty && mem.rec != nil && (rec == nil || mem.rec.Generation > rec.Generation) {
-		info := InfoOf(mem.rec)
+		info := infoOf(mem.rec)
 		info.Unsaved = true
 		return info, nil
 	}
@@ -29,7 +27,7 @@ func (e *Engine) Info(ctx context.Context, appid string) (Info, error) {
 		}
 		return Info{}, err
 	}
-	return InfoOf(rec), nil
+	return infoOf(rec), nil
 }
 
 func (e *Engine) cachedEntry(appid string) *entry {
@@ -45,7 +43,7 @@ func (e *Engine) List(ctx context.Context, after string, limit int) ([]Info, str
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	ids, err := e.AppIDs(ctx)
+	ids, err := e.appIDs(ctx)
 	if err != nil {
 		return nil, "", err
 	}
@@ -102,7 +100,7 @@ func (e *Engine) Recover(ctx context.Context, appid string, allowNew bool) (Info
 	}
 	tag, untag := e.tagApp(appid, CauseLive, !e.onRecord(ctx, appid))
 	defer untag()
-	_, err := e.locked(ctx, "\x00recover:", appid, "recover", func(octx context.Context, s *slot, prev *Record) (any, error) {
+	_, err := e.locked(ctx, "\x00recover:", appid, "recover", func(octx context.Context, s *slot, prev *record) (any, error) {
 		now := e.now()
 		if prev == nil {
 			return e.recoverNewLocked(octx, appid, s, allowNew)
@@ -144,7 +142,7 @@ func (e *Engine) recoverNewLocked(ctx context.Context, appid string, s *slot, al
 		return nil, &Error{Kind: KindRateLimited, RetryAfter: newAppRecoveryEvery,
 			Msg: fmt.Sprintf("recoveries of appids with no record are limited to %d at once, then one per %s, on each instance; try again later", newAppRecoveryBurst, newAppRecoveryEvery)}
 	}
-	next, err := e.recoverLocked(ctx, &Record{AppID: appid, Family: e.family})
+	next, err := e.recoverLocked(ctx, &record{AppID: appid, Family: e.family})
 	if err != nil {
 		return nil, err // nothing stored: the appid may not even be one
 	}
@@ -172,7 +170,7 @@ func (e *Engine) Forget(ctx context.Context, appid string) error {
 	if err := CheckAppID(appid); err != nil {
 		return err
 	}
-	_, err := e.locked(ctx, "\x00forget:", appid, "forget it", func(octx context.Context, _ *slot, _ *Record) (any, error) {
+	_, err := e.locked(ctx, "\x00forget:", appid, "forget it", func(octx context.Context, _ *slot, _ *record) (any, error) {
 		if err := e.store.Delete(octx, e.keys.authorizer(appid)); err != nil && !isNotExist(err) {
 			return nil, err
 		}
@@ -214,7 +212,7 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 	}
 	tag, untag := e.tagApp(appid, CauseImport, !e.onRecord(ctx, appid))
 	defer untag()
-	v, err := e.locked(ctx, "\x00import:", appid, "import it", func(octx context.Context, s *slot, prev *Record) (any, error) {
+	v, err := e.locked(ctx, "\x00import:", appid, "import it", func(octx context.Context, s *slot, prev *record) (any, error) {
 		if prev != nil {
 			tag.unconfirmed.Store(false)
 		}
@@ -227,13 +225,13 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 				return ImportResult{Result: "skipped", Detail: fmt.Sprintf("already on record and active (generation %d); forget it first to import over it", prev.Generation)}, nil
 			}
 		}
-		base := &Record{AppID: appid, Family: e.family, State: StateActive, RefreshToken: refreshToken, RefreshExpiry: refreshExpiry}
+		base := &record{AppID: appid, Family: e.family, State: StateActive, RefreshToken: refreshToken, RefreshExpiry: refreshExpiry}
 		if prev != nil {
 			base.Generation, base.AuthorizedAt, base.Permissions, base.ForcedAt = prev.Generation, prev.AuthorizedAt, prev.Permissions, prev.ForcedAt
 		}
 		result := "imported"
 		next, err := e.refreshLocked(octx, base)
-		if IsRefreshTokenDead(err) {
+		if isRefreshTokenDead(err) {
 			result = "recovered"
 			next, err = e.recoverLocked(octx, base)
 		}
@@ -249,7 +247,7 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 		}
 		e.commitLocked(octx, s, next)
 		e.log.Info("legacy refresh token imported", zapApp(appid), zap.String("result", result))
-		info := InfoOf(next)
+		info := infoOf(next)
 		return ImportResult{Result: result, Info: &info}, nil
 	})
 	if err != nil {
@@ -265,7 +263,8 @@ func (e *Engine) Import(ctx context.Context, appid string, refreshToken Secret, 
 	return r
 }
 
-// ComponentInfo is what may be shown of the component token and ticket.
+// ComponentInfo is what may be shown of the component: its ticket, its token,
+// and what the last sweep of its authorizers found.
 type ComponentInfo struct {
 	ComponentAppID   string    `json:"component_appid"`
 	Family           Family    `json:"family"`
@@ -274,11 +273,18 @@ type ComponentInfo struct {
 	TicketAgeSeconds float64   `json:"ticket_age_seconds,omitempty"`
 	TokenExpiry      time.Time `json:"component_token_expiry,omitzero"`
 	TokenGeneration  uint64    `json:"component_token_generation,omitempty"`
+	// Sweep is what the last sweep of storage found (nil before the first).
+	Sweep *Summary `json:"sweep,omitempty"`
 }
 
-// ComponentInfo reports ticket and component-token state (storage first).
+// ComponentInfo reports ticket and component-token state (storage first) and
+// the last sweep (memory).
 func (e *Engine) ComponentInfo(ctx context.Context) ComponentInfo {
 	ci := ComponentInfo{ComponentAppID: e.cfg.ComponentAppID, Family: e.family}
+	if s := e.summary.Load(); s != nil {
+		sum := *s
+		ci.Sweep = &sum
+	}
 	t := e.ticket.Load()
 	if stored, err := e.loadTicket(ctx); err == nil && (t == nil || stored.ReceivedAt.After(t.ReceivedAt)) {
 		t = stored
@@ -295,4 +301,10 @@ func (e *Engine) ComponentInfo(ctx context.Context) ComponentInfo {
 		ci.TokenExpiry, ci.TokenGeneration = en.rec.AccessExpiry, en.rec.Generation
 	}
 	return ci
+}
+
+func rateLimited(appid string, wait time.Duration) error {
+	return &Error{Kind: KindRateLimited, AppID: appid, RetryAfter: wait,
+		Msg: fmt.Sprintf("at most %d forced refreshes or recoveries per authorizer in %s (counted across all instances); try again in %s",
+			forcedMax, forcedWindow, wait.Round(time.Second))}
 }
