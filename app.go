@@ -46,6 +46,7 @@ type App struct {
 	storage certmagic.Storage
 	logger  *zap.Logger
 	ctx     caddy.Context // to find the http app once every app is provisioned (Start)
+	loops   *loopCheck    // the start-up check of upstreams resolving to this Caddy (loop.go)
 }
 
 // Component configures one TP (component appid). Secret fields accept {env.*}
@@ -405,12 +406,16 @@ func (a *App) Start() error {
 	for _, id := range a.order {
 		a.comps[id].pooled.start()
 	}
+	a.loops = startLoopCheck(a.ctx, a.logger)
 	return nil
 }
 
-// Stop stops nothing: engines are released in Cleanup, after the next config
-// (if any) has taken its references.
-func (a *App) Stop() error { return nil }
+// Stop ends this config's start-up loop check. Engines are released in
+// Cleanup, after the next config (if any) has taken its references.
+func (a *App) Stop() error {
+	a.loops.stop()
+	return nil
+}
 
 // Cleanup releases this config's references to the engines; the last one closes
 // an engine, waiting for its operations in flight.

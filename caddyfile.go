@@ -19,6 +19,8 @@ func init() {
 	httpcaddyfile.RegisterGlobalOption("tptoken", parseGlobalOption)
 	httpcaddyfile.RegisterHandlerDirective("tptoken", parseHandler)
 	httpcaddyfile.RegisterDirectiveOrder("tptoken", httpcaddyfile.Before, "reverse_proxy")
+	httpcaddyfile.RegisterDirective("tptoken_proxy", parseProxy) // tptoken_proxy.go
+	httpcaddyfile.RegisterDirectiveOrder("tptoken_proxy", httpcaddyfile.After, "reverse_proxy")
 	httpcaddyfile.RegisterHandlerDirective("tptoken_events", parseEvents)
 	httpcaddyfile.RegisterDirectiveOrder("tptoken_events", httpcaddyfile.Before, "respond")
 }
@@ -264,11 +266,13 @@ func redirectExchangesArgs(d *caddyfile.Dispenser, c *Component) error {
 //		appid query <name>        # or: take it from a query parameter
 //		appid path                # or: the first path segment (/<appid>/openapi/...), stripped
 //		appid <placeholder>       # or: any placeholder; nothing is removed
-//		token authorizer|component  # default authorizer; component for TP-level APIs
+//		appid token               # or: where the token goes (header access-token, x-token, access_token;
+//		                          # query authorizer_access_token, ...): every such place is removed
+//		token authorizer|component|auto  # default authorizer; component for TP-level APIs; auto: by path
 //		allow <appid...>          # optional allow list; may repeat
 //		component <appid>         # which TP, when the app has several
 //		max_replay_body <size>|off  # default 1MiB: body buffered to replay once on an invalid token
-//		error_response envelope|handle_errors  # default envelope
+//		error_response envelope|platform|handle_errors  # default envelope
 //	}
 //
 // The handler hands the token to `reverse_proxy ... { transport tptoken }`.
@@ -300,12 +304,12 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				if len(args) == 2 {
 					m.AppID.Name = args[1]
 				}
-			case len(args) == 1 && args[0] == "path":
-				m.AppID = &AppIDSource{From: "path"}
+			case len(args) == 1 && (args[0] == "path" || args[0] == "token"):
+				m.AppID = &AppIDSource{From: args[0]}
 			case len(args) == 1 && isPlaceholder(args[0]):
 				m.AppID = &AppIDSource{From: "placeholder", Name: args[0]}
 			default:
-				return d.Errf("appid: want `header <name>`, `query <name>`, `path` or a {placeholder}, got %q", strings.Join(args, " "))
+				return d.Errf("appid: want `header <name>`, `query <name>`, `path`, `token` or a {placeholder}, got %q", strings.Join(args, " "))
 			}
 			if err := checkAppIDSource(m.AppID); err != nil {
 				return at(d, err)

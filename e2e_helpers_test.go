@@ -58,6 +58,7 @@ type e2e struct {
 	events   string // base URL of the tptoken_events site
 	site     string // extra site-block lines for the tptoken site, before reverse_proxy
 	handler  string // the tptoken handler block body
+	route    string // with withRoute: the site's routes, instead of handler + reverse_proxy
 	global   string // extra lines in the tptoken global block
 	evBlock  string // the tptoken_events directive's block body ("" = none)
 	admin    string // admin endpoint (host:port) with withAdmin; "" = admin off
@@ -184,6 +185,11 @@ func (x *e2e) caddyfile() string {
 		handler = "tptoken"
 	}
 	handler = strings.ReplaceAll(handler, "{{emu}}", x.emuURL) // the platform's address, for handler blocks with their own proxy
+	routes := handler + "\n\treverse_proxy " + x.emuURL + " {\n\t\ttransport tptoken\n\t}"
+	if x.route != "" {
+		_, port, _ := net.SplitHostPort(strings.TrimPrefix(x.proxy, "http://"))
+		routes = strings.NewReplacer("{{emu}}", x.emuURL, "{{proxy}}", x.proxy, "{{proxy_port}}", port).Replace(x.route)
+	}
 	admin := "off"
 	if x.admin != "" {
 		admin = x.admin
@@ -215,15 +221,12 @@ func (x *e2e) caddyfile() string {
 %s {
 	%s
 	%s
-	reverse_proxy %s {
-		transport tptoken
-	}
 }
 
 %s {
 	%s
 }
-`, admin, x.storage, x.logFile, x.family, x.emuURL, x.global, x.proxy, x.site, handler, x.emuURL, x.events, events)
+`, admin, x.storage, x.logFile, x.family, x.emuURL, x.global, x.proxy, x.site, routes, x.events, events)
 }
 
 // start adapts the Caddyfile and loads it (a reload when Caddy already runs).
@@ -385,6 +388,11 @@ func isConnectionReset(err error) bool {
 
 // withSite adds lines to the tptoken site block (before the handler).
 func withSite(lines string) e2eOpt { return func(e *e2e) { e.site = lines } }
+
+// withRoute makes body the tptoken site's routes, instead of the handler and
+// a reverse_proxy to the platform ({{emu}}: the platform's URL; {{proxy}}:
+// the site's own, {{proxy_port}} its port).
+func withRoute(body string) e2eOpt { return func(e *e2e) { e.route = body } }
 
 // rawCall sends a request through Caddy and returns the status, headers and body
 // as they are, for answers that are not the family's JSON.

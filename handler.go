@@ -1,6 +1,7 @@
 package tptoken
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -32,7 +33,9 @@ type Handler struct {
 	Component string `json:"component,omitempty"`
 	// AppID says where the authorizer appid comes from. Default: header X-Authorizer-Appid.
 	AppID *AppIDSource `json:"appid,omitempty"`
-	// Token is the kind of token injected: authorizer (default) or component.
+	// Token is the kind of token injected: authorizer (default), component,
+	// or auto: the one the API's path takes (component for the family's
+	// TP-level APIs, authorizer otherwise).
 	Token string `json:"token,omitempty"`
 	// Allow, when set, lists the only authorizer appids served.
 	Allow []string `json:"allow,omitempty"`
@@ -40,21 +43,29 @@ type Handler struct {
 	// after the platform rejected its token. Default 1 MiB; -1 disables replay.
 	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
 	// ErrorResponse: envelope (default) answers failures in the family's JSON
-	// envelope; handle_errors returns them to Caddy for handle_errors routes.
+	// envelope with an HTTP error status; platform answers them as the
+	// platform does, HTTP 200 with the code in the envelope (for clients such
+	// as the official SDKs, which discard the body of any other status);
+	// handle_errors returns them to Caddy for handle_errors routes.
 	ErrorResponse string `json:"error_response,omitempty"`
 
 	comp        *component
 	allow       map[string]struct{}
 	component   bool   // inject the component token
+	auto        bool   // inject the token the path takes (token auto)
+	slot        bool   // the appid is in the token slot (appid token)
+	platform    bool   // error_response platform
 	takeCarrier bool   // read (and remove) the appid carrier
 	headerKey   string // canonical form of the appid header
 	logger      *zap.Logger
 	noTransport *rate.Sometimes // bounds the log lines about a missing transport
+	loopLog     *rate.Sometimes // bounds the log lines about request loops
 }
 
 // AppIDSource is where the appid comes from.
 type AppIDSource struct {
-	// From: header, query, path or placeholder.
+	// From: header, query, path, placeholder, or token: wherever the platform's
+	// APIs take a token (the appid in the token slot; tokenslot.go).
 	From string `json:"from"`
 	// Name: the header or query parameter name, or the placeholder (for example
 	// {http.request.uri.query.appid}). Unused for path.
@@ -80,7 +91,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 func (h *Handler) provision(ctx caddy.Context) error {
 	h.noTransport = &rate.Sometimes{First: 1, Interval: time.Minute}
+	h.loopLog = &rate.Sometimes{First: 1, Interval: time.Minute}
 	h.component = h.Token == "component"
+	h.auto = h.Token == "auto"
+	h.platform = h.ErrorResponse == "platform"
 	// A component token needs no appid: its carrier is read only when configured.
 	h.takeCarrier = !h.component || h.AppID != nil
 	if h.AppID == nil {
@@ -90,7 +104,8 @@ func (h *Handler) provision(ctx caddy.Context) error {
 	if err := checkAppIDSource(h.AppID); err != nil {
 		return err
 	}
-	if h.AppID.From != "path" {
+	h.slot = h.AppID.From == "token"
+	if h.AppID.From != "path" && !h.slot {
 		h.headerKey = http.CanonicalHeaderKey(h.AppID.Name)
 	}
 	if h.Token != "" {
@@ -135,19 +150,34 @@ func (h *Handler) provision(ctx caddy.Context) error {
 // token in the request context for the transport.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	inj := &injection{comp: h.comp, component: h.component, maxReplayBody: h.MaxReplayBody}
+	if _, ok := r.Header[hopHeader]; ok {
+		return h.refuseLoop(w, r, repl) // before anything is read (loop.go)
+	}
+	component := h.component || h.auto && h.comp.family.TakesComponentToken(r.URL.Path)
+	inj := &injection{comp: h.comp, component: component, maxReplayBody: h.MaxReplayBody}
 
 	if repl != nil {
 		repl.Set("http.tptoken.replayed", false) // the transport sets true when it replays
 	}
-	if h.takeCarrier {
-		inj.appid = h.takeAppID(r, repl)
-		if repl != nil {
-			repl.Set("http.tptoken.appid", inj.appid)
+	if h.slot {
+		v, conflict := takeTokenSlot(r)
+		if conflict != "" {
+			return h.fail(w, r, repl, &tokensource.Error{Kind: tokensource.KindBadAppID, Msg: errSlotConflict(conflict).Error()})
 		}
+		if !component { // a component token needs no appid: the slot's value is dropped
+			inj.appid = v
+		}
+	} else if h.takeCarrier {
+		inj.appid = h.takeAppID(r, repl)
 	}
 	var err error
-	if h.component {
+	if component {
+		// The appid is not used; it is shown only if it is one.
+		if tokensource.ValidAppID(inj.appid) {
+			h.showAppID(repl, inj.appid)
+		} else {
+			inj.appid = ""
+		}
 		inj.tok, err = h.comp.engine.ComponentToken(r.Context())
 	} else {
 		switch {
@@ -157,12 +187,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		case !tokensource.ValidAppID(inj.appid):
 			return h.fail(w, r, repl, tokensource.CheckAppID(inj.appid))
 		}
+		// A value from the token slot may be a token (an app sending its old
+		// one): it is shown once storage knows it as an appid (tokenslot.go).
+		if !h.slot {
+			h.showAppID(repl, inj.appid)
+		}
 		if h.allow != nil {
 			if _, ok := h.allow[inj.appid]; !ok {
-				return h.fail(w, r, repl, errNotAllowed(inj.appid))
+				return h.fail(w, r, repl, h.unconfirmed(errNotAllowed(inj.appid), inj.appid))
 			}
 		}
 		inj.tok, err = h.comp.engine.Token(r.Context(), inj.appid)
+		if h.slot {
+			if tokensource.KindOf(err) == tokensource.KindUnknownAuthorizer {
+				err = unconfirmed{err: err, value: inj.appid}
+			} else {
+				h.showAppID(repl, inj.appid)
+			}
+		}
 	}
 	if err != nil {
 		return h.fail(w, r, repl, err)
@@ -171,17 +213,42 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		c.Write(zap.String("appid", inj.appid), zap.Uint64("generation", inj.tok.Generation), zap.Time("expiry", inj.tok.Expiry))
 	}
 	// The guard makes any transport but tptoken's refuse to send the request
-	// (routecheck.go): a request never leaves without its token. inj is the
-	// ResponseWriter of the rest of the route: it cleans the token from
-	// informational answers (transport.go). The request ends when next returns:
-	// what its body held of the replay memory is given back.
+	// (routecheck.go): a request never leaves without its token. The hop
+	// header marks what tptoken sends, so that it is refused if it comes back
+	// (loop.go). inj is the ResponseWriter of the rest of the route: it
+	// cleans the token from informational answers (transport.go). The request
+	// ends when next returns: what its body held of the replay memory is given
+	// back.
 	r.Header[guardHeader] = guardValue
+	r.Header[hopHeader] = hopValue
 	inj.ResponseWriter = w
 	err = next.ServeHTTP(inj, attach(r, inj))
 	delete(r.Header, guardHeader)
+	delete(r.Header, hopHeader)
 	inj.release()
 	if !inj.used.Load() {
 		return h.notInjected(w, r, repl, err)
+	}
+	if err != nil && h.platform && !inj.answered && !errors.Is(err, context.Canceled) {
+		// reverse_proxy got no answer and wrote none: say so as the platform would.
+		return h.fail(w, r, repl, errUnreachable{err})
+	}
+	return err
+}
+
+// showAppID sets {http.tptoken.appid}, which the failure envelope and logs
+// show: only for a value known to be an appid.
+func (h *Handler) showAppID(repl *caddy.Replacer, appid string) {
+	if repl != nil {
+		repl.Set("http.tptoken.appid", appid)
+	}
+}
+
+// unconfirmed marks err about appid as unconfirmed when appid came from the
+// token slot (tokenslot.go).
+func (h *Handler) unconfirmed(err error, appid string) error {
+	if h.slot {
+		return unconfirmed{err: err, value: appid}
 	}
 	return err
 }
@@ -202,6 +269,24 @@ func (h *Handler) notInjected(w http.ResponseWriter, r *http.Request, repl *cadd
 	}
 	metricsFor(h.comp.appID).notInjected.Inc()
 	return h.fail(w, r, repl, errNoTransport{})
+}
+
+// errUnreachable: reverse_proxy got no answer from the platform (it could not
+// connect, or the connection failed before an answer); with error_response
+// platform the client gets the family's envelope rather than an empty 502.
+type errUnreachable struct{ err error }
+
+func (e errUnreachable) Error() string {
+	cause := e.err
+	var he caddyhttp.HandlerError
+	if errors.As(cause, &he) && he.Err != nil {
+		cause = he.Err
+	}
+	msg := cause.Error()
+	if len(msg) > 200 {
+		msg = msg[:200] + "..."
+	}
+	return "no answer from the platform (" + msg + "); the request may not have reached it: try again later"
 }
 
 // errNoTransport: the request reached a reverse_proxy without `transport
@@ -280,6 +365,11 @@ func stripFirstSegment(u *url.URL) (string, bool) {
 
 func (h *Handler) carrierHint() string {
 	switch h.AppID.From {
+	case "token":
+		if h.comp.family == tokensource.V2 {
+			return "where the token goes: in the access-token header (or access_token, x-token)"
+		}
+		return "where the token goes: in the authorizer_access_token query parameter"
 	case "header":
 		return "in the " + h.AppID.Name + " header"
 	case "query":
@@ -307,7 +397,9 @@ type failure struct {
 
 // Codes in the envelope follow the platform's meaning, so a legacy app's error
 // handling keeps working: 40001 bad parameter, 40022 not authorized to the TP,
-// 40008 operation not allowed, 40000 system error (try again).
+// 40008 operation not allowed, 40000 system error (try again). Never 0, and
+// never a code that says "this token is invalid" (rejectsToken): a client, or
+// a tptoken in front of this one, would renew its token and try again.
 func failureOf(err error) failure {
 	var na errNotAllowed
 	if errors.As(err, &na) {
@@ -315,6 +407,12 @@ func failureOf(err error) failure {
 	}
 	if errors.As(err, new(errNoTransport)) {
 		return failure{status: http.StatusBadGateway, kind: "no_transport", errno: 40000}
+	}
+	if errors.As(err, new(errLoop)) {
+		return failure{status: http.StatusLoopDetected, kind: "loop", errno: 40000}
+	}
+	if errors.As(err, new(errUnreachable)) {
+		return failure{status: http.StatusBadGateway, kind: "platform_unreachable", errno: 40000}
 	}
 	var te *tokensource.Error
 	if !errors.As(err, &te) {
@@ -336,7 +434,7 @@ func failureOf(err error) failure {
 	case tokensource.KindPlatform:
 		f.status, f.errno = http.StatusBadGateway, 40000
 		var pe *tokensource.PlatformError
-		if errors.As(err, &pe) && pe.Code != 0 {
+		if errors.As(err, &pe) && pe.Code != 0 && !rejectsToken(pe.Code) {
 			f.errno = pe.Code
 		}
 	default:
@@ -345,10 +443,25 @@ func failureOf(err error) failure {
 	return f
 }
 
+// rejectsToken reports the codes with which the platform rejects the token a
+// call carried (inspect.go): v1 40020, v2 28001003 / 28001008, and the
+// component token's 40009 / 40010.
+func rejectsToken(code int) bool {
+	switch code {
+	case 40020, 28001003, 28001008, 40009, 40010:
+		return true
+	}
+	return false
+}
+
 // clientMessage is what the legacy app is told: what happened and what to do,
 // plus the platform's own answer when there is one. Other causes (storage
 // paths, lock errors) go to the log only.
 func clientMessage(err error) string {
+	var u unconfirmed
+	if errors.As(err, &u) {
+		return u.hide(clientMessage(u.err))
+	}
 	var te *tokensource.Error
 	if !errors.As(err, &te) {
 		return err.Error()
@@ -367,29 +480,49 @@ func clientMessage(err error) string {
 // fail answers a request the handler cannot serve: in the family's envelope, or
 // as a Caddy error for handle_errors. Placeholders carry the outcome for logs.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err error) error {
+	if h.ErrorResponse == "handle_errors" {
+		f := h.outcome(repl, err)
+		return caddyhttp.Error(f.status, err)
+	}
+	return h.answer(w, r, repl, err)
+}
+
+// outcome sets the placeholders of a failure and logs it.
+func (h *Handler) outcome(repl *caddy.Replacer, err error) failure {
 	f := failureOf(err)
-	msg := clientMessage(err)
 	if repl != nil {
 		repl.Set("http.tptoken.error", f.kind)
 		repl.Set("http.tptoken.errno", f.errno)
-		repl.Set("http.tptoken.message", msg)
-	}
-	if f.retryAfter > 0 {
-		w.Header().Set("Retry-After", strconv.Itoa(int((f.retryAfter+time.Second-1)/time.Second)))
+		repl.Set("http.tptoken.message", clientMessage(err))
 	}
 	lvl := h.logger.Debug // a client's mistake is request-path noise: the access log has the status
 	if f.status >= 500 {
 		lvl = h.logger.Warn
 	}
 	lvl("request not served", zap.String("kind", f.kind), zap.Int("status", f.status), zap.Error(err))
-	if h.ErrorResponse == "handle_errors" {
-		return caddyhttp.Error(f.status, err)
+	return f
+}
+
+// answer answers a failure in the family's envelope: with the failure's HTTP
+// status, or with error_response platform as the platform answers its own
+// errors, HTTP 200 with the code in the body. Either way every field the
+// platform's SDKs read is set (docs/sdk-compat.md §What the caller sees):
+// v2 err_no, err_msg, err_tips and log_id; v1 errno and message.
+func (h *Handler) answer(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err error) error {
+	f := h.outcome(repl, err)
+	msg := clientMessage(err)
+	if f.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((f.retryAfter+time.Second-1)/time.Second)))
 	}
 	appid := ""
 	if repl != nil {
 		appid, _ = repl.GetString("http.tptoken.appid")
 	}
-	detail := map[string]any{"error": f.kind, "appid": appid}
+	detail := map[string]any{"error": f.kind, "appid": appid, "status": f.status}
+	var u unconfirmed
+	if errors.As(err, &u) {
+		detail["appid_fingerprint"] = tokensource.Secret(u.value).Fingerprint()
+	}
 	if f.retryAfter > 0 {
 		detail["retry_after"] = int((f.retryAfter + time.Second - 1) / time.Second)
 	}
@@ -399,14 +532,18 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 		if repl != nil {
 			logID, _ = repl.GetString("http.request.uuid")
 		}
-		body = map[string]any{"err_no": f.errno, "err_msg": msg, "log_id": logID, "data": map[string]any{}, "tptoken": detail}
+		body = map[string]any{"err_no": f.errno, "err_msg": msg, "err_tips": msg, "log_id": logID, "data": map[string]any{}, "tptoken": detail}
 	} else {
 		body = map[string]any{"errno": f.errno, "message": msg, "tptoken": detail}
 	}
 	b, _ := json.Marshal(body)
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(f.status)
+	if h.platform {
+		w.WriteHeader(http.StatusOK)
+	} else {
+		w.WriteHeader(f.status)
+	}
 	_, _ = w.Write(b)
 	return nil
 }

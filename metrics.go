@@ -41,6 +41,7 @@ type metricSet struct {
 	recoveriesPerApp *prometheus.CounterVec   // component_appid, appid, result
 	importRows       *prometheus.CounterVec   // component_appid, result
 	notInjected      *prometheus.CounterVec   // component_appid
+	loops            *prometheus.CounterVec   // component_appid
 	rejections       *prometheus.CounterVec   // component_appid, token, result
 	unbuffered       *prometheus.CounterVec   // component_appid
 
@@ -96,6 +97,9 @@ func newMetricSet() *metricSet {
 		notInjected: counter("requests_not_injected_total",
 			"Requests a tptoken handler resolved a token for that reached a reverse_proxy without `transport tptoken`: refused with 502, never sent without their token.",
 			"component_appid"),
+		loops: counter("request_loops_total",
+			"Requests refused because a tptoken transport had sent them already: an upstream name resolves to this sidecar (README: Drop-in).",
+			"component_appid"),
 		rejections: counter("token_rejections_total",
 			"Upstream answers that rejected the current token, by token kind (authorizer, component) and what came of it: invalidated (reloaded, renewed if still current), throttled (the same token was acted on less than a minute ago), breaker_tripped (a token just renewed because of such an answer was rejected again: such answers renew nothing for 10 minutes), breaker_open (ignored meanwhile).",
 			"component_appid", "token", "result"),
@@ -108,7 +112,7 @@ func newMetricSet() *metricSet {
 // collectors lists the set's collectors; the per-appid ones only when asked,
 // so a config without metrics_per_appid exports none of their past series.
 func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
-	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.rejections, s.unbuffered}
+	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.loops, s.rejections, s.unbuffered}
 	if perAppID {
 		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
 	}
@@ -141,6 +145,7 @@ func (s *metricSet) component(appid string) *componentMetrics {
 	m.replayed = s.replays.WithLabelValues(appid, replayReplayed)
 	m.notReplayed = s.replays.WithLabelValues(appid, replayNoFreshToken)
 	m.notInjected = s.notInjected.WithLabelValues(appid)
+	m.loops = s.loops.WithLabelValues(appid)
 	for _, cause := range []string{tokensource.CauseLive, tokensource.CauseImport} {
 		for _, res := range []string{"ok", "failed"} {
 			s.recoveries.WithLabelValues(appid, cause, res) // exported from 0, so increase() sees the first one
@@ -162,6 +167,7 @@ type componentMetrics struct {
 	durations             map[string]prometheus.Observer
 	replayed, notReplayed prometheus.Counter
 	notInjected           prometheus.Counter
+	loops                 prometheus.Counter
 }
 
 // Lookup implements tokensource.Observer. It is on the request path.

@@ -98,6 +98,7 @@ type injection struct {
 	reserved      int64              // bytes of replayMemory held by prefix
 	used          atomic.Bool
 	component     bool            // component token instead of authorizer token
+	answered      bool            // RoundTrip returned an answer (reverse_proxy writes it)
 	sent          bool            // out is in use
 	bodyRead      bool            // the request body was read (prefix)
 	complete      bool            // prefix is the whole body
@@ -115,6 +116,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	inj.used.Store(true)
 	delete(req.Header, guardHeader) // the guard stops every other transport (routecheck.go)
 
+	resp, err := t.roundTrip(req, inj)
+	inj.answered = err == nil
+	return resp, err
+}
+
+func (t *Transport) roundTrip(req *http.Request, inj *injection) (*http.Response, error) {
 	body, replay := inj.requestBody(req, t.logger)
 	resp, err := t.send(req, inj, inj.tok, body)
 	if err != nil || !replay {

@@ -181,24 +181,26 @@ func checkMaxReplayMemory(n int64) error {
 	return invalid("max_replay_memory", strconv.FormatInt(n, 10), wantReplayMemory)
 }
 
-// checkToken: a handler injects the authorizer or the component token.
+// checkToken: a handler injects the authorizer or the component token, or
+// the one the API's path takes (auto).
 func checkToken(v string) error {
-	if v == "authorizer" || v == "component" {
+	if v == "authorizer" || v == "component" || v == "auto" {
 		return nil
 	}
-	return invalid("token", strconv.Quote(v), "use authorizer or component")
+	return invalid("token", strconv.Quote(v), "use authorizer, component or auto")
 }
 
-// checkErrorResponse: failures are answered in the envelope or handed to handle_errors.
+// checkErrorResponse: failures are answered in the envelope (with an HTTP
+// error status, or as the platform does, with 200) or handed to handle_errors.
 func checkErrorResponse(v string) error {
-	if v == "envelope" || v == "handle_errors" {
+	if v == "envelope" || v == "platform" || v == "handle_errors" {
 		return nil
 	}
-	return invalid("error_response", strconv.Quote(v), "use envelope or handle_errors")
+	return invalid("error_response", strconv.Quote(v), "use envelope, platform or handle_errors")
 }
 
 // checkAppIDSource: the appid comes from a named header or query parameter,
-// the first path segment, or a placeholder.
+// the first path segment, a placeholder, or the token slot.
 func checkAppIDSource(s *AppIDSource) error {
 	switch s.From {
 	case "header", "query", "placeholder":
@@ -206,8 +208,12 @@ func checkAppIDSource(s *AppIDSource) error {
 			return fmt.Errorf("appid from %s needs a name: %s", s.From, appIDNameExample[s.From])
 		}
 	case "path":
+	case "token":
+		if s.Name != "" {
+			return fmt.Errorf("appid from token takes no name (got %q): it reads every place where the platform's APIs take a token", s.Name)
+		}
 	default:
-		return invalid("appid from", strconv.Quote(s.From), "use header, query, path or placeholder")
+		return invalid("appid from", strconv.Quote(s.From), "use header, query, path, placeholder or token")
 	}
 	return nil
 }

@@ -60,14 +60,6 @@ func hostFamily(host string) (tokensource.Family, bool) {
 	return f, ok
 }
 
-// tpPrefixes are the paths of the TP-level APIs, which take the component
-// token; every other API path takes an authorizer token (protocol: v1 TP APIs
-// live under /openapi/v1/tp/ and the auth paths, v2 ones under /api/tpapp/).
-var tpPrefixes = map[tokensource.Family][]string{
-	tokensource.V1: {"/openapi/v1/tp/", "/openapi/v1/auth/", "/openapi/v2/auth/"},
-	tokensource.V2: {"/api/tpapp/"},
-}
-
 // Grant types of the token endpoints.
 const (
 	GrantCode    = "app_to_tp_authorization_code"
@@ -147,10 +139,10 @@ func matchRoute(host, p string) (route, bool) {
 			return route{}, false
 		}
 	}
-	for _, prefix := range tpPrefixes[f] {
-		if strings.HasPrefix(p, prefix) {
-			return apiRoutes[f].tp, true
-		}
+	// The TP-level APIs take the component token, the others an authorizer
+	// token: the table tptoken's `token auto` uses too.
+	if f.TakesComponentToken(p) {
+		return apiRoutes[f].tp, true
 	}
 	return apiRoutes[f].authorizer, true
 }

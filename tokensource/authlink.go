@@ -160,8 +160,8 @@ const AuthorizationPage = "/mappconsole/tp/authorization"
 
 func (c *client) handBuiltLink(preAuthCode, redirectURI string) string {
 	base := strings.TrimRight(c.base.String(), "/")
-	if base == strings.TrimRight(V2.defaultEndpoint(), "/") {
-		base = strings.TrimRight(V1.defaultEndpoint(), "/")
+	if base == strings.TrimRight(V2.DefaultEndpoint(), "/") {
+		base = strings.TrimRight(V1.DefaultEndpoint(), "/")
 	}
 	q := url.Values{}
 	q.Set("component_appid", c.appID)

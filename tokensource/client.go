@@ -53,11 +53,11 @@ func newClient(cfg clientConfig) (*client, error) {
 		return nil, fmt.Errorf("unknown api family %q: use v1 or v2", cfg.Family)
 	}
 	if cfg.Endpoint == "" {
-		cfg.Endpoint = cfg.Family.defaultEndpoint()
+		cfg.Endpoint = cfg.Family.DefaultEndpoint()
 	}
 	base, err := url.Parse(strings.TrimRight(cfg.Endpoint, "/"))
 	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return nil, fmt.Errorf("endpoint %q: want an absolute http(s) URL such as %s", cfg.Endpoint, cfg.Family.defaultEndpoint())
+		return nil, fmt.Errorf("endpoint %q: want an absolute http(s) URL such as %s", cfg.Endpoint, cfg.Family.DefaultEndpoint())
 	}
 	if !ValidAppID(cfg.ComponentAppID) {
 		return nil, fmt.Errorf("component_appid %q: want 1-64 letters, digits, '_' or '-'", cfg.ComponentAppID)
