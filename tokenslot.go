@@ -128,6 +128,6 @@ func (u unconfirmed) Unwrap() error { return u.err }
 
 // hide replaces the value in s.
 func (u unconfirmed) hide(s string) string {
-	return strings.ReplaceAll(s, u.value, fmt.Sprintf("[the token slot's value: %d characters, fingerprint %s]",
+	return strings.ReplaceAll(s, u.value, fmt.Sprintf("[the value sent where the token goes: %d characters, fingerprint %s]",
 		len(u.value), tokensource.Secret(u.value).Fingerprint()))
 }

@@ -4,13 +4,12 @@
 # tptoken serving the platform's host names over HTTPS. `make test-compat`.
 #
 #	compat/run.sh                          # the suite; exit status 0 = it passed
-#	COMPAT_RUN_PENDING=1 compat/run.sh     # also run the cases marked pending (they fail today)
 #
 # Steps: npm ci in compat/; verify-install.sh proves the installed SDK and its
 # dependencies byte-identical to the published tarballs; go build Caddy; then,
 # in a private network + mount namespace (unshare, as root), bring lo up,
 # bind-mount a generated hosts file over /etc/hosts that sends the platform's
-# hosts to 127.0.0.1, start Caddy with compat/Caddyfile (tls internal, the
+# hosts to loopback addresses, start Caddy with compat/Caddyfile (tls internal, the
 # emulators on loopback ports) and run the node:test suite in compat/test/
 # with Caddy's root certificate trusted through NODE_EXTRA_CA_CERTS only.
 # Nothing outside the namespace sees the names, the ports or the mounts.
@@ -23,6 +22,8 @@ cd "$(dirname "$0")/.."
 # resolves to inside the namespace (compat/Caddyfile binds them so).
 HOSTS="127.0.0.1 open.douyin.com
 127.0.0.1 open.microapp.bytedance.com
+127.0.0.1 webcast.bytedance.com
+127.0.0.1 minigame.zijieapi.com
 127.0.0.2 developer.toutiao.com"
 
 # inside WORK: the part that runs in the private namespaces.
@@ -56,7 +57,7 @@ inside() {
 	done
 
 	local status=0
-	(cd compat && NODE_EXTRA_CA_CERTS=$root node --test test/sdk.test.js) || status=$?
+	(cd compat && COMPAT_CADDY_LOG=$work/caddy.log NODE_EXTRA_CA_CERTS=$root node --test test/sdk.test.js) || status=$?
 	if [ "$status" != 0 ]; then
 		echo "compat: the suite failed; the end of Caddy's log ($work/caddy.log):" >&2
 		tail -n 40 "$work/caddy.log" >&2

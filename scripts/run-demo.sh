@@ -35,11 +35,13 @@ export SANDBOX_STORAGE_KEY=${SANDBOX_STORAGE_KEY:-dbeaed43481a64ade3fd44d5720d67
 
 V1=http://127.0.0.1:8081
 V2=http://127.0.0.1:8082
-HDR1='X-Authorizer-Appid: tt0000demo01'
-HDR2='X-Authorizer-Appid: tt0000demo02'
-V1_API=$V1/openapi/v1/microapp/app/info?hello=world
+# The appid goes where the token used to go: v1 query authorizer_access_token,
+# v2 header access-token.
+V1_API="$V1/openapi/v1/microapp/app/info?hello=world&authorizer_access_token=tt0000demo01"
 V2_API=$V2/api/apps/v2/basic_info/get_info/
+HDR2='access-token: tt0000demo02'
 V1_LIST="$V1/openapi/v1/tp/auth_app_list?page=1&size=10"
+V1_NOBODY="$V1/openapi/v1/microapp/app/info?authorizer_access_token=tt0000nobody"
 
 # get URL [HEADER]: the body of a GET, or a failure.
 get() {
@@ -109,7 +111,7 @@ wait_for() { # URL HEADER APPID
 	tail -n 30 "$log" >&2
 	exit 1
 }
-wait_for "$V1_API" "$HDR1" tt0000demo01
+wait_for "$V1_API" "" tt0000demo01
 wait_for "$V2_API" "$HDR2" tt0000demo02
 
 show() { # URL [HEADER]
@@ -121,29 +123,31 @@ show() { # URL [HEADER]
 
 cat <<EOF
 
-==> the sandbox is up. A legacy app sends no token, only the authorizer appid;
-    tptoken injects the token and the emulator's sample API answers with the
-    appid that owns the token it received (token values show as ***).
+==> the sandbox is up. A legacy app sends the authorizer appid where the token
+    used to go; tptoken puts the token there and the emulator's sample API
+    answers with the appid that owns the token it received (token values show
+    as ***).
 EOF
 echo
-echo "v1 (query component_appid + authorizer_access_token added):"
-show "$V1_API" "$HDR1"
+echo "v1 (query authorizer_access_token: the appid replaced by its token, component_appid added):"
+show "$V1_API"
 echo
-echo "v2 (header access-token added):"
+echo "v2 (header access-token: the appid replaced by its token):"
 show "$V2_API" "$HDR2"
 echo
-echo "a TP-level API with the component token (token component):"
+echo "a TP-level API gets the component token:"
 show "$V1_LIST"
 echo
-echo "an appid that never authorized gets a clear error in the v1 envelope (HTTP 403):"
-show "$V1_API" 'X-Authorizer-Appid: tt0000nobody'
+echo "an appid that never authorized gets a clear error in the v1 envelope, HTTP 200 as the platform answers"
+echo "(a value tptoken has no record of is named by its fingerprint: it could be a token):"
+show "$V1_NOBODY"
 
 cat <<EOF
 
 Try more:
   authorize another mini-app (the emulator pushes AUTHORIZED to tptoken_events):
     curl -s -X POST -d '{"appid":"tt0000demo03","push":true}' http://127.0.0.1:8091/_emulator/authorize
-    curl -s -H 'X-Authorizer-Appid: tt0000demo03' '$V1_API'
+    curl -s '$V1/openapi/v1/microapp/app/info?authorizer_access_token=tt0000demo03'
   make the platform drop the current token (tptoken refreshes and replays once):
     curl -s -X POST -d '{"appid":"tt0000demo01","family":"v1"}' http://127.0.0.1:8091/_emulator/revoke
   what the platform saw:

@@ -8,9 +8,6 @@
 // setRuntimeOptions({ignoreSSL: false}), because the SDK turns TLS
 // verification off by default. Caddy's root certificate is trusted through
 // NODE_EXTRA_CA_CERTS, nothing else.
-//
-// Cases marked pending need what issue 10 still has to build; run them with
-// COMPAT_RUN_PENDING=1 to see them fail today.
 'use strict';
 
 const { test, before } = require('node:test');
@@ -19,6 +16,7 @@ const crypto = require('node:crypto');
 const dns = require('node:dns').promises;
 const http = require('node:http');
 const path = require('node:path');
+const fs = require('node:fs');
 const { spawnSync } = require('node:child_process');
 
 const sdk = require('@open-dy/open_api_sdk');
@@ -36,13 +34,10 @@ const V2_CONCURRENT = 'tt0000v2app02';
 const V2_UNAUTHORIZED = 'tt0000v2app03';
 const V2_REPLAY = 'tt0000v2app04';
 // compat/run.sh: where the platform's hosts resolve inside the namespace.
-const PLATFORM_HOSTS = { 'open.douyin.com': '127.0.0.1', 'open.microapp.bytedance.com': '127.0.0.1', 'developer.toutiao.com': '127.0.0.2' };
-
-const NEEDS_FAILURES = 'needs platform-faithful failures (issue 10): tptoken answers its own failures with HTTP 4xx/5xx, ' +
-	'which the SDK throws away as "<status>: Reqeust Failed!"';
-const NEEDS_CARRIER = 'needs the appid-in-token carrier (issue 10): a client copy of the token in header x-token ' +
-	'reaches the platform (Caddy itself drops access_token on a server that does not list it)';
-const pending = (reason) => (process.env.COMPAT_RUN_PENDING === '1' ? false : reason);
+const PLATFORM_HOSTS = {
+	'open.douyin.com': '127.0.0.1', 'open.microapp.bytedance.com': '127.0.0.1', 'webcast.bytedance.com': '127.0.0.1',
+	'minigame.zijieapi.com': '127.0.0.1', 'developer.toutiao.com': '127.0.0.2',
+};
 
 // client is the SDK's client with TLS verification on (its default is off).
 function client() {
@@ -92,6 +87,9 @@ function assertFields(got, want) {
 }
 
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
+// fingerprint is how tptoken names a value it cannot confirm as an appid: it
+// may be a token (the first 16 hex digits of its SHA-256).
+const fingerprint = (s) => sha256(s).slice(0, 16);
 
 function templateList(appid) {
 	return client().templateList(new sdk.TemplateListRequest({ accessToken: appid, pageNumber: '1', pageSize: '10' }));
@@ -270,33 +268,41 @@ test('the SDK\'s default does not verify TLS (ignoreSSL: true): it accepts an un
 	assert.deepEqual(lax, { ok: true, errNo: 0 });
 });
 
-// Pending: tptoken's own failures must reach the SDK's caller with their message.
+// tptoken's own failures reach the SDK's caller with their message: HTTP 200,
+// the family's envelope, a code that is neither success nor "renew your token".
 
 async function assertSDKError(promise, ...fragments) {
 	const err = await promise.then(() => null, (e) => e);
 	assert.ok(err, 'the call must fail');
 	assert.doesNotMatch(err.message, /Reqeust Failed/, 'a failure the SDK cannot read');
 	assert.match(err.code, /^[1-9][0-9]*$/, `a platform code, not an HTTP status: ${err.code}`);
-	assert.notEqual(err.code, '28001003', 'not a code that means "refresh your token"');
+	assert.ok(!['28001003', '28001008', '40020', '40009', '40010'].includes(err.code), `not a code that means "renew the token": ${err.code}`);
 	for (const f of fragments) assert.ok(err.message.includes(f), `${JSON.stringify(err.message)} names ${f}`);
+	return err;
 }
 
-test('an unknown appid surfaces tptoken\'s message in the thrown error (v2) and the result (v1)', { skip: pending(NEEDS_FAILURES) }, async () => {
-	await assertSDKError(templateList('tt0000nobody'), 'tt0000nobody');
+// An appid with no record may be a token (an app not migrated yet sends its
+// old one): tptoken names it by its fingerprint, never repeats it.
+test('an unknown appid surfaces tptoken\'s message in the thrown error (v2) and the result (v1)', async () => {
+	const err = await assertSDKError(templateList('tt0000nobody'), fingerprint('tt0000nobody'), 'no authorization on record');
+	assert.equal(err.code, '40022');
+	assert.ok(!err.message.includes('tt0000nobody'), err.message);
 	const v1 = await common({ host: 'open.microapp.bytedance.com', path: '/openapi/v1/microapp/app/info', method: 'GET',
 		query: { authorizer_access_token: 'tt0000nobody' } });
-	assert.notEqual(v1.errno, 0);
-	assert.ok(v1.message.includes('tt0000nobody'), v1.message);
-	assert.equal(v1.tptoken.appid, 'tt0000nobody');
+	assertFields(v1, { errno: 40022 });
+	assert.ok(v1.message.includes(fingerprint('tt0000nobody')), v1.message);
+	assertFields(v1.tptoken, { error: 'unknown_authorizer', appid: '', appid_fingerprint: fingerprint('tt0000nobody'), status: 403 });
+	assert.ok(!JSON.stringify(v1).includes('tt0000nobody'));
 });
 
-test('an appid outside the route\'s allow list surfaces tptoken\'s message', { skip: pending(NEEDS_FAILURES) }, async () => {
+test('an appid outside the route\'s allow list surfaces tptoken\'s message', async () => {
 	await client().capacityQueryCapacityList(new sdk.CapacityQueryCapacityListRequest({ accessToken: V2_APP })); // allowed
-	await assertSDKError(client().capacityQueryCapacityList(new sdk.CapacityQueryCapacityListRequest({ accessToken: V2_CONCURRENT })),
-		V2_CONCURRENT, 'allow list');
+	const err = await assertSDKError(client().capacityQueryCapacityList(new sdk.CapacityQueryCapacityListRequest({ accessToken: V2_CONCURRENT })),
+		fingerprint(V2_CONCURRENT), 'allow list');
+	assert.equal(err.code, '40008');
 });
 
-test('an authorizer that unauthorized the TP surfaces tptoken\'s message', { skip: pending(NEEDS_FAILURES) }, async () => {
+test('an authorizer that unauthorized the TP surfaces tptoken\'s message', async () => {
 	await templateList(V2_UNAUTHORIZED);
 	await emu(EMU_V2, 'POST', 'unauthorize', { appid: V2_UNAUTHORIZED, push: true });
 	// The UNAUTHORIZED push reaches tptoken_events asynchronously.
@@ -307,13 +313,50 @@ test('an authorizer that unauthorized the TP surfaces tptoken\'s message', { ski
 		if (err && !/^28001003/.test(err.message)) break;
 		await new Promise((r) => setTimeout(r, 200));
 	}
-	await assertSDKError(Promise.reject(err), V2_UNAUTHORIZED);
+	const e = await assertSDKError(Promise.reject(err), V2_UNAUTHORIZED, 'authorization is gone');
+	assert.equal(e.code, '40022');
 });
 
-test('client copies of the token in other header names are removed, never duplicated', { skip: pending(NEEDS_CARRIER) }, async () => {
+test('client copies of the token in other header and query names are removed, never duplicated', async () => {
 	await clearCalls(EMU_V2);
 	const res = await common({ host: 'open.douyin.com', path: '/api/apps/v1/capacity/query_capacity_list/', method: 'GET',
-		header: { 'access-token': V2_APP, access_token: V2_APP, 'x-token': V2_APP } });
+		header: { 'access-token': V2_APP, access_token: V2_APP, 'x-token': V2_APP }, query: { access_token: V2_APP, k: 'v' } });
 	assert.equal(res.err_no, 0, JSON.stringify(res));
-	assertFields(await onlyCall(EMU_V2), { appid: V2_APP, token_carriers: { 'header:access-token': 1 } });
+	assertFields(await onlyCall(EMU_V2), { appid: V2_APP, query: 'k=v', token_carriers: { 'header:access-token': 1 } });
+});
+
+test('a typed method that sends its token in header x-token (webcast.bytedance.com) gets the real token in access-token', async () => {
+	await clearCalls(EMU_V2);
+	await client().cardGet(new sdk.CardGetRequest({ accessToken: V2_APP }));
+	assertFields(await onlyCall(EMU_V2), {
+		code: 0, host: 'webcast.bytedance.com', method: 'POST', path: '/api/card/get', appid: V2_APP,
+		token_carriers: { 'header:access-token': 1 },
+	});
+});
+
+// minigame.zijieapi.com resolves to the sidecar for Caddy too (compat/Caddyfile):
+// the request comes back with the token the first pass injected.
+test('a request loop is refused, and no token the platform issued reaches the SDK or Caddy\'s log', async () => {
+	await templateList(V2_APP); // a token is held for it
+	await clearCalls(EMU_V2);
+	const err = await assertSDKError(client().giftReceiveReward(new sdk.GiftReceiveRewardRequest({ accessToken: V2_APP })),
+		'request loop', 'minigame.zijieapi.com');
+	assert.equal(err.code, '40000');
+	assert.deepEqual(await calls(EMU_V2), [], 'the platform was never called');
+
+	const { secrets } = await emu(EMU_V2, 'GET', 'secrets');
+	assert.ok(secrets.length > 0);
+	// The start-up check runs in the background: give it time.
+	const reported = /an upstream of `transport tptoken` resolves to this Caddy.*minigame\.zijieapi\.com:443/;
+	let log = '';
+	for (const deadline = Date.now() + 10_000; !reported.test(log) && Date.now() < deadline;) {
+		log = fs.readFileSync(process.env.COMPAT_CADDY_LOG, 'utf8');
+		if (!reported.test(log)) await new Promise((r) => setTimeout(r, 200));
+	}
+	assert.match(log, reported, 'the start-up check reported the loop');
+	assert.match(log, /request loop refused/);
+	for (const s of secrets) {
+		assert.ok(!err.message.includes(s), 'the SDK\'s error holds an issued secret');
+		assert.ok(!log.includes(s), `Caddy's log holds an issued secret (${s.length} characters)`);
+	}
 });
