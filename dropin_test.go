@@ -262,12 +262,26 @@ func TestUnreachablePlatformIsAnsweredInTheEnvelopeInPlatformMode(t *testing.T) 
 	}
 }
 
-// An upstream name of a tptoken transport that resolves to this Caddy is
-// reported at start-up (in the background); an upstream address is not.
-func TestStartupReportsAnUpstreamNameResolvingToThisCaddy(t *testing.T) {
-	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withRoute(`handle /loop/* {
+// An upstream of a tptoken transport that resolves to a server of this Caddy
+// with a tptoken handler is reported at start-up (in the background), by name
+// or by address; one on a server without (an emulator served by the same
+// Caddy, here the tptoken_events site) or elsewhere is not.
+func TestStartupReportsAnUpstreamResolvingToThisCaddy(t *testing.T) {
+	x := newE2E(t, tokensource.V1, emulator.Lifetimes{}, withRoute(`handle /name/* {
 		tptoken
 		reverse_proxy http://localhost:{{proxy_port}} {
+			transport tptoken
+		}
+	}
+	handle /address/* {
+		tptoken
+		reverse_proxy {{proxy}} {
+			transport tptoken
+		}
+	}
+	handle /events/* {
+		tptoken
+		reverse_proxy {{events}} {
 			transport tptoken
 		}
 	}
@@ -277,12 +291,22 @@ func TestStartupReportsAnUpstreamNameResolvingToThisCaddy(t *testing.T) {
 			transport tptoken
 		}
 	}`))
-	waitUntil(t, 10*time.Second, "the start-up loop report", func() bool {
-		return strings.Contains(x.debugLog(), "resolves to this Caddy")
+	const report = "resolves to this Caddy"
+	waitUntil(t, 10*time.Second, "the start-up loop check", func() bool {
+		return strings.Contains(x.debugLog(), "request loop check of the upstreams done")
 	})
+	if n := strings.Count(x.debugLog(), report); n != 2 {
+		t.Fatalf("%d reports, want 2", n)
+	}
+	_, port, _ := strings.Cut(strings.TrimPrefix(x.proxy, "http://"), ":")
 	log := x.debugLog()
-	if !strings.Contains(log, `"upstream":"localhost:`) || strings.Count(log, "resolves to this Caddy") != 1 {
-		t.Fatalf("want one report, naming localhost: %s", log)
+	for _, upstream := range []string{"localhost:" + port, "127.0.0.1:" + port} {
+		if !strings.Contains(log, `"upstream":"`+upstream+`"`) {
+			t.Errorf("no report naming %s", upstream)
+		}
+	}
+	if strings.Contains(log, `"upstream":"`+strings.TrimPrefix(x.events, "http://")+`"`) {
+		t.Error("an upstream on a server without a tptoken handler was reported")
 	}
 }
 

@@ -188,7 +188,7 @@ func (x *e2e) caddyfile() string {
 	routes := handler + "\n\treverse_proxy " + x.emuURL + " {\n\t\ttransport tptoken\n\t}"
 	if x.route != "" {
 		_, port, _ := net.SplitHostPort(strings.TrimPrefix(x.proxy, "http://"))
-		routes = strings.NewReplacer("{{emu}}", x.emuURL, "{{proxy}}", x.proxy, "{{proxy_port}}", port).Replace(x.route)
+		routes = strings.NewReplacer("{{emu}}", x.emuURL, "{{proxy}}", x.proxy, "{{proxy_port}}", port, "{{events}}", x.events).Replace(x.route)
 	}
 	admin := "off"
 	if x.admin != "" {
@@ -391,7 +391,7 @@ func withSite(lines string) e2eOpt { return func(e *e2e) { e.site = lines } }
 
 // withRoute makes body the tptoken site's routes, instead of the handler and
 // a reverse_proxy to the platform ({{emu}}: the platform's URL; {{proxy}}:
-// the site's own, {{proxy_port}} its port).
+// the site's own, {{proxy_port}} its port; {{events}}: the tptoken_events site's).
 func withRoute(body string) e2eOpt { return func(e *e2e) { e.route = body } }
 
 // rawCall sends a request through Caddy and returns the status, headers and body

@@ -153,8 +153,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if _, ok := r.Header[hopHeader]; ok {
 		return h.refuseLoop(w, r, repl) // before anything is read (loop.go)
 	}
-	component := h.component || h.auto && h.comp.family.TakesComponentToken(r.URL.Path)
-	inj := &injection{comp: h.comp, component: component, maxReplayBody: h.MaxReplayBody}
+	tpLevel := h.component || h.auto && h.comp.family.TakesComponentToken(r.URL.Path)
+	inj := &injection{comp: h.comp, component: tpLevel, maxReplayBody: h.MaxReplayBody}
 
 	if repl != nil {
 		repl.Set("http.tptoken.replayed", false) // the transport sets true when it replays
@@ -164,14 +164,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if conflict != "" {
 			return h.fail(w, r, repl, &tokensource.Error{Kind: tokensource.KindBadAppID, Msg: errSlotConflict(conflict).Error()})
 		}
-		if !component { // a component token needs no appid: the slot's value is dropped
+		if !tpLevel { // a component token needs no appid: the slot's value is dropped
 			inj.appid = v
 		}
 	} else if h.takeCarrier {
 		inj.appid = h.takeAppID(r, repl)
 	}
+	if h.slot || h.takeCarrier {
+		h.showAppID(repl, "") // set, and empty until the value is known to be an appid
+	}
 	var err error
-	if component {
+	if tpLevel {
 		// The appid is not used; it is shown only if it is one.
 		if tokensource.ValidAppID(inj.appid) {
 			h.showAppID(repl, inj.appid)
@@ -199,10 +202,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		inj.tok, err = h.comp.engine.Token(r.Context(), inj.appid)
 		if h.slot {
-			if tokensource.KindOf(err) == tokensource.KindUnknownAuthorizer {
-				err = unconfirmed{err: err, value: inj.appid}
-			} else {
+			if recorded(err) {
 				h.showAppID(repl, inj.appid)
+			} else {
+				err = unconfirmed{err: err, value: inj.appid}
 			}
 		}
 	}
@@ -226,7 +229,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	delete(r.Header, guardHeader)
 	delete(r.Header, hopHeader)
 	inj.release()
-	if !inj.used.Load() {
+	if !inj.used {
 		return h.notInjected(w, r, repl, err)
 	}
 	if err != nil && h.platform && !inj.answered && !errors.Is(err, context.Canceled) {
@@ -484,7 +487,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 		f := h.outcome(repl, err)
 		return caddyhttp.Error(f.status, err)
 	}
-	return h.answer(w, r, repl, err)
+	return h.answer(w, repl, err)
 }
 
 // outcome sets the placeholders of a failure and logs it.
@@ -496,7 +499,10 @@ func (h *Handler) outcome(repl *caddy.Replacer, err error) failure {
 		repl.Set("http.tptoken.message", clientMessage(err))
 	}
 	lvl := h.logger.Debug // a client's mistake is request-path noise: the access log has the status
-	if f.status >= 500 {
+	switch {
+	case f.kind == "loop":
+		return f // logged once a minute (refuseLoop)
+	case f.status >= 500:
 		lvl = h.logger.Warn
 	}
 	lvl("request not served", zap.String("kind", f.kind), zap.Int("status", f.status), zap.Error(err))
@@ -508,7 +514,7 @@ func (h *Handler) outcome(repl *caddy.Replacer, err error) failure {
 // errors, HTTP 200 with the code in the body. Either way every field the
 // platform's SDKs read is set (docs/sdk-compat.md §What the caller sees):
 // v2 err_no, err_msg, err_tips and log_id; v1 errno and message.
-func (h *Handler) answer(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err error) error {
+func (h *Handler) answer(w http.ResponseWriter, repl *caddy.Replacer, err error) error {
 	f := h.outcome(repl, err)
 	msg := clientMessage(err)
 	if f.retryAfter > 0 {

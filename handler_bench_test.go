@@ -67,7 +67,7 @@ func BenchmarkHandlerCachedToken(b *testing.B) {
 			var out *http.Request
 			next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 				inj := injectionOf(r)
-				inj.used.Store(true)
+				inj.used = true
 				out = inj.outgoing(r, inj.tok, nil)
 				return nil
 			})

@@ -28,10 +28,11 @@ import (
 //     carrier: a loop ends at the second pass, answered without the token (the
 //     request is never read, echoed or forwarded again), 508 or, with
 //     error_response platform, HTTP 200 in the family's envelope.
-//   - A check at start-up (loopCheck): in the background, each upstream host
-//     name of a `transport tptoken` reverse_proxy is resolved, as its transport
-//     resolves it; one that resolves to a local address on a port this Caddy
-//     listens on is logged at ERROR, naming the host and the fix.
+//   - A check at start-up (loopCheck): in the background, each upstream of a
+//     `transport tptoken` reverse_proxy is resolved, as its transport resolves
+//     it; one that resolves to an address of this host on which a server of
+//     this Caddy with a tptoken handler listens is logged at ERROR, naming the
+//     upstream and the fix.
 
 // hopHeader marks a request sent by a tptoken transport. No underscore: Caddy
 // drops such header names on the next pass.
@@ -60,7 +61,7 @@ func (h *Handler) refuseLoop(w http.ResponseWriter, r *http.Request, repl *caddy
 			"its upstream host resolves to this Caddy: resolve the platform's names to the sidecar for the apps only (README: Drop-in)",
 			zap.String("host", r.Host), zap.String("path", r.URL.Path))
 	})
-	return h.answer(w, r, repl, errLoop{host: r.Host})
+	return h.answer(w, repl, errLoop{host: r.Host})
 }
 
 // loopCheckTimeout bounds the whole start-up check.
@@ -69,14 +70,15 @@ const loopCheckTimeout = 10 * time.Second
 // maxLoopCheckHosts bounds the names the start-up check resolves.
 const maxLoopCheckHosts = 32
 
-// upstreamName is an upstream host name of a `transport tptoken` reverse_proxy.
+// upstreamName is an upstream (a host name or an address) of a `transport
+// tptoken` reverse_proxy.
 type upstreamName struct {
 	host, port string
 	resolver   *net.Resolver // the transport's (resolvers), or the default
 }
 
-// loopCheck resolves, in the background, the upstream names of the http
-// app's tptoken transports and logs those that resolve to this Caddy. It runs
+// loopCheck resolves, in the background, the upstreams of the http app's
+// tptoken transports and logs those that resolve to this Caddy. It runs
 // once per config (the app's Start) and stops with it (Stop).
 type loopCheck struct {
 	cancel context.CancelFunc
@@ -97,7 +99,7 @@ func startLoopCheck(ctx caddy.Context, logger *zap.Logger) *loopCheck {
 		return nil
 	}
 	names, listen := upstreamNames(app)
-	if len(names) == 0 {
+	if len(names) == 0 || len(listen) == 0 {
 		return nil
 	}
 	c, cancel := context.WithTimeout(context.Background(), loopCheckTimeout)
@@ -113,6 +115,7 @@ func startLoopCheck(ctx caddy.Context, logger *zap.Logger) *loopCheck {
 					zap.String("upstream", net.JoinHostPort(n.host, n.port)), zap.String("resolves_to", addr))
 			}
 		}
+		logger.Debug("request loop check of the upstreams done", zap.Int("upstreams", len(names)))
 	}()
 	return lc
 }
@@ -125,18 +128,22 @@ func (lc *loopCheck) stop() {
 	}
 }
 
-// upstreamNames lists the static upstream host names (not addresses) of the
-// tptoken transports of app, at most maxLoopCheckHosts, and the addresses its
-// servers listen on.
+// upstreamNames lists the static upstreams of the tptoken transports of app
+// (at most maxLoopCheckHosts), and the addresses of its servers that run a
+// tptoken handler: a request comes back to a tptoken handler only there. (A
+// sandbox's emulator served by the same Caddy is an upstream on a server of
+// its own, without one.)
 func upstreamNames(app *caddyhttp.App) ([]upstreamName, []caddy.NetworkAddress) {
 	var names []upstreamName
 	seen := map[string]bool{}
-	var listen []caddy.NetworkAddress
+	var handlers bool // the server being walked runs a tptoken handler
 	var walk func(caddyhttp.RouteList)
 	walk = func(routes caddyhttp.RouteList) {
 		for _, r := range routes {
 			for _, h := range r.Handlers {
 				switch h := h.(type) {
+				case *Handler:
+					handlers = true
 				case *caddyhttp.Subroute:
 					walk(h.Routes)
 				case *reverseproxy.Handler:
@@ -146,8 +153,8 @@ func upstreamNames(app *caddyhttp.App) ([]upstreamName, []caddy.NetworkAddress) 
 					}
 					for _, u := range h.Upstreams {
 						host, port, err := net.SplitHostPort(u.Dial)
-						if err != nil || net.ParseIP(host) != nil || strings.ContainsAny(host, "{}") || seen[u.Dial] || len(names) == maxLoopCheckHosts {
-							continue // an address, a placeholder, or one already listed
+						if err != nil || strings.ContainsAny(host, "{}") || seen[u.Dial] || len(names) == maxLoopCheckHosts {
+							continue // a placeholder, or one already listed
 						}
 						seen[u.Dial] = true
 						names = append(names, upstreamName{host: host, port: port, resolver: transportResolver(t)})
@@ -156,12 +163,17 @@ func upstreamNames(app *caddyhttp.App) ([]upstreamName, []caddy.NetworkAddress) 
 			}
 		}
 	}
+	var listen []caddy.NetworkAddress
 	for _, srv := range app.Servers {
+		handlers = false
 		walk(srv.Routes)
 		for n := range srv.NamedRoutes {
 			if r := srv.NamedRoutes[n]; r != nil {
 				walk(caddyhttp.RouteList{*r})
 			}
+		}
+		if !handlers {
+			continue
 		}
 		for _, l := range srv.Listen {
 			if na, err := caddy.ParseNetworkAddress(l); err == nil {

@@ -58,6 +58,7 @@ func takeTokenSlot(r *http.Request) (value, conflict string) {
 	}
 	if raw := r.URL.RawQuery; raw != "" && (strings.Contains(raw, "access_token") || strings.IndexByte(raw, '%') >= 0) {
 		var b strings.Builder
+		b.Grow(len(raw))
 		found := false
 		for seg := range strings.SplitSeq(raw, "&") {
 			k, v, _ := strings.Cut(seg, "=")
@@ -106,6 +107,21 @@ func slotParam(rawKey string) int {
 	return -1
 }
 
+// recorded reports whether the engine's answer to a Token call shows that
+// storage has a record of the appid: a token, or a failure about the state of
+// the record. Any other failure (no record, storage unreadable, ...) leaves
+// the value unconfirmed.
+func recorded(err error) bool {
+	if err == nil {
+		return true
+	}
+	switch tokensource.KindOf(err) {
+	case tokensource.KindUnauthorized, tokensource.KindFamilyMismatch:
+		return true
+	}
+	return false
+}
+
 // errSlotConflict: the token slots of a request held different values.
 type errSlotConflict string
 
@@ -114,8 +130,8 @@ func (e errSlotConflict) Error() string {
 }
 
 // unconfirmed is a failure about a value read from the token slot that is
-// not known to be an appid: storage has no record of it, or the route does not
-// allow it. It may be a token (an app not migrated yet sends its old one), so
+// not known to be an appid: storage has no record of it (or could not be
+// read), or the route does not allow it. It may be a token (an app not migrated yet sends its old one), so
 // every message names it by its length and fingerprint only, as the admin API
 // and the CLI name an appid they have no record of. err keeps its kind.
 type unconfirmed struct {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -83,7 +82,9 @@ func injectionOf(r *http.Request) *injection {
 
 // injection is what the handler resolved for one request. It is allocated for
 // every request: the flags sit together so that it fits the 640-byte size
-// class (scattered, their padding took it to 704).
+// class with the allocator's 8-byte header (one byte more takes it to 704).
+// The transport runs in the handler's goroutine (reverse_proxy calls
+// RoundTrip synchronously), so its flags need no atomics.
 //
 // It is also the ResponseWriter the handler gives reverse_proxy, so that the
 // headers of an informational (1xx) answer, which reverse_proxy writes to the
@@ -96,14 +97,14 @@ type injection struct {
 	replayed      tokensource.Secret // the token of the replay, if any
 	maxReplayBody int64              // < 0: no replay
 	reserved      int64              // bytes of replayMemory held by prefix
-	used          atomic.Bool
-	component     bool            // component token instead of authorizer token
-	answered      bool            // RoundTrip returned an answer (reverse_proxy writes it)
-	sent          bool            // out is in use
-	bodyRead      bool            // the request body was read (prefix)
-	complete      bool            // prefix is the whole body
-	out           outgoingRequest // the first outgoing request
-	prefix        []byte          // what was read of the request body
+	used          bool               // a tptoken transport took the request
+	answered      bool               // RoundTrip returned an answer (reverse_proxy writes it)
+	component     bool               // component token instead of authorizer token
+	sent          bool               // out is in use
+	bodyRead      bool               // the request body was read (prefix)
+	complete      bool               // prefix is the whole body
+	out           outgoingRequest    // the first outgoing request
+	prefix        []byte             // what was read of the request body
 }
 
 // RoundTrip injects the token and forwards the request, replaying it once if
@@ -113,7 +114,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if inj == nil {
 		return t.HTTPTransport.RoundTrip(req)
 	}
-	inj.used.Store(true)
+	inj.used = true
 	delete(req.Header, guardHeader) // the guard stops every other transport (routecheck.go)
 
 	resp, err := t.roundTrip(req, inj)
