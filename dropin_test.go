@@ -336,3 +336,36 @@ func TestProxyShortcutServesDropInRoutes(t *testing.T) {
 		})
 	}
 }
+
+// A tptoken directive left beside a tptoken_proxy would serve each request
+// twice: refused when the config loads, or, where the check cannot prove it,
+// answered two_handlers (not "request loop") per request.
+func TestTwoTptokenHandlersOnOnePathAreAConfigError(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads Caddy configs")
+	}
+	site := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	err := loadCaddyfile(t, site+" {\n\ttptoken\n\ttptoken_proxy http://127.0.0.1:9\n}")
+	_ = stopCaddy()
+	if err == nil || !strings.Contains(err.Error(), "1 tptoken handler(s) follow another one") || !strings.Contains(err.Error(), "remove one") {
+		t.Fatalf("loaded, or the error does not say what to fix: %v", err)
+	}
+
+	// After a matcher the check cannot compare, it cannot tell: the config
+	// loads, and each such request is refused.
+	x := newE2E(t, tokensource.V2, emulator.Lifetimes{}, withRoute(`tptoken {
+		appid token
+	}
+	@two header X-Two 1
+	tptoken_proxy @two
+	tptoken_proxy`))
+	x.authorize("tt01app")
+	loops := testutil.ToFloat64(defaultMetrics().loops.WithLabelValues(e2eComponent))
+	a := x.call("GET", x.apiPath(), slotHeader(tokensource.V2, "tt01app"), "")
+	if a.Status != 200 || a.Errno != 40000 || a.TPToken.Error != "two_handlers" || !strings.Contains(a.Message, "two tptoken handlers") {
+		t.Fatalf("got %+v", a)
+	}
+	if testutil.ToFloat64(defaultMetrics().loops.WithLabelValues(e2eComponent)) != loops {
+		t.Fatal("counted as a request loop")
+	}
+}

@@ -414,6 +414,9 @@ func failureOf(err error) failure {
 	if errors.As(err, new(errLoop)) {
 		return failure{status: http.StatusLoopDetected, kind: "loop", errno: 40000}
 	}
+	if errors.As(err, new(errTwoHandlers)) {
+		return failure{status: http.StatusBadGateway, kind: "two_handlers", errno: 40000}
+	}
 	if errors.As(err, new(errUnreachable)) {
 		return failure{status: http.StatusBadGateway, kind: "platform_unreachable", errno: 40000}
 	}

@@ -50,11 +50,27 @@ func (e errLoop) Error() string {
 		"(README: Drop-in)"
 }
 
+// errTwoHandlers: two tptoken handlers on a request's way to the transport.
+type errTwoHandlers struct{}
+
+func (errTwoHandlers) Error() string {
+	return "two tptoken handlers serve this request: the Caddy configuration must be fixed (remove one; tptoken_proxy has its own)"
+}
+
 // refuseLoop answers a request that carries the hop header. It is answered
 // here even with error_response handle_errors: a handler error makes Caddy log
 // the request's headers, and a looped request carries the token injected
 // before.
 func (h *Handler) refuseLoop(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer) error {
+	if injectionOf(r) != nil {
+		// Not a loop: another tptoken handler serves this request, on its way
+		// to the transport (a configuration the load-time check could not prove).
+		h.loopLog.Do(func() {
+			h.logger.Error("a second tptoken handler met a request another one serves: remove one of them (tptoken_proxy has its own)",
+				zap.String("host", r.Host), zap.String("path", r.URL.Path))
+		})
+		return h.answer(w, repl, errTwoHandlers{})
+	}
 	metricsFor(h.comp.appID).loops.Inc()
 	h.loopLog.Do(func() {
 		h.logger.Error("request loop refused: a request sent by a tptoken transport came back to this sidecar; "+

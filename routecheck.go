@@ -37,14 +37,14 @@ var guardValue = []string{""}
 
 // routeProblems lists, for every server, the reverse_proxy handlers that a
 // request injected by a tptoken handler certainly reaches without
-// `transport tptoken`, and what to write.
-func routeProblems(app *caddyhttp.App) []string {
+// `transport tptoken`, and the tptoken handlers that certainly follow another
+// one (a `tptoken` directive left beside a `tptoken_proxy`), and what to write.
+func routeProblems(app *caddyhttp.App) (transport, doubles []string) {
 	names := make([]string, 0, len(app.Servers))
 	for name := range app.Servers {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	var problems []string
 	for _, name := range names {
 		srv := app.Servers[name]
 		w := &routeWalker{server: fmt.Sprintf("server %q (listen %s)", name, strings.Join(srv.Listen, " "))}
@@ -62,14 +62,16 @@ func routeProblems(app *caddyhttp.App) []string {
 				w.walk(caddyhttp.RouteList{*r}, "named_routes."+n, nil, "")
 			}
 		}
-		problems = append(problems, w.problems...)
+		transport = append(transport, w.problems...)
+		doubles = append(doubles, w.doubles...)
 	}
-	return problems
+	return transport, doubles
 }
 
 type routeWalker struct {
 	server   string
 	problems []string
+	doubles  []string
 }
 
 // armed says that requests carry a token resolved by the tptoken handler at
@@ -152,6 +154,9 @@ func (w *routeWalker) handlers(hs []caddyhttp.MiddlewareHandler, path string, cu
 		hpath := fmt.Sprintf("%s[%d]", path, j)
 		switch h := h.(type) {
 		case *Handler:
+			if cur != nil && cur.certain {
+				w.reportDouble(cur, hpath, site)
+			}
 			cur = &armed{path: hpath, site: site, certain: true}
 		case *reverseproxy.Handler:
 			if _, ok := h.Transport.(*Transport); !ok && cur != nil && cur.certain {
@@ -176,6 +181,16 @@ func (w *routeWalker) report(a *armed, proxy, site string) {
 		"%s: the reverse_proxy at %s follows the tptoken handler at %s without `transport tptoken`, so every request that handler serves "+
 			"would leave without its token. Write: reverse_proxy <upstream> { transport tptoken } (JSON: \"transport\": {\"protocol\": \"tptoken\"})",
 		where, proxy, a.path))
+}
+
+func (w *routeWalker) reportDouble(a *armed, second, site string) {
+	where := w.server
+	if site != "" {
+		where += ", site " + site
+	}
+	w.doubles = append(w.doubles, fmt.Sprintf(
+		"%s: the tptoken handler at %s follows the tptoken handler at %s on every request that one serves; one tptoken handler "+
+			"serves a request (the second would refuse it as a request loop): remove one (tptoken_proxy has its own)", where, second, a.path))
 }
 
 // hostsOf names the hosts a route matches (a Caddyfile site), if any.
@@ -207,9 +222,16 @@ func (a *App) checkRoutes() error {
 	if !ok {
 		return nil
 	}
-	problems := routeProblems(app)
-	if len(problems) == 0 {
+	transport, doubles := routeProblems(app)
+	var parts []string
+	if len(transport) > 0 {
+		parts = append(parts, fmt.Sprintf("%d reverse_proxy handler(s) lack `transport tptoken`: %s", len(transport), strings.Join(transport, "; ")))
+	}
+	if len(doubles) > 0 {
+		parts = append(parts, fmt.Sprintf("%d tptoken handler(s) follow another one: %s", len(doubles), strings.Join(doubles, "; ")))
+	}
+	if parts == nil {
 		return nil
 	}
-	return configError(a.logger, fmt.Errorf("tptoken: %d reverse_proxy handler(s) lack `transport tptoken`: %s", len(problems), strings.Join(problems, "; ")))
+	return configError(a.logger, fmt.Errorf("tptoken: %s", strings.Join(parts, "; ")))
 }
