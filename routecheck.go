@@ -172,25 +172,25 @@ func (w *routeWalker) handlers(hs []caddyhttp.MiddlewareHandler, path string, cu
 	return cur
 }
 
-func (w *routeWalker) report(a *armed, proxy, site string) {
-	where := w.server
+// where names the server and site of a problem.
+func (w *routeWalker) where(site string) string {
 	if site != "" {
-		where += ", site " + site
+		return w.server + ", site " + site
 	}
+	return w.server
+}
+
+func (w *routeWalker) report(a *armed, proxy, site string) {
 	w.problems = append(w.problems, fmt.Sprintf(
 		"%s: the reverse_proxy at %s follows the tptoken handler at %s without `transport tptoken`, so every request that handler serves "+
 			"would leave without its token. Write: reverse_proxy <upstream> { transport tptoken } (JSON: \"transport\": {\"protocol\": \"tptoken\"})",
-		where, proxy, a.path))
+		w.where(site), proxy, a.path))
 }
 
 func (w *routeWalker) reportDouble(a *armed, second, site string) {
-	where := w.server
-	if site != "" {
-		where += ", site " + site
-	}
 	w.doubles = append(w.doubles, fmt.Sprintf(
 		"%s: the tptoken handler at %s follows the tptoken handler at %s on every request that one serves; one tptoken handler "+
-			"serves a request (the second would refuse it as a request loop): remove one (tptoken_proxy has its own)", where, second, a.path))
+			"serves a request (the second would refuse it as a request loop): remove one (tptoken_proxy has its own)", w.where(site), second, a.path))
 }
 
 // hostsOf names the hosts a route matches (a Caddyfile site), if any.

@@ -1,7 +1,6 @@
 package tptoken
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -10,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
@@ -152,54 +149,5 @@ func TestLoopIsAnsweredEvenInHandleErrorsMode(t *testing.T) {
 	}
 	if w.Code != http.StatusLoopDetected || strings.Contains(w.Body.String(), "isvact") || !strings.Contains(w.Body.String(), "request loop") {
 		t.Fatalf("got %d %s", w.Code, w.Body)
-	}
-}
-
-// BenchmarkHandlerTokenSlot is BenchmarkHandlerCachedToken for a drop-in
-// route (tptoken_proxy's defaults: appid token, token auto, error_response
-// platform): the appid is read from where the SDK puts the token (v2 header
-// access-token, v1 query authorizer_access_token) and every slot is removed.
-func BenchmarkHandlerTokenSlot(b *testing.B) {
-	for _, family := range e2eFamilies {
-		b.Run(string(family), func(b *testing.B) {
-			h := benchHandler(b, family)
-			h.AppID, h.slot, h.takeCarrier, h.headerKey = &AppIDSource{From: "token"}, true, true, ""
-			h.Token, h.auto, h.ErrorResponse, h.platform = "auto", true, "platform", true
-			query := "a=1&b=two"
-			if family == tokensource.V1 {
-				query += "&authorizer_access_token=tt01bench"
-			}
-			req := httptest.NewRequest(http.MethodGet, "/api/apps/v2/basic_info/get_info/?"+query, nil)
-			repl := caddy.NewReplacer()
-			ctx := context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl)
-			ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{}) // as Caddy's server does
-			req = req.WithContext(ctx)
-			appid := []string{"tt01bench"}
-			var out *http.Request
-			next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-				inj := injectionOf(r)
-				inj.used = true
-				out = inj.outgoing(r, inj.tok, nil)
-				return nil
-			})
-			w := httptest.NewRecorder()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				if family == tokensource.V2 {
-					req.Header["Access-Token"] = appid
-				} else {
-					req.URL.RawQuery = query
-				}
-				if err := h.ServeHTTP(w, req, next); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			if out == nil || w.Body.Len() != 0 || strings.Contains(out.URL.RawQuery, "tt01bench") ||
-				(family == tokensource.V2 && out.Header.Get("Access-Token") == "tt01bench") {
-				b.Fatalf("the appid was not replaced by the token: %s %s", out.URL.RawQuery, w.Body)
-			}
-		})
 	}
 }
