@@ -143,6 +143,12 @@ func newE2E(t *testing.T, family tokensource.Family, lt emulator.Lifetimes, opts
 	t.Setenv("TPT_MSG", e2eMsgToken)
 	t.Setenv("TPT_AES", e2eAESKey)
 	t.Cleanup(func() {
+		// Caddy's Stop does not wait for requests in flight: let the
+		// emulator's background pushes be answered first, or one may still
+		// write to the storage as the test removes it.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		emu.Drain(ctx)
+		cancel()
 		if err := caddy.Stop(); err != nil {
 			t.Errorf("stopping caddy: %v", err)
 		}

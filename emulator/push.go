@@ -148,6 +148,25 @@ func (e *Emulator) goPushRetrying(appid string, p authPayload) {
 	}()
 }
 
+// Drain starts no more background pushes (those a retrieve or an exchange
+// sends) and waits until the ones under way are delivered or out of retries,
+// or ctx ends. The receiver is then done with them: a test can stop it and
+// remove its storage. Close still ends and waits for anything left.
+func (e *Emulator) Drain(ctx context.Context) {
+	e.mu.Lock()
+	e.closed = true // goPushRetrying adds to e.wg under e.mu, never after this
+	e.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		e.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
 // PushTicket mints a new component_ticket (valid TicketTTL) and pushes it once,
 // encrypted, expecting the exact answer "success". Without a push URL it only
 // mints the ticket (read it with Ticket) and returns nil.
