@@ -12,6 +12,9 @@
 //
 //	app.go             the tptoken app: Component, the engine pool and its key, Start/Stop/Cleanup
 //	handler.go         the tptoken handler: appid carriers, ServeHTTP, the failure envelope
+//	tokenslot.go       the appid where the token goes (appid token): read, every copy removed
+//	loop.go            request loops: the hop header, the start-up check of the upstreams
+//	tptoken_proxy.go   the tptoken_proxy directive: the handler and reverse_proxy in one route
 //	transport.go       the tptoken transport: the token on the outgoing request, the replay
 //	inspect.go         answers that reject the token sent
 //	replaybuffer.go    request bodies kept for a replay, within max_replay_memory

@@ -43,7 +43,7 @@
 //	lock.go       the in-process and storage locks
 //	client.go     the platform's token API (one HTTP call per method)
 //	errors.go     PlatformError, the code table, Error and Kind
-//	family.go     token families (v1, v2)
+//	family.go     token families (v1, v2): default endpoints, TP-level paths
 //	appid.go      appid validation
 //	tags.go       causes, and appids not confirmed yet (kept out of logs)
 //	observer.go   Observer: hooks for metrics
