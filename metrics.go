@@ -42,6 +42,7 @@ type metricSet struct {
 	importRows       *prometheus.CounterVec   // component_appid, result
 	notInjected      *prometheus.CounterVec   // component_appid
 	rejections       *prometheus.CounterVec   // component_appid, token, result
+	goneReports      *prometheus.CounterVec   // component_appid, result
 	unbuffered       *prometheus.CounterVec   // component_appid
 
 	comps sync.Map // component appid -> *componentMetrics
@@ -99,6 +100,9 @@ func newMetricSet() *metricSet {
 		rejections: counter("token_rejections_total",
 			"Upstream answers that rejected the current token, by token kind (authorizer, component) and what came of it: invalidated (reloaded, renewed if still current), throttled (the same token was acted on less than a minute ago), breaker_tripped (a token just renewed because of such an answer was rejected again: such answers renew nothing for 10 minutes), breaker_open (ignored meanwhile).",
 			"component_appid", "token", "result"),
+		goneReports: counter("downstream_gone_total",
+			"Upstream answers saying an authorizer's authorization is gone (v1 errno 40022/40004; v2 err_no 40022/40004/28001014/28001016), by what came of them: invalidated (the next use verifies it with one refresh), throttled (the same token was acted on less than a minute ago), breaker_open (ignored meanwhile); then by what that refresh found: confirmed (the platform confirmed it: the authorizer is marked unauthorized), alive (the tokens rotated, nothing lost), unverified (the refresh failed: the token keeps serving), breaker_tripped (no refresh: a token just renewed because of such an answer was reported again).",
+			"component_appid", "result"),
 		unbuffered: counter("replay_buffer_full_total",
 			"Request bodies streamed without a replay because max_replay_memory was taken by requests in flight.",
 			"component_appid"),
@@ -108,7 +112,7 @@ func newMetricSet() *metricSet {
 // collectors lists the set's collectors; the per-appid ones only when asked,
 // so a config without metrics_per_appid exports none of their past series.
 func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
-	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.rejections, s.unbuffered}
+	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.rejections, s.goneReports, s.unbuffered}
 	if perAppID {
 		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
 	}
@@ -217,6 +221,11 @@ func (m *componentMetrics) Rejection(appid, result string) {
 		kind = "component"
 	}
 	m.set.rejections.WithLabelValues(m.appID, kind, result).Inc()
+}
+
+// GoneReport implements tokensource.Observer.
+func (m *componentMetrics) GoneReport(_, result string) {
+	m.set.goneReports.WithLabelValues(m.appID, result).Inc()
 }
 
 // replay counts an upstream answer that rejected the injected token.
