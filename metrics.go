@@ -44,6 +44,9 @@ type metricSet struct {
 	rejections       *prometheus.CounterVec   // component_appid, token, result
 	goneReports      *prometheus.CounterVec   // component_appid, result
 	unbuffered       *prometheus.CounterVec   // component_appid
+	storageCheck     *prometheus.GaugeVec     // guarantee, verdict: the last check-storage
+	storageCheckAt   prometheus.Gauge
+	storageTakeover  prometheus.Gauge
 
 	comps sync.Map // component appid -> *componentMetrics
 }
@@ -64,7 +67,17 @@ func newMetricSet() *metricSet {
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help,
 		}, labels)
 	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help})
+	}
 	return &metricSet{
+		storageCheck: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "storage_check",
+			Help: "The verdict of each guarantee in the last `caddy tptoken check-storage` of this process: 1 for the verdict it got (pass, warn, skipped, fail), 0 for the others.",
+		}, []string{"guarantee", "verdict"}),
+		storageCheckAt: gauge("storage_check_timestamp_seconds", "Unix time of the end of the last `caddy tptoken check-storage` of this process."),
+		storageTakeover: gauge("storage_takeover_seconds",
+			"Seconds the last `caddy tptoken check-storage` took to take over a lock whose holder process was killed (0: not measured)."),
 		lookups: counter("token_lookups_total",
 			"Token lookups by the tptoken handler and transport, by token kind (authorizer, component) and result (hit: from memory; obtained: through a storage read or a platform call; error).",
 			"component_appid", "token", "result"),
@@ -112,7 +125,8 @@ func newMetricSet() *metricSet {
 // collectors lists the set's collectors; the per-appid ones only when asked,
 // so a config without metrics_per_appid exports none of their past series.
 func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
-	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.rejections, s.goneReports, s.unbuffered}
+	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.rejections, s.goneReports, s.unbuffered,
+		s.storageCheck, s.storageCheckAt, s.storageTakeover}
 	if perAppID {
 		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
 	}
