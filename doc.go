@@ -13,7 +13,7 @@
 //	app.go             the tptoken app: Component, the engine pool and its key, Start/Stop/Cleanup
 //	handler.go         the tptoken handler: appid carriers, ServeHTTP, the failure envelope
 //	transport.go       the tptoken transport: the token on the outgoing request, the replay
-//	inspect.go         answers that reject the token sent
+//	inspect.go         answers that reject the token sent, or say its authorization is gone
 //	replaybuffer.go    request bodies kept for a replay, within max_replay_memory
 //	query.go           the query edited as bytes: carriers and v1 credentials
 //	redact.go          the token removed from answer headers
@@ -25,6 +25,7 @@
 //	secrets.go         secret placeholders resolved; warnings about risky set-ups
 //	caddyfile.go       the Caddyfile syntax (parsing only; the rules are validate.go's)
 //	storage.go         the storage an engine uses across configs
+//	storagecheck*.go   check-storage: the storage's guarantees, and the lock holder process
 //	metrics.go         Prometheus metrics
 //	admin*.go          the admin API (admin.api.tptoken)
 //	command*.go        the `caddy tptoken` CLI
