@@ -197,7 +197,6 @@ type storageCheck struct {
 	written  map[string]bool   // keys stored (cleanup deletes them)
 	held     []heldLock        // locks not released yet
 	holder   *lockHolder       // the holder process, while it lives
-	exclOK   bool              // lock_exclusion passed or warned
 	takeover time.Duration     // lock_takeover's measure (0: none)
 	results  map[string]string // guarantee → verdict
 }
@@ -269,18 +268,20 @@ func runStorageCheck(ctx context.Context, t *storageTarget, hold time.Duration, 
 			end.Verdict = v
 		}
 	}
-	if ctx.Err() != nil {
-		end.Detail = "interrupted: the guarantees not reported were not checked; the scratch keys and locks were removed"
-	}
-	recordStorageCheck(c.results, c.takeover)
 	fields := []zap.Field{zap.String("verdict", end.Verdict), zap.String("storage", describeStorage(t.a)),
 		zap.Duration("took", time.Since(start)), zap.Any("guarantees", c.results)}
 	if c.takeover > 0 {
 		fields = append(fields, zap.Duration("takeover", c.takeover))
 	}
-	if end.Verdict == verdictFail {
+	switch {
+	case ctx.Err() != nil: // the metrics keep the last complete check
+		end.Detail = "interrupted: the guarantees not reported were not checked; the scratch keys and locks were removed"
+		log.Info("storage check interrupted; its scratch keys and locks were removed", fields...)
+	case end.Verdict == verdictFail:
+		recordStorageCheck(c.results, c.takeover)
 		log.Warn("storage check failed: tptoken's coordination or records are not safe on this storage", fields...)
-	} else {
+	default:
+		recordStorageCheck(c.results, c.takeover)
 		log.Info("storage check ended", fields...)
 	}
 	emit(end)
@@ -625,10 +626,7 @@ func (c *storageCheck) cleanup(parent context.Context) (string, string) {
 func recordStorageCheck(results map[string]string, takeover time.Duration) {
 	m := defaultMetrics()
 	for _, g := range storageGuarantees {
-		got, ok := results[g]
-		if !ok {
-			got = verdictSkipped
-		}
+		got := results[g]
 		for v := range verdictRank {
 			x := 0.0
 			if v == got {

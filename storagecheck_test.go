@@ -291,6 +291,9 @@ func TestCheckStorageCleansUpWhenInterrupted(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if !strings.Contains(x.debugLog(), "storage check interrupted") {
+		t.Error("the interruption was not logged")
+	}
 	x.adminError(http.MethodPost, "/tptoken/check-storage?hold=1h", "", http.StatusBadRequest, "hold")
 }
 
