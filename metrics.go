@@ -45,8 +45,8 @@ type metricSet struct {
 	goneReports      *prometheus.CounterVec   // component_appid, result
 	unbuffered       *prometheus.CounterVec   // component_appid
 	storageCheck     *prometheus.GaugeVec     // guarantee, verdict: the last check-storage
-	storageCheckAt   prometheus.Gauge
-	storageTakeover  prometheus.Gauge
+	storageCheckAt   *prometheus.GaugeVec     // no labels: absent before the first check
+	storageTakeover  *prometheus.GaugeVec     // no labels: absent before the first check
 
 	comps sync.Map // component appid -> *componentMetrics
 }
@@ -67,17 +67,16 @@ func newMetricSet() *metricSet {
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help,
 		}, labels)
 	}
-	gauge := func(name, help string) prometheus.Gauge {
-		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help})
+	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}, labels)
 	}
 	return &metricSet{
-		storageCheck: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "storage_check",
-			Help: "The verdict of each guarantee in the last `caddy tptoken check-storage` of this process: 1 for the verdict it got (pass, warn, skipped, fail), 0 for the others.",
-		}, []string{"guarantee", "verdict"}),
-		storageCheckAt: gauge("storage_check_timestamp_seconds", "Unix time of the end of the last `caddy tptoken check-storage` of this process."),
+		storageCheck: gauge("storage_check",
+			"The verdict of each guarantee in the last complete `caddy tptoken check-storage` of this process: 1 for the verdict it got (pass, warn, skipped, fail), 0 for the others.",
+			"guarantee", "verdict"),
+		storageCheckAt: gauge("storage_check_timestamp_seconds", "Unix time of the end of the last complete `caddy tptoken check-storage` of this process."),
 		storageTakeover: gauge("storage_takeover_seconds",
-			"Seconds the last `caddy tptoken check-storage` took to take over a lock whose holder process was killed (0: not measured)."),
+			"Seconds the last complete `caddy tptoken check-storage` took to take over a lock whose holder process was killed (0: not measured)."),
 		lookups: counter("token_lookups_total",
 			"Token lookups by the tptoken handler and transport, by token kind (authorizer, component) and result (hit: from memory; obtained: through a storage read or a platform call; error).",
 			"component_appid", "token", "result"),

@@ -635,8 +635,8 @@ func recordStorageCheck(results map[string]string, takeover time.Duration) {
 			m.storageCheck.WithLabelValues(g, v).Set(x)
 		}
 	}
-	m.storageCheckAt.SetToCurrentTime()
-	m.storageTakeover.Set(takeover.Seconds())
+	m.storageCheckAt.WithLabelValues().SetToCurrentTime()
+	m.storageTakeover.WithLabelValues().Set(takeover.Seconds())
 }
 
 // short rounds d for reading: 9.1s, 7.3ms, 485µs.

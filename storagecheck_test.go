@@ -188,7 +188,7 @@ func TestCheckStoragePassesOnFileSystemAndReportsTakeover(t *testing.T) {
 			t.Errorf("caddy_tptoken_storage_check{guarantee=%q,verdict=\"pass\"} = %v", g, v)
 		}
 	}
-	if v := testutil.ToFloat64(m.storageTakeover); v <= 0 || v > 30 {
+	if v := testutil.ToFloat64(m.storageTakeover.WithLabelValues()); v <= 0 || v > 30 {
 		t.Errorf("caddy_tptoken_storage_takeover_seconds = %v", v)
 	}
 }
