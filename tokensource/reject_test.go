@@ -373,3 +373,32 @@ func TestReportGoneIsCompareAndReport(t *testing.T) {
 		t.Fatalf("stale reports made %d refresh calls", n)
 	}
 }
+
+// With no request after the report, the background loop verifies it.
+func TestReportGoneIsVerifiedByTheBackgroundLoopWithoutTraffic(t *testing.T) {
+	h := newHarness(t, tokensource.V2)
+	e := h.engine()
+	ctx := context.Background()
+	h.authorize(e, "tt01app")
+	tok, _ := e.Token(ctx, "tt01app")
+	if err := h.emu.Unauthorize("tt01app", false); err != nil {
+		t.Fatal(err)
+	}
+	if !e.ReportGone("tt01app", tok) {
+		t.Fatal("the report was not acted on")
+	}
+	jobs := e.BackgroundPass(ctx, 0, false)
+	if len(jobs) != 1 || jobs[0].AppID != "tt01app" {
+		t.Fatalf("jobs = %+v, want the verification of tt01app", jobs)
+	}
+	jobs[0].Run(ctx)
+	if info, err := e.Info(ctx, "tt01app"); err != nil || info.State != tokensource.StateUnauthorized {
+		t.Fatalf("after the background pass: %+v %v", info, err)
+	}
+	if n := h.emu.Stats().Calls[emulator.OpRefresh]; n != 1 {
+		t.Fatalf("%d refresh calls, want 1", n)
+	}
+	if jobs := e.BackgroundPass(ctx, 0, true); len(jobs) != 0 {
+		t.Fatalf("jobs after the confirmation: %+v", jobs)
+	}
+}
