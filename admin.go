@@ -37,6 +37,7 @@ func init() {
 //	POST   /tptoken/import                      [{"appid", "authorizer_refresh_token", "refresh_expires_at"?}, ...]
 //	POST   /tptoken/reseal
 //	GET    /tptoken/component[?component=<appid>]
+//	POST   /tptoken/check-storage[?hold=<duration>]   (NDJSON, admin_storagecheck.go)
 //
 // With several components, ?component= names one; routes about one authorizer
 // infer it when the appid has a record under exactly one component. Errors
@@ -48,10 +49,11 @@ func init() {
 // Caddy's admin endpoint has no authentication: keep it on localhost or a unix
 // socket, or use remote admin with mTLS.
 type adminAPI struct {
-	comps map[string]*component // a snapshot: the app's own map is released on unload
-	order []string
-	err   error // why there is no app
-	log   *zap.Logger
+	comps   map[string]*component // a snapshot: the app's own map is released on unload
+	order   []string
+	storage *storageTarget // the app's storage (check-storage)
+	err     error          // why there is no app
+	log     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -78,6 +80,7 @@ func (a *adminAPI) Provision(ctx caddy.Context) error {
 		a.comps[id] = c
 	}
 	a.order = append([]string(nil), app.order...)
+	a.storage = app.target
 	return nil
 }
 
@@ -156,13 +159,18 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.reseal(w, r)
+	case rest == "check-storage":
+		if err := allowMethods(w, r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.checkStorage(w, r)
 	}
 	return notFound(r)
 }
 
 func notFound(r *http.Request) error {
 	return caddy.APIError{HTTPStatus: http.StatusNotFound,
-		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/component", r.Method, r.URL.Path)}
+		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/component, /tptoken/check-storage", r.Method, r.URL.Path)}
 }
 
 func allowMethods(w http.ResponseWriter, r *http.Request, methods ...string) error {

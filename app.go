@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,7 @@ type App struct {
 	comps   map[string]*component
 	order   []string
 	storage certmagic.Storage
+	target  *storageTarget // the storage as check-storage sees it (storagecheck.go)
 	logger  *zap.Logger
 	ctx     caddy.Context // to find the http app once every app is provisioned (Start)
 	loops   *loopCheck    // the start-up check of upstreams resolving to this Caddy (loop.go)
@@ -169,6 +171,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return configError(a.logger, err)
 		}
 	}
+	storageRaw := slices.Clone(a.StorageRaw) // LoadModule zeroes it; check-storage provisions it again
 	if a.StorageRaw != nil {
 		mod, err := ctx.LoadModule(a, "StorageRaw")
 		if err != nil {
@@ -182,6 +185,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	} else {
 		a.storage = ctx.Storage()
 	}
+	a.target = newStorageTarget(storageRaw, a.storage, a.Components)
 	repl := caddy.NewReplacer()
 	for i, c := range a.Components {
 		rc, err := a.provisionComponent(repl, c)

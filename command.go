@@ -29,8 +29,8 @@ import (
 // file with swapped columns, is shown by its fingerprint only.
 //
 // Exit codes: 0 success; 1 failure (bad arguments, Caddy unreachable, an
-// operation failed for some appid or row); 2 `status --check` found the TP not
-// healthy.
+// operation failed for some appid or row, a storage guarantee failed); 2
+// `status --check` found the TP not healthy, or check-storage skipped a guarantee.
 
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
@@ -52,13 +52,15 @@ Operates the tptoken app of a running Caddy through its admin API
   caddy tptoken reseal                      seal every record with the current encryption_key
   caddy tptoken auth-link --redirect-uri <url>
                                             an authorization link for a merchant (signed state)
+  caddy tptoken check-storage [--hold 12s]  check the storage's locks, visibility and listing
 
 The admin address comes from --address, else from the admin setting of the
 --config file, else Caddy's default (localhost:2019). With several components
 (TPs), the component of an appid is found by itself; name one with --component
 where it cannot be (a new authorizer, an import). --json prints the API's JSON.
 
-Exit status: 0 success, 1 failure, 2 status --check found the TP not healthy.
+Exit status: 0 success, 1 failure, 2 status --check found the TP not healthy
+(check-storage: a guarantee was skipped).
 `,
 		CobraFunc: configureCommand,
 	})
@@ -74,6 +76,8 @@ var subcommands = []func() *cobra.Command{
 	deleteCommand,
 	resealCommand,
 	authLinkCommand,
+	checkStorageCommand,
+	checkStorageHolderCommand,
 }
 
 // configureCommand adds the subcommands and their flags to the tptoken command.
@@ -92,7 +96,9 @@ func configureCommand(cmd *cobra.Command) {
 		sub := build()
 		sub.SilenceUsage = true
 		cmd.AddCommand(sub)
-		names = append(names, sub.Name())
+		if !sub.Hidden {
+			names = append(names, sub.Name())
+		}
 	}
 	cmd.Args = cobra.ArbitraryArgs
 	cmd.SilenceUsage = true

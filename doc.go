@@ -16,7 +16,7 @@
 //	loop.go            request loops: the hop header, the start-up check of the upstreams
 //	tptoken_proxy.go   the tptoken_proxy directive: the handler and reverse_proxy in one route
 //	transport.go       the tptoken transport: the token on the outgoing request, the replay
-//	inspect.go         answers that reject the token sent
+//	inspect.go         answers that reject the token sent, or say its authorization is gone
 //	replaybuffer.go    request bodies kept for a replay, within max_replay_memory
 //	query.go           the query edited as bytes: carriers and v1 credentials
 //	redact.go          the token removed from answer headers
@@ -28,6 +28,7 @@
 //	secrets.go         secret placeholders resolved; warnings about risky set-ups
 //	caddyfile.go       the Caddyfile syntax (parsing only; the rules are validate.go's)
 //	storage.go         the storage an engine uses across configs
+//	storagecheck*.go   check-storage: the storage's guarantees, and the lock holder process
 //	metrics.go         Prometheus metrics
 //	admin*.go          the admin API (admin.api.tptoken)
 //	command*.go        the `caddy tptoken` CLI

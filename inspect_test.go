@@ -68,8 +68,8 @@ func TestInspectFindsInvalidTokenCodesOnlyInSmallJSONAnswers(t *testing.T) {
 				h.Set("Content-Encoding", tc.encoding)
 			}
 			resp := &http.Response{StatusCode: 200, Header: h, ContentLength: length, Body: io.NopCloser(bytes.NewReader(tc.body))}
-			if got := inspect(resp, tc.family, tc.component); got != tc.want {
-				t.Fatalf("code %d, want %d", got, tc.want)
+			if got, kind := inspect(resp, tc.family, tc.component); got != tc.want || (got != 0) != (kind == answerRejected) {
+				t.Fatalf("code %d (kind %d), want %d rejecting the token", got, kind, tc.want)
 			}
 			// Whatever was read is given back: the client gets the exact answer.
 			rest, _ := io.ReadAll(resp.Body)
@@ -80,12 +80,52 @@ func TestInspectFindsInvalidTokenCodesOnlyInSmallJSONAnswers(t *testing.T) {
 	}
 }
 
+// Answers saying the authorization is gone count on authorizer routes, in
+// the family's own field and codes only.
+func TestInspectFindsAuthorizationGoneCodesOnAuthorizerRoutesOnly(t *testing.T) {
+	v1, v2 := tokensource.V1, tokensource.V2
+	cases := []struct {
+		name      string
+		body      string
+		family    tokensource.Family
+		component bool
+		want      int
+	}{
+		{"v1 40022", `{"errno":40022,"message":"此小程序未授权给第三方平台"}`, v1, false, 40022},
+		{"v1 40004", `{"errno":40004,"message":"找不到相关授权小程序"}`, v1, false, 40004},
+		{"v2 40022", `{"err_no":40022,"err_msg":"x","log_id":"y"}`, v2, false, 40022},
+		{"v2 40004", `{"err_no":40004}`, v2, false, 40004},
+		{"v2 28001014", `{"err_no":28001014,"err_msg":"应用未授权任何能力"}`, v2, false, 28001014},
+		{"v2 28001016", `{"err_no":28001016,"err_msg":"当前应用已被封禁或下线"}`, v2, false, 28001016},
+		{"v1 component route", `{"errno":40022}`, v1, true, 0},
+		{"v2 component route", `{"err_no":40022}`, v2, true, 0},
+		{"v2 field on a v1 route", `{"err_no":40022}`, v1, false, 0},
+		{"v1 field on a v2 route", `{"errno":40022}`, v2, false, 0},
+		{"a v2 code on a v1 route", `{"errno":28001016}`, v1, false, 0},
+		{"nested in data", `{"errno":0,"data":{"errno":40022}}`, v1, false, 0},
+		{"a success mentioning it", `{"err_no":0,"data":{"n":28001014}}`, v2, false, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"application/json"}},
+				ContentLength: int64(len(tc.body)), Body: io.NopCloser(strings.NewReader(tc.body))}
+			code, kind := inspect(resp, tc.family, tc.component)
+			if code != tc.want || (code != 0) != (kind == answerGone) {
+				t.Fatalf("code %d (kind %d), want %d saying the authorization is gone", code, kind, tc.want)
+			}
+			if rest, _ := io.ReadAll(resp.Body); string(rest) != tc.body {
+				t.Fatal("the answer body changed")
+			}
+		})
+	}
+}
+
 // The body handed back after an inspection reads exactly like the original.
 func TestInspectedBodyReadsAndWritesToLikeTheOriginal(t *testing.T) {
 	body := `{"errno":0,"message":"success","data":{"appid":"tt01"}}`
 	resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"application/json; charset=utf-8"}},
 		ContentLength: int64(len(body)), Body: io.NopCloser(strings.NewReader(body))}
-	if code := inspect(resp, tokensource.V1, false); code != 0 {
+	if code, _ := inspect(resp, tokensource.V1, false); code != 0 {
 		t.Fatalf("code %d", code)
 	}
 	if _, ok := resp.Body.(io.WriterTo); !ok {
@@ -102,7 +142,7 @@ func TestInspectedBodyReadsAndWritesToLikeTheOriginal(t *testing.T) {
 	// Read ends like net/http's body of a known length: io.EOF with the last
 	// bytes, so reverse_proxy's copy loop (one allocation per turn) turns once.
 	resp.Body = io.NopCloser(strings.NewReader(body))
-	if code := inspect(resp, tokensource.V1, false); code != 0 {
+	if code, _ := inspect(resp, tokensource.V1, false); code != 0 {
 		t.Fatalf("code %d", code)
 	}
 	buf := make([]byte, 32<<10)

@@ -43,7 +43,11 @@ type metricSet struct {
 	notInjected      *prometheus.CounterVec   // component_appid
 	loops            *prometheus.CounterVec   // component_appid
 	rejections       *prometheus.CounterVec   // component_appid, token, result
+	goneReports      *prometheus.CounterVec   // component_appid, result
 	unbuffered       *prometheus.CounterVec   // component_appid
+	storageCheck     *prometheus.GaugeVec     // guarantee, verdict: the last check-storage
+	storageCheckAt   *prometheus.GaugeVec     // no labels: absent before the first check
+	storageTakeover  *prometheus.GaugeVec     // no labels: absent before the first check
 
 	comps sync.Map // component appid -> *componentMetrics
 }
@@ -64,7 +68,16 @@ func newMetricSet() *metricSet {
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help,
 		}, labels)
 	}
+	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}, labels)
+	}
 	return &metricSet{
+		storageCheck: gauge("storage_check",
+			"The verdict of each guarantee in the last complete `caddy tptoken check-storage` of this process: 1 for the verdict it got (pass, warn, skipped, fail), 0 for the others.",
+			"guarantee", "verdict"),
+		storageCheckAt: gauge("storage_check_timestamp_seconds", "Unix time of the end of the last complete `caddy tptoken check-storage` of this process."),
+		storageTakeover: gauge("storage_takeover_seconds",
+			"Seconds the last complete `caddy tptoken check-storage` took to take over a lock whose holder process was killed (0: not measured)."),
 		lookups: counter("token_lookups_total",
 			"Token lookups by the tptoken handler and transport, by token kind (authorizer, component) and result (hit: from memory; obtained: through a storage read or a platform call; error).",
 			"component_appid", "token", "result"),
@@ -103,6 +116,9 @@ func newMetricSet() *metricSet {
 		rejections: counter("token_rejections_total",
 			"Upstream answers that rejected the current token, by token kind (authorizer, component) and what came of it: invalidated (reloaded, renewed if still current), throttled (the same token was acted on less than a minute ago), breaker_tripped (a token just renewed because of such an answer was rejected again: such answers renew nothing for 10 minutes), breaker_open (ignored meanwhile).",
 			"component_appid", "token", "result"),
+		goneReports: counter("downstream_gone_total",
+			"Upstream answers saying an authorizer's authorization is gone (v1 errno 40022/40004; v2 err_no 40022/40004/28001014/28001016), by what came of them: invalidated (the next use verifies it with one refresh), throttled (the same token was acted on less than a minute ago), breaker_open (ignored meanwhile); then by what that refresh found: confirmed (the platform confirmed it: the authorizer is marked unauthorized), alive (the tokens rotated, nothing lost), unverified (the refresh failed: the token keeps serving), breaker_tripped (no refresh: a token just renewed because of such an answer was reported again).",
+			"component_appid", "result"),
 		unbuffered: counter("replay_buffer_full_total",
 			"Request bodies streamed without a replay because max_replay_memory was taken by requests in flight.",
 			"component_appid"),
@@ -112,7 +128,8 @@ func newMetricSet() *metricSet {
 // collectors lists the set's collectors; the per-appid ones only when asked,
 // so a config without metrics_per_appid exports none of their past series.
 func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
-	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.loops, s.rejections, s.unbuffered}
+	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.loops, s.rejections, s.goneReports, s.unbuffered,
+		s.storageCheck, s.storageCheckAt, s.storageTakeover}
 	if perAppID {
 		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
 	}
@@ -223,6 +240,11 @@ func (m *componentMetrics) Rejection(appid, result string) {
 		kind = "component"
 	}
 	m.set.rejections.WithLabelValues(m.appID, kind, result).Inc()
+}
+
+// GoneReport implements tokensource.Observer.
+func (m *componentMetrics) GoneReport(_, result string) {
+	m.set.goneReports.WithLabelValues(m.appID, result).Inc()
 }
 
 // replay counts an upstream answer that rejected the injected token.

@@ -30,7 +30,9 @@ func init() {
 // the transport reports that token to the engine (which drops it only if it is
 // still the current one, within the bounds of tokensource/reject.go), gets the
 // token to use and, if it is another one, replays the request once with the
-// identical body.
+// identical body. When it answers that the authorization is gone (inspect.go
+// goneCodes), the answer goes back as it is, without a replay, and is reported
+// within the same bounds: the engine verifies it with one refresh.
 //
 // No response header it hands back carries the token (redact.go): an upstream
 // redirect keeping the query, or an echo of the access-token header, is
@@ -125,11 +127,20 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (t *Transport) roundTrip(req *http.Request, inj *injection) (*http.Response, error) {
 	body, replay := inj.requestBody(req, t.logger)
 	resp, err := t.send(req, inj, inj.tok, body)
-	if err != nil || !replay {
+	// A component route's answer matters only for a replay; an authorizer
+	// route's also when it says the authorization is gone, which needs none.
+	if err != nil || !replay && inj.component {
 		return resp, err
 	}
-	code := inspect(resp, inj.comp.family, inj.component)
-	if code == 0 {
+	code, kind := inspect(resp, inj.comp.family, inj.component)
+	if kind == answerGone {
+		acted := inj.comp.engine.ReportGone(inj.appid, inj.tok)
+		if c := t.logger.Check(zapcore.DebugLevel, "the platform answered that the authorization is gone; reported, not replayed"); c != nil {
+			c.Write(zap.String("appid", inj.appid), zap.Int("code", code), zap.Bool("acted_on", acted))
+		}
+		return resp, nil
+	}
+	if kind != answerRejected || !replay {
 		return resp, nil
 	}
 	dropped := inj.invalidate()

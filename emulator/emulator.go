@@ -99,6 +99,12 @@ type Config struct {
 	// Authorize lists authorizer appids authorized from the start. Run sends
 	// their AUTHORIZED pushes after its first successful ticket push.
 	Authorize []string
+	// UnauthorizedDownstream is the code a downstream API answers for a token
+	// whose authorization was revoked (Unauthorize), in the family's field
+	// (v1 errno, v2 err_no): for example 40022, what the platform's TP APIs
+	// answer for an app no longer authorized. 0 answers as for any dead token
+	// (v1 40020, v2 28001003). SetUnauthorizedDownstream changes it.
+	UnauthorizedDownstream int
 }
 
 // Lifetimes are the durations that can change at runtime. They apply to tokens,
@@ -212,6 +218,7 @@ type Emulator struct {
 	stats          statsState
 	recent         []APICall // the last maxRecentCalls API calls
 	randCounter    uint64
+	goneCode       int // Config.UnauthorizedDownstream
 }
 
 // New validates cfg and returns an emulator with no authorizers (other than
@@ -243,6 +250,7 @@ func New(cfg Config) (*Emulator, error) {
 		codes:        map[string]*code{},
 		faults:       map[string]Faults{},
 		stats:        newStatsState(),
+		goneCode:     cfg.UnauthorizedDownstream,
 	}
 	if cfg.MessageToken != "" || cfg.EncodingAESKey != "" {
 		pc, err := push.NewCrypto(cfg.MessageToken, cfg.EncodingAESKey, cfg.ComponentAppID)
@@ -323,6 +331,15 @@ func (e *Emulator) Close() error {
 	e.cancel()
 	e.wg.Wait()
 	return nil
+}
+
+// SetUnauthorizedDownstream sets Config.UnauthorizedDownstream: the code
+// downstream APIs answer for a token of a revoked authorization (0: as for any
+// dead token).
+func (e *Emulator) SetUnauthorizedDownstream(code int) {
+	e.mu.Lock()
+	e.goneCode = code
+	e.mu.Unlock()
 }
 
 // ComponentAppID is the TP this emulator serves.

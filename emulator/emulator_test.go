@@ -646,6 +646,43 @@ func TestEmulatorUnauthorizeKillsEverything(t *testing.T) {
 	}
 }
 
+// With UnauthorizedDownstream set, a revoked authorization's token gets that
+// code from downstream APIs, in the family's field; a token that died for
+// another reason (rotated away) still gets the invalid-token code.
+func TestEmulatorAnswersUnauthorizedDownstreamForARevokedAuthorization(t *testing.T) {
+	bothFamilies(t, func(t *testing.T, f tokensource.Family) {
+		h := newHarness(t)
+		h.e.SetUnauthorizedDownstream(ErrnoNotAuthorized)
+		comp := h.componentToken(f)
+		old, r := h.mustExchange(f, comp, appA)
+		if a := h.refresh(f, comp, r); a.code != 0 {
+			t.Fatalf("refresh: %+v", a.raw)
+		}
+		cur, _ := h.mustExchange(f, comp, appA)
+		if err := h.e.Unauthorize(appA, false); err != nil {
+			t.Fatal(err)
+		}
+		d := h.downstream(f, cur)
+		field := "errno"
+		if f == v2 {
+			field = "err_no"
+		}
+		if d.code != ErrnoNotAuthorized || d.raw[field] != json.Number("40022") {
+			t.Fatalf("revoked authorization's token: %v, want %s 40022", d.raw, field)
+		}
+		if d := h.downstream(f, old); d.code != invalidCode(f) {
+			t.Fatalf("token rotated away before the revocation: %+v, want %d", d.raw, invalidCode(f))
+		}
+		if n := h.e.Stats().App(appA).DownstreamGone; n != 1 {
+			t.Fatalf("DownstreamGone = %d, want 1", n)
+		}
+		h.e.SetUnauthorizedDownstream(0)
+		if d := h.downstream(f, cur); d.code != invalidCode(f) {
+			t.Fatalf("switch off: %+v, want %d", d.raw, invalidCode(f))
+		}
+	})
+}
+
 func TestEmulatorRevokeAndExpireAccessTokenKeepTheRefreshToken(t *testing.T) {
 	h := newHarness(t)
 	c2 := h.componentToken(v2)

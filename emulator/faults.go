@@ -200,6 +200,7 @@ type Counters struct {
 	DownstreamOK          int64 `json:"downstream_ok"`           // downstream calls with a valid token
 	DownstreamInvalid     int64 `json:"downstream_invalid"`      // downstream calls with a missing, unknown, expired, revoked or rotated token
 	DownstreamForeign     int64 `json:"downstream_foreign"`      // downstream calls with a token of another kind or family
+	DownstreamGone        int64 `json:"downstream_gone"`         // downstream calls answered Config.UnauthorizedDownstream (a revoked authorization)
 	PushesSent            int64 `json:"pushes_sent"`             // pushes answered "success"
 	PushesFailed          int64 `json:"pushes_failed"`           // push attempts that failed
 }

@@ -787,6 +787,10 @@ func (e *Emulator) downstream(c *call) (any, *apiError) {
 		return invalid(t.appid, true, false, "not an authorizer access token")
 	case t.family != c.family:
 		return invalid(t.appid, true, false, "a "+string(t.family)+" token")
+	case t.dead && t.why == whyUnauthorized && e.goneCode != 0:
+		c.appid = t.appid
+		e.countLocked(t.appid, func(k *Counters) { k.DownstreamGone++ })
+		return nil, apiErr(e.goneCode, "此小程序未授权给第三方小程序应用")
 	case t.dead:
 		return invalid(t.appid, false, false, t.why)
 	case !c.now.Before(t.expiry):

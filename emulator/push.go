@@ -207,9 +207,13 @@ func (e *Emulator) Authorize(appid string, sendPush bool) (string, error) {
 		EventTime: push.FormatTime(now), Event: "AUTHORIZED", AuthorizationCode: v, AuthorizationCodeExpiresIn: seconds(ttl)})
 }
 
+// whyUnauthorized is why the tokens of a revoked authorization died.
+const whyUnauthorized = "unauthorized"
+
 // Unauthorize revokes appid's authorization: both families' tokens and its
-// unused codes die, refreshes answer 40004 and retrieve answers 40022. With
-// sendPush it also sends the UNAUTHORIZED push (once, synchronously).
+// unused codes die, refreshes answer 40004, retrieve answers 40022, and
+// downstream APIs answer as for a dead token, or Config.UnauthorizedDownstream.
+// With sendPush it also sends the UNAUTHORIZED push (once, synchronously).
 func (e *Emulator) Unauthorize(appid string, sendPush bool) error {
 	e.mu.Lock()
 	a := e.auths[appid]
@@ -220,8 +224,8 @@ func (e *Emulator) Unauthorize(appid string, sendPush bool) error {
 	now := e.now()
 	a.authorized = false
 	for f, ch := range a.chains {
-		e.killLocked(ch.access, "unauthorized")
-		e.killLocked(ch.refresh, "unauthorized")
+		e.killLocked(ch.access, whyUnauthorized)
+		e.killLocked(ch.refresh, whyUnauthorized)
 		delete(a.chains, f)
 	}
 	for _, cd := range e.codes {

@@ -15,7 +15,9 @@ import (
 )
 
 // The exit status a script sees from the built binary (./cmd/caddy): typos and
-// invalid values fail, status --check fails with 2 when the TP is unhealthy.
+// invalid values fail, status --check fails with 2 when the TP is unhealthy,
+// check-storage passes on file_system, its lock holder being the built binary
+// started again as `caddy tptoken check-storage-holder`.
 func TestCLIExitStatusOfTheBuiltBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault test")
@@ -90,5 +92,18 @@ func TestCLIExitStatusOfTheBuiltBinary(t *testing.T) {
 	if code, out := run("status", "--check", "--address", admin); code != 2 || !strings.Contains(out, "NOT HEALTHY") ||
 		!strings.Contains(out, "no component_ticket received yet") {
 		t.Fatalf("status --check without a ticket: exit %d, want 2\n%s", code, out)
+	}
+	code, out := run("check-storage", "--address", admin, "--hold", "2s") // the lease is tested in-process (TestCheckStoragePasses...)
+	t.Logf("caddy tptoken check-storage:\n%s", out)
+	if code != 0 || !strings.Contains(out, "Verdict: pass") {
+		t.Fatalf("check-storage: exit %d, want 0 and a pass\n%s", code, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "lock_takeover" && (f[1] != "pass" || !strings.Contains(line, "taken over")) {
+			t.Fatalf("lock_takeover through the built binary: %s", line)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "locks", "tptoken.check-storage-*")); len(left) > 0 {
+		t.Fatalf("check-storage left lock files: %v", left)
 	}
 }

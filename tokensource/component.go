@@ -182,8 +182,10 @@ func (e *Engine) obtainComponent(m mode) (any, error) {
 	// Due only because a downstream answer rejected the token: reject.go decides.
 	now = e.now()
 	reported := cur.reported() && !e.due(m, cur.unsuspected(), now, 0)
-	if reported && !e.mayRenewSuspect(&e.comp, "", cur, now) {
-		return cur.tok, nil
+	if reported {
+		if allow, _ := e.mayRenewSuspect(&e.comp, "", cur, now); !allow {
+			return cur.tok, nil
+		}
 	}
 
 	ticket, err := e.currentTicket(ctx)

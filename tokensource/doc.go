@@ -31,7 +31,8 @@
 //	config.go     Config and its defaults
 //	component.go  the component token and the ticket it is fetched with
 //	maintain.go   Run: the background loop (maintain, sweep)
-//	reject.go     Invalidate: what a downstream rejection may cause
+//	reject.go     Invalidate, ReportGone: what a downstream rejection, or an
+//	              answer saying the authorization is gone, may cause
 //	redirect.go   exchanges started by the authorization redirect, budgeted
 //	authlink.go   authorization links
 //	operator.go   operator actions: Info, List, Refresh, Recover, Forget,

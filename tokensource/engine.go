@@ -257,12 +257,16 @@ func (e *Engine) syncInBackground(appid string, s *slot) {
 		defer s.syncing.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		before := s.cur.Load()
 		rec, err := e.loadRecord(ctx, appid)
 		if err != nil && !isNotExist(err) {
 			e.log.Warn("background sync of a cached record failed", zapApp(appid), zapErr(err))
 			return
 		}
-		e.adopt(s, rec, e.now())
+		// Only over what memory held before the read: an entry installed
+		// meanwhile (a renewal, a push) is newer news than this read, which
+		// may hold a token rotated away since.
+		e.adoptOver(s, before, rec, e.now())
 	}()
 }
 
@@ -270,20 +274,25 @@ func (e *Engine) syncInBackground(appid string, s *slot) {
 // record that storage lacks (a failed write). It returns the entry in effect.
 func (e *Engine) adopt(s *slot, rec *record, now time.Time) *entry {
 	for {
-		old := s.cur.Load()
-		if old != nil && old.dirty && (rec == nil || rec.Generation < old.rec.Generation) {
-			return old
-		}
-		en := e.newEntry(rec, now)
-		if old != nil && old.rec != nil && rec != nil &&
-			(old.rec.Generation == rec.Generation || (en.tok.Value != "" && en.tok.Value == old.tok.Value)) {
-			// same token: keep what this instance learned about it
-			en.suspect, en.confirmed, en.retryAt, en.failures, en.lastErr = old.suspect, old.confirmed, old.retryAt, old.failures, old.lastErr
-		}
-		if s.cur.CompareAndSwap(old, en) {
+		if en, ok := e.adoptOver(s, s.cur.Load(), rec, now); ok {
 			return en
 		}
 	}
+}
+
+// adoptOver is one attempt of adopt, replacing old only: it fails when the
+// slot no longer holds old.
+func (e *Engine) adoptOver(s *slot, old *entry, rec *record, now time.Time) (*entry, bool) {
+	if old != nil && old.dirty && (rec == nil || rec.Generation < old.rec.Generation) {
+		return old, true
+	}
+	en := e.newEntry(rec, now)
+	if old != nil && old.rec != nil && rec != nil &&
+		(old.rec.Generation == rec.Generation || (en.tok.Value != "" && en.tok.Value == old.tok.Value)) {
+		// same token: keep what this instance learned about it
+		en.suspect, en.confirmed, en.retryAt, en.failures, en.lastErr = old.suspect, old.confirmed, old.retryAt, old.failures, old.lastErr
+	}
+	return en, s.cur.CompareAndSwap(old, en)
 }
 
 // sleep waits d or until ctx ends.

@@ -24,6 +24,12 @@ type Observer interface {
 	// says what came of it: RejectInvalidated, RejectThrottled,
 	// RejectBreakerTripped or RejectBreakerOpen. appid is "" for the component token.
 	Rejection(appid, result string)
+	// GoneReport: a downstream answer said the authorization of appid is gone
+	// (ReportGone). result says what came of the answer (RejectInvalidated: the
+	// next use verifies it; RejectThrottled; RejectBreakerOpen) and then of the
+	// refresh verifying it (GoneConfirmed, GoneAlive, GoneUnverified, or
+	// RejectBreakerTripped instead of a refresh).
+	GoneReport(appid, result string)
 }
 
 type nopObserver struct{}
@@ -32,6 +38,7 @@ func (nopObserver) Lookup(string, string)                                      {
 func (nopObserver) PlatformCall(string, string, string, string, time.Duration) {}
 func (nopObserver) Recovery(string, string, bool)                              {}
 func (nopObserver) Rejection(string, string)                                   {}
+func (nopObserver) GoneReport(string, string)                                  {}
 
 // callResult names the outcome of a platform call with bounded cardinality:
 // "ok", the platform code ("40021"), "http_<status>", "timeout" or "network".

@@ -27,6 +27,8 @@ func (o *recordingObserver) Lookup(string, string) {}
 
 func (o *recordingObserver) Rejection(string, string) {}
 
+func (o *recordingObserver) GoneReport(string, string) {}
+
 func (o *recordingObserver) PlatformCall(op, appid, cause, result string, _ time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

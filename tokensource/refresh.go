@@ -91,16 +91,26 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 		c.rec = cur.rec.withForced(now) // kept by the record the renewal writes
 		cur = &c
 	}
-	// Due only because a downstream answer rejected the token: reject.go decides.
+	// Due only because a downstream answer rejected the token (or said the
+	// authorization is gone): reject.go decides.
 	reported := m != forced && cur.reported() && !e.due(m, cur.unsuspected(), now, seen)
-	if reported && !e.mayRenewSuspect(s, appid, cur, now) {
-		return cur.tok, nil
+	var gone bool
+	if reported {
+		var allow bool
+		if allow, gone = e.mayRenewSuspect(s, appid, cur, now); !allow {
+			return cur.tok, nil
+		}
 	}
 
 	// 6. Renew and store, still under the lock.
 	v, err := e.renewLocked(ctx, appid, s, cur)
-	if tok, ok := v.(Token); reported && ok && err == nil && tok.Value != cur.tok.Value {
-		s.renewedSuspect(tok.Value, now)
+	if reported {
+		if tok, ok := v.(Token); ok && err == nil && tok.Value != cur.tok.Value {
+			s.renewedSuspect(tok.Value, now)
+		}
+		if gone {
+			e.verifiedGone(appid, cur, v, err)
+		}
 	}
 	return v, err
 }

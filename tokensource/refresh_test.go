@@ -3,6 +3,7 @@ package tokensource_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -279,5 +280,59 @@ func TestAFailedWriteAfterARefreshKeepsTheTokenInMemoryAndWritesItLater(t *testi
 	}
 	if s := h.emu.Stats().App("tt01app"); s.Refresh40021 != 0 {
 		t.Fatalf("stats = %+v: a stale refresh token was stored", s)
+	}
+}
+
+// pausingStore holds the next Load of an authorizer record, once armed, after
+// reading it and before returning it, until released: a slow storage read.
+type pausingStore struct {
+	*certmagic.FileStorage
+	armed   atomic.Bool
+	paused  chan struct{} // closed when a Load is held
+	release chan struct{}
+}
+
+func (s *pausingStore) Load(ctx context.Context, key string) ([]byte, error) {
+	b, err := s.FileStorage.Load(ctx, key)
+	if strings.Contains(key, "/authorizers/") && s.armed.CompareAndSwap(true, false) {
+		close(s.paused)
+		<-s.release
+	}
+	return b, err
+}
+
+// A background sync of a cached record whose storage read is slow must not
+// put back a token that a renewal rotated away meanwhile: the renewal's entry
+// is newer than what the sync read.
+func TestASlowBackgroundSyncDoesNotBringBackARotatedToken(t *testing.T) {
+	h := newHarness(t, tokensource.V1)
+	ps := &pausingStore{FileStorage: h.store(), paused: make(chan struct{}), release: make(chan struct{})}
+	e := h.engine(func(c *tokensource.Config) { c.Store = ps })
+	ctx := context.Background()
+	h.authorize(e, "tt01app")
+	old, err := e.Token(ctx, "tt01app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(time.Minute) // the record is due for a background sync; the token is fresh
+	ps.armed.Store(true)
+	if _, err := e.Token(ctx, "tt01app"); err != nil { // starts the sync, whose read pauses
+		t.Fatal(err)
+	}
+	<-ps.paused
+	if _, err := e.Refresh(ctx, "tt01app"); err != nil { // rotates the pair meanwhile
+		t.Fatal(err)
+	}
+	close(ps.release)
+	_ = e.Close() // waits for the sync; Token still answers from memory
+	tok, err := e.Token(ctx, "tt01app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Value == old.Value {
+		t.Fatalf("the rotated-away token (generation %d) is served again", tok.Generation)
+	}
+	if owner, code := h.downstream(tok); owner != "tt01app" || code != 0 {
+		t.Fatalf("served token: owner %q, code %d", owner, code)
 	}
 }

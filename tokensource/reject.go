@@ -35,7 +35,7 @@ import (
 // breakerOpenFor). The state is per instance and per authorizer (plus one for
 // the component token), kept with the authorizer's cached slot.
 
-// Outcomes of a report, as given to Observer.Rejection.
+// Outcomes of a report, as given to Observer.Rejection (and Observer.GoneReport).
 const (
 	RejectInvalidated    = "invalidated"     // the token is dropped: reloaded, renewed if still current
 	RejectThrottled      = "throttled"       // the same token was acted on less than rejectInterval ago
@@ -43,11 +43,20 @@ const (
 	RejectBreakerOpen    = "breaker_open"    // ignored while the breaker is open
 )
 
+// Outcomes of the refresh that verifies a report of ReportGone, as given to
+// Observer.GoneReport.
+const (
+	GoneConfirmed  = "confirmed"  // the platform confirmed it: the record is marked unauthorized
+	GoneAlive      = "alive"      // the refresh succeeded: the authorization lives, the pair rotated
+	GoneUnverified = "unverified" // the refresh failed otherwise: the token keeps serving until it expires
+)
+
 // rejections is what a slot remembers of downstream rejections.
 type rejections struct {
 	mu          sync.Mutex
 	lastSent    Secret    // the token last acted on
 	lastAt      time.Time // when
+	lastGone    bool      // that report said the authorization is gone (ReportGone)
 	renewed     Secret    // the token obtained by the last renewal a report caused
 	renewedAt   time.Time // when
 	openUntil   time.Time // the breaker: no report-driven renewal before this
@@ -72,15 +81,37 @@ func (e *Engine) Invalidate(appid string, sent Token) bool {
 	if !ok {
 		return false
 	}
-	return e.report(v.(*slot), appid, sent.Value)
+	return e.report(v.(*slot), appid, sent.Value, false)
 }
 
 // InvalidateComponent is Invalidate for the component token.
-func (e *Engine) InvalidateComponent(sent Token) bool { return e.report(&e.comp, "", sent.Value) }
+func (e *Engine) InvalidateComponent(sent Token) bool {
+	return e.report(&e.comp, "", sent.Value, false)
+}
 
-// report applies the policy to a downstream rejection of sent (appid "" for
-// the component token).
-func (e *Engine) report(s *slot, appid string, sent Secret) bool {
+// ReportGone reports that a downstream answer to a request sent with the token
+// sent said the authorization of appid is gone (v1 errno 40022 / 40004 or a
+// v2 counterpart: docs/protocol.md §Downstream APIs). Such an answer comes
+// back through a path and query the client chose, so it never marks anything
+// by itself: it goes through the bounds of Invalidate (once a minute per
+// token, the breaker), and the next Token call verifies it with one refresh
+// under the lock. The platform's answer to that refresh decides: the
+// authorization is gone (40004 / 40022: the record is marked unauthorized, and
+// later calls answer KindUnauthorized without calling the platform), or it
+// lives (the pair rotates, nothing is lost). It reports whether the report was
+// acted on.
+func (e *Engine) ReportGone(appid string, sent Token) bool {
+	v, ok := e.slots.Get(appid)
+	if !ok {
+		return false
+	}
+	return e.report(v.(*slot), appid, sent.Value, true)
+}
+
+// report applies the policy to a downstream report of sent (appid "" for the
+// component token): a rejection of the token, or with gone an answer saying
+// the authorization is gone.
+func (e *Engine) report(s *slot, appid string, sent Secret, gone bool) bool {
 	cur := s.cur.Load()
 	if cur == nil || cur.tok.Value == "" || cur.tok.Value != sent || cur.suspect == sent {
 		return false // stale, or already being handled
@@ -89,12 +120,28 @@ func (e *Engine) report(s *slot, appid string, sent Secret) bool {
 	r := s.rejections()
 	r.mu.Lock()
 	result := r.onReport(sent, now)
+	if result == RejectInvalidated {
+		r.lastGone = gone
+	}
 	r.mu.Unlock()
-	e.obs.Rejection(appid, result)
+	e.observeReport(appid, gone, result)
 	if result != RejectInvalidated {
 		return false
 	}
+	if gone {
+		e.log.Info("a downstream answer said the authorization is gone; the next use verifies it with one refresh",
+			zapApp(appid), zap.Uint64("generation", cur.tok.Generation))
+	}
 	return markSuspect(s, sent, false)
+}
+
+// observeReport hands the outcome of a report to the observer it belongs to.
+func (e *Engine) observeReport(appid string, gone bool, result string) {
+	if gone {
+		e.obs.GoneReport(appid, result)
+	} else {
+		e.obs.Rejection(appid, result)
+	}
 }
 
 // markSuspect marks the slot's token as rejected, if it is still sent. A
@@ -131,20 +178,21 @@ func (en *entry) unsuspected() *entry {
 
 // mayRenewSuspect decides, under the lock and after the reload, whether a
 // reported rejection of cur's token (which needs no renewal otherwise) may
-// renew it. When it may not, the suspicion is lifted: the token keeps being
-// served.
-func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Time) bool {
+// renew it, and whether the report said the authorization is gone. When it
+// may not, the suspicion is lifted: the token keeps being served.
+func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Time) (allow, gone bool) {
 	r := s.rejections()
 	r.mu.Lock()
 	allow, tripped := r.onRenewal(cur.tok.Value, now)
 	first := tripped && !r.trippedOnce
 	r.trippedOnce = r.trippedOnce || tripped
+	gone = r.lastGone && r.lastSent == cur.tok.Value
 	r.mu.Unlock()
 	if allow {
-		return true
+		return true, gone
 	}
 	if tripped {
-		e.obs.Rejection(appid, RejectBreakerTripped)
+		e.observeReport(appid, gone, RejectBreakerTripped)
 		what := "the component token"
 		if appid != "" {
 			what = "this authorizer's token"
@@ -163,7 +211,7 @@ func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Tim
 		}
 	}
 	s.cur.CompareAndSwap(cur, cur.unsuspected()) // changed meanwhile: the next call decides again
-	return false
+	return false, gone
 }
 
 // renewedSuspect records the token a report-driven renewal obtained.
@@ -172,4 +220,22 @@ func (s *slot) renewedSuspect(tok Secret, now time.Time) {
 	r.mu.Lock()
 	r.renewed, r.renewedAt = tok, now
 	r.mu.Unlock()
+}
+
+// verifiedGone reports what the refresh verifying a report of ReportGone came
+// to: v and err are renewLocked's answer for cur.
+func (e *Engine) verifiedGone(appid string, cur *entry, v any, err error) {
+	tok, ok := v.(Token)
+	switch {
+	case ok && err == nil && tok.Value != cur.tok.Value:
+		e.obs.GoneReport(appid, GoneAlive)
+		e.log.Info("authorization alive after a downstream answer said it was gone: the refresh succeeded and the tokens rotated",
+			zapApp(appid), zap.Uint64("generation", tok.Generation))
+	case KindOf(err) == KindUnauthorized:
+		e.obs.GoneReport(appid, GoneConfirmed) // failedLocked logged it
+	default:
+		e.obs.GoneReport(appid, GoneUnverified)
+		e.log.Warn("could not verify a downstream answer saying the authorization is gone: the refresh failed; the token keeps serving until it expires",
+			zapApp(appid), zapErr(err))
+	}
 }

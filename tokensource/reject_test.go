@@ -31,6 +31,9 @@ func (r *rejectionLog) Rejection(appid, result string) {
 	r.counts[appid+" "+result]++
 }
 
+// GoneReport is counted as Rejection, with "gone " before the result.
+func (r *rejectionLog) GoneReport(appid, result string) { r.Rejection(appid, "gone "+result) }
+
 func (r *rejectionLog) count(appid, result string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -246,4 +249,156 @@ func TestInvalidateIsCompareAndInvalidate(t *testing.T) {
 			t.Fatalf("fresh token: owner %q code %d", owner, code)
 		}
 	})
+}
+
+// goneReport is what the transport does with an answer saying the
+// authorization is gone: report it (no replay), then, at the next request, ask
+// for the token to use.
+func goneReport(e *tokensource.Engine, tok tokensource.Token) (tokensource.Token, bool, error) {
+	acted := e.ReportGone(tok.AppID, tok)
+	next, err := e.Token(context.Background(), tok.AppID)
+	return next, acted, err
+}
+
+// The authorization was revoked and no UNAUTHORIZED push arrived: the first
+// answer saying so is verified by one refresh, whose 40004 marks the record
+// unauthorized; later calls answer unauthorized without calling the platform,
+// and other authorizers are untouched.
+func TestReportGoneVerifiedByOneRefreshMarksTheRecordUnauthorized(t *testing.T) {
+	forEachFamily(t, func(t *testing.T, h *harness) {
+		obs := new(rejectionLog)
+		e := h.engine(func(c *tokensource.Config) { c.Observer = obs })
+		h.authorize(e, "tt01app")
+		h.authorize(e, "tt02app")
+		tok, _ := e.Token(context.Background(), "tt01app")
+		if err := h.emu.Unauthorize("tt01app", false); err != nil {
+			t.Fatal(err)
+		}
+		before := h.emu.Stats().Calls
+		_, acted, err := goneReport(e, tok)
+		if !acted || tokensource.KindOf(err) != tokensource.KindUnauthorized {
+			t.Fatalf("after the report (acted on %v): %v, want unauthorized", acted, err)
+		}
+		after := h.emu.Stats().Calls
+		if n := after[emulator.OpRefresh] - before[emulator.OpRefresh]; n != 1 {
+			t.Fatalf("the verification made %d refresh calls, want 1", n)
+		}
+		if n := after[emulator.OpRetrieve] - before[emulator.OpRetrieve]; n != 0 {
+			t.Fatalf("the verification made %d retrieve calls", n)
+		}
+		for range 50 {
+			if e.ReportGone("tt01app", tok) {
+				t.Fatal("a report about a token no longer served was acted on")
+			}
+			if _, err := e.Token(context.Background(), "tt01app"); tokensource.KindOf(err) != tokensource.KindUnauthorized {
+				t.Fatalf("later call: %v", err)
+			}
+			h.clock.Advance(time.Minute) // past the settled answer: a storage read, no platform call
+		}
+		if !equalCounts(h.emu.Stats().Calls, after) {
+			t.Fatalf("platform calls after the confirmation: %v, then %v", after, h.emu.Stats().Calls)
+		}
+		info, err := e.Info(context.Background(), "tt01app")
+		if err != nil || info.State != tokensource.StateUnauthorized {
+			t.Fatalf("record: %+v %v", info, err)
+		}
+		if obs.count("tt01app", "gone "+tokensource.RejectInvalidated) != 1 || obs.count("tt01app", "gone "+tokensource.GoneConfirmed) != 1 {
+			t.Fatalf("outcomes: %v", obs.counts)
+		}
+		if obs.count("tt01app", tokensource.RejectInvalidated) != 0 {
+			t.Fatal("a report of a gone authorization was counted as a token rejection")
+		}
+		if other, err := e.Token(context.Background(), "tt02app"); err != nil {
+			t.Fatal(err)
+		} else if owner, code := h.downstream(other); owner != "tt02app" || code != 0 {
+			t.Fatalf("another authorizer: owner %q code %d", owner, code)
+		}
+		h.assertNoSecretsLogged()
+	})
+}
+
+// An answer saying the authorization is gone when it is not (an upstream, or
+// a client steering one, may answer anything): one refresh rotates the pair
+// and nothing is lost; answers that keep saying so about the token just
+// obtained trip the breaker, as rejections do.
+func TestFalseGoneReportsRotateOnceThenTripTheBreaker(t *testing.T) {
+	forEachFamily(t, func(t *testing.T, h *harness) {
+		obs := new(rejectionLog)
+		e := h.engine(func(c *tokensource.Config) { c.Observer = obs })
+		h.authorize(e, "tt01app")
+		first, _ := e.Token(context.Background(), "tt01app")
+		second, acted, err := goneReport(e, first)
+		if err != nil || !acted || second.Value == first.Value {
+			t.Fatalf("first report: acted on %v, %v, same token %v", acted, err, second.Value == first.Value)
+		}
+		if owner, code := h.downstream(second); owner != "tt01app" || code != 0 {
+			t.Fatalf("token after the verification: owner %q code %d", owner, code)
+		}
+		tok := second
+		for i := range 200 {
+			next, _, err := goneReport(e, tok)
+			if err != nil || next.Value != second.Value {
+				t.Fatalf("report %d: %v, or the token changed again", i+2, err)
+			}
+			tok = next
+		}
+		if s := h.emu.Stats().App("tt01app"); s.Refreshes != 1 || s.Retrieves != 0 {
+			t.Fatalf("201 false reports: %+v, want 1 refresh", s)
+		}
+		if obs.count("tt01app", "gone "+tokensource.GoneAlive) != 1 || obs.count("tt01app", "gone "+tokensource.RejectBreakerTripped) != 1 ||
+			obs.count("tt01app", "gone "+tokensource.RejectBreakerOpen) != 199 {
+			t.Fatalf("outcomes: %v", obs.counts)
+		}
+		if !logged(h, "authorization alive after a downstream answer") {
+			t.Fatal("the verification's outcome was not logged")
+		}
+	})
+}
+
+// A report about a token that is no longer served does nothing.
+func TestReportGoneIsCompareAndReport(t *testing.T) {
+	h := newHarness(t, tokensource.V1)
+	e := h.engine()
+	h.authorize(e, "tt01app")
+	cur, _ := e.Token(context.Background(), "tt01app")
+	stale := cur
+	stale.Value = "some-older-token"
+	if e.ReportGone("tt01app", stale) || e.ReportGone("tt09unknown", cur) {
+		t.Fatal("a report about a token not served was acted on")
+	}
+	if tok, err := e.Token(context.Background(), "tt01app"); err != nil || tok.Value != cur.Value {
+		t.Fatalf("token after stale reports: %v", err)
+	}
+	if n := h.emu.Stats().Calls[emulator.OpRefresh]; n != 0 {
+		t.Fatalf("stale reports made %d refresh calls", n)
+	}
+}
+
+// With no request after the report, the background loop verifies it.
+func TestReportGoneIsVerifiedByTheBackgroundLoopWithoutTraffic(t *testing.T) {
+	h := newHarness(t, tokensource.V2)
+	e := h.engine()
+	ctx := context.Background()
+	h.authorize(e, "tt01app")
+	tok, _ := e.Token(ctx, "tt01app")
+	if err := h.emu.Unauthorize("tt01app", false); err != nil {
+		t.Fatal(err)
+	}
+	if !e.ReportGone("tt01app", tok) {
+		t.Fatal("the report was not acted on")
+	}
+	jobs := e.BackgroundPass(ctx, 0, false)
+	if len(jobs) != 1 || jobs[0].AppID != "tt01app" {
+		t.Fatalf("jobs = %+v, want the verification of tt01app", jobs)
+	}
+	jobs[0].Run(ctx)
+	if info, err := e.Info(ctx, "tt01app"); err != nil || info.State != tokensource.StateUnauthorized {
+		t.Fatalf("after the background pass: %+v %v", info, err)
+	}
+	if n := h.emu.Stats().Calls[emulator.OpRefresh]; n != 1 {
+		t.Fatalf("%d refresh calls, want 1", n)
+	}
+	if jobs := e.BackgroundPass(ctx, 0, true); len(jobs) != 0 {
+		t.Fatalf("jobs after the confirmation: %+v", jobs)
+	}
 }
