@@ -267,12 +267,24 @@ func (e *Engine) syncInBackground(appid string, s *slot) {
 }
 
 // adopt installs what storage holds into the slot, unless memory holds a newer
-// record that storage lacks (a failed write). It returns the entry in effect.
+// record that storage lacks (a failed write, or storage lost or restored from
+// a backup: writeback.go); that one is kept, marked unsaved, and written back
+// by flushLocked. It returns the entry in effect.
 func (e *Engine) adopt(s *slot, rec *record, now time.Time) *entry {
 	for {
 		old := s.cur.Load()
-		if old != nil && old.dirty && (rec == nil || rec.Generation < old.rec.Generation) {
-			return old
+		if e.keepsMemory(old, rec) {
+			if old.dirty {
+				return old
+			}
+			kept := *old
+			kept.dirty, kept.checkedAt = true, now
+			if s.cur.CompareAndSwap(old, &kept) {
+				e.log.Warn("storage lacks this authorizer's newest record (storage lost, or an old backup restored): keeping the one in memory and writing it back",
+					zapApp(old.rec.AppID), zap.Uint64("generation", old.rec.Generation), zap.Bool("stored", rec != nil))
+				return &kept
+			}
+			continue
 		}
 		en := e.newEntry(rec, now)
 		if old != nil && old.rec != nil && rec != nil &&

@@ -158,6 +158,7 @@ func (e *Engine) exchangeLocked(ctx context.Context, rec *record, appid string, 
 	next := e.fromGrant(rec, appid, g, start)
 	next.AuthorizedAt = next.LastRefresh
 	next.LastCode = code.Fingerprint()
+	next.Chain = newChainID() // an exchange starts a new chain (and kills the family's previous one)
 	return next, nil
 }
 

@@ -194,6 +194,7 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 	}
 	e.forgetOldCodes(ctx)
 	e.forgetOldPushes(ctx)
+	e.forgetOldMarkers(ctx)
 	sum.SweepDurationMillis = time.Since(start).Milliseconds()
 	e.summary.Store(&sum)
 	e.log.Info("authorizer sweep done", zap.Int("authorizers", len(ids)), zap.Int("renewals_scheduled", sum.RenewalsScheduled),

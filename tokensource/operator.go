@@ -16,7 +16,7 @@ func (e *Engine) Info(ctx context.Context, appid string) (Info, error) {
 	}
 	rec, err := e.loadRecord(ctx, appid)
 	mem := e.cachedEntry(appid)
-	if mem != nil && mem.dirty && mem.rec != nil && (rec == nil || mem.rec.Generation > rec.Generation) {
+	if mem != nil && mem.dirty && mem.rec != nil && memoryNewer(mem.rec, rec) {
 		info := infoOf(mem.rec)
 		info.Unsaved = true
 		return info, nil
@@ -170,7 +170,13 @@ func (e *Engine) Forget(ctx context.Context, appid string) error {
 	if err := CheckAppID(appid); err != nil {
 		return err
 	}
-	_, err := e.locked(ctx, "\x00forget:", appid, "forget it", func(octx context.Context, _ *slot, _ *record) (any, error) {
+	_, err := e.locked(ctx, "\x00forget:", appid, "forget it", func(octx context.Context, _ *slot, prev *record) (any, error) {
+		if prev != nil {
+			// Instances holding it in memory would write it back (writeback.go).
+			if err := e.markForgotten(octx, prev); err != nil {
+				return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "storing the deletion marker failed; nothing was deleted", RetryAfter: 5 * time.Second, Err: err}
+			}
+		}
 		if err := e.store.Delete(octx, e.keys.authorizer(appid)); err != nil && !isNotExist(err) {
 			return nil, err
 		}
