@@ -325,6 +325,8 @@ func apiError(w http.ResponseWriter, err error) error {
 		status = http.StatusGatewayTimeout
 	case tokensource.KindRateLimited:
 		status = http.StatusTooManyRequests
+	case tokensource.KindBusy:
+		status = http.StatusConflict
 	}
 	return caddy.APIError{HTTPStatus: status, Err: err}
 }

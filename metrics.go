@@ -43,6 +43,9 @@ type metricSet struct {
 	notInjected      *prometheus.CounterVec   // component_appid
 	rejections       *prometheus.CounterVec   // component_appid, token, result
 	unbuffered       *prometheus.CounterVec   // component_appid
+	rebuildRuns      *prometheus.CounterVec   // component_appid, trigger, result
+	rebuildResults   *prometheus.CounterVec   // component_appid, trigger, result
+	rebuildSuccess   *prometheus.GaugeVec     // component_appid
 
 	comps sync.Map // component appid -> *componentMetrics
 }
@@ -102,13 +105,24 @@ func newMetricSet() *metricSet {
 		unbuffered: counter("replay_buffer_full_total",
 			"Request bodies streamed without a replay because max_replay_memory was taken by requests in flight.",
 			"component_appid"),
+		rebuildRuns: counter("rebuild_runs_total",
+			"Rebuilds from the platform's authorized-app list, by trigger (operator: caddy tptoken rebuild or the admin API; auto: rebuild_on_empty) and result (ok: nothing failed; failed: some authorizer failed, was busy or unreadable, or the list could not be read; interrupted).",
+			"component_appid", "trigger", "result"),
+		rebuildResults: counter("rebuild_authorizers_total",
+			"Authorizers a rebuild reached a result for, by trigger and result (rebuilt, unchanged, refreshed, recovered, not_authorized, skipped_unreadable, skipped_other_family, busy, failed, not_listed).",
+			"component_appid", "trigger", "result"),
+		rebuildSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "rebuild_last_success_timestamp_seconds",
+			Help: "Unix time of the last rebuild on this instance in which nothing failed.",
+		}, []string{"component_appid"}),
 	}
 }
 
 // collectors lists the set's collectors; the per-appid ones only when asked,
 // so a config without metrics_per_appid exports none of their past series.
 func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
-	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.rejections, s.unbuffered}
+	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.rejections, s.unbuffered,
+		s.rebuildRuns, s.rebuildResults, s.rebuildSuccess}
 	if perAppID {
 		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
 	}
@@ -141,7 +155,7 @@ func (s *metricSet) component(appid string) *componentMetrics {
 	m.replayed = s.replays.WithLabelValues(appid, replayReplayed)
 	m.notReplayed = s.replays.WithLabelValues(appid, replayNoFreshToken)
 	m.notInjected = s.notInjected.WithLabelValues(appid)
-	for _, cause := range []string{tokensource.CauseLive, tokensource.CauseImport} {
+	for _, cause := range []string{tokensource.CauseLive, tokensource.CauseImport, tokensource.CauseRebuild} {
 		for _, res := range []string{"ok", "failed"} {
 			s.recoveries.WithLabelValues(appid, cause, res) // exported from 0, so increase() sees the first one
 		}
@@ -217,6 +231,19 @@ func (m *componentMetrics) Rejection(appid, result string) {
 		kind = "component"
 	}
 	m.set.rejections.WithLabelValues(m.appID, kind, result).Inc()
+}
+
+// RebuildResult implements tokensource.Observer.
+func (m *componentMetrics) RebuildResult(trigger, result string) {
+	m.set.rebuildResults.WithLabelValues(m.appID, trigger, result).Inc()
+}
+
+// RebuildDone implements tokensource.Observer.
+func (m *componentMetrics) RebuildDone(trigger, outcome string) {
+	m.set.rebuildRuns.WithLabelValues(m.appID, trigger, outcome).Inc()
+	if outcome == "ok" {
+		m.set.rebuildSuccess.WithLabelValues(m.appID).SetToCurrentTime()
+	}
 }
 
 // replay counts an upstream answer that rejected the injected token.

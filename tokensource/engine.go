@@ -40,6 +40,8 @@ type Engine struct {
 	tags    sync.Map      // appid -> *opTag: operations reported apart (tags.go)
 	newApps *rate.Limiter // recoveries of appids with no record (operator.go)
 
+	rebuilding atomic.Pointer[rebuildRun] // the rebuild running (rebuild.go)
+
 	mu     sync.Mutex // guards closed
 	closed bool
 	wg     sync.WaitGroup // operations in flight

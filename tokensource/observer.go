@@ -24,9 +24,18 @@ type Observer interface {
 	// says what came of it: RejectInvalidated, RejectThrottled,
 	// RejectBreakerTripped or RejectBreakerOpen. appid is "" for the component token.
 	Rejection(appid, result string)
+	// RebuildResult: a rebuild (trigger RebuildByOperator or RebuildOnEmpty)
+	// reached a result (RebuildRebuilt, ...) for one authorizer.
+	RebuildResult(trigger, result string)
+	// RebuildDone: a rebuild ended with outcome "ok" (nothing failed),
+	// "failed" or "interrupted".
+	RebuildDone(trigger, outcome string)
 }
 
 type nopObserver struct{}
+
+func (nopObserver) RebuildResult(string, string) {}
+func (nopObserver) RebuildDone(string, string)   {}
 
 func (nopObserver) Lookup(string, string)                                      {}
 func (nopObserver) PlatformCall(string, string, string, string, time.Duration) {}

@@ -281,12 +281,14 @@ type ComponentInfo struct {
 	TokenGeneration  uint64    `json:"component_token_generation,omitempty"`
 	// Sweep is what the last sweep of storage found (nil before the first).
 	Sweep *Summary `json:"sweep,omitempty"`
+	// Rebuild is the rebuild running on this instance (a "running" event), if any.
+	Rebuild *RebuildEvent `json:"rebuild,omitempty"`
 }
 
 // ComponentInfo reports ticket and component-token state (storage first) and
 // the last sweep (memory).
 func (e *Engine) ComponentInfo(ctx context.Context) ComponentInfo {
-	ci := ComponentInfo{ComponentAppID: e.cfg.ComponentAppID, Family: e.family}
+	ci := ComponentInfo{ComponentAppID: e.cfg.ComponentAppID, Family: e.family, Rebuild: e.rebuildStatus()}
 	if s := e.summary.Load(); s != nil {
 		sum := *s
 		ci.Sweep = &sum
