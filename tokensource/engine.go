@@ -40,7 +40,8 @@ type Engine struct {
 	tags    sync.Map      // appid -> *opTag: operations reported apart (tags.go)
 	newApps *rate.Limiter // recoveries of appids with no record (operator.go)
 
-	rebuilding atomic.Pointer[rebuildRun] // the rebuild running (rebuild.go)
+	rebuilding  atomic.Pointer[rebuildRun] // the rebuild running (rebuild.go)
+	autoRunning atomic.Bool                // rebuild_on_empty runs in the cluster (autorebuild.go)
 
 	mu     sync.Mutex // guards closed
 	closed bool
@@ -206,6 +207,9 @@ func (s *slot) touch(now time.Time) {
 // stateError is the error for a record that cannot give tokens, or nil.
 func (e *Engine) stateError(appid string, en *entry) error {
 	switch {
+	case en.rec == nil && e.rebuildInProgress():
+		return &Error{Kind: KindUnavailable, AppID: appid, RetryAfter: 30 * time.Second,
+			Msg: "no record of this appid yet, and a rebuild from the platform's authorized-app list is running: try again shortly"}
 	case en.rec == nil:
 		return &Error{Kind: KindUnknownAuthorizer, AppID: appid,
 			Msg: "no authorization on record for this appid: have it authorize the TP (the AUTHORIZED push reaches tptoken_events) or seed a code through the admin API"}

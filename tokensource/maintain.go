@@ -92,6 +92,11 @@ func (e *Engine) Run(ctx context.Context) {
 		}
 	}
 
+	if e.cfg.RebuildOnEmpty {
+		wg.Add(1)
+		go func() { defer wg.Done(); e.autoRebuild(ctx) }()
+	}
+
 	tick := time.NewTicker(e.cfg.MaintainInterval)
 	defer tick.Stop()
 	sweep := time.NewTimer(e.firstSweepIn())

@@ -3,6 +3,7 @@ package tokensource_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -537,6 +538,12 @@ func TestRebuildRefusesBadOptionsAndASecondRun(t *testing.T) {
 	}
 	if ci := e.ComponentInfo(context.Background()); ci.Rebuild == nil || ci.Rebuild.Trigger != tokensource.RebuildByOperator {
 		t.Fatalf("ComponentInfo does not show the running rebuild: %+v", ci.Rebuild)
+	}
+	// Meanwhile an appid with no record may be about to get one: 503, not 403.
+	_, err = e.Token(context.Background(), "tt09none")
+	var ee *tokensource.Error
+	if !errors.As(err, &ee) || ee.Kind != tokensource.KindUnavailable || ee.RetryAfter <= 0 {
+		t.Fatalf("a missing record during a rebuild: %v, want unavailable with a Retry-After", err)
 	}
 }
 
