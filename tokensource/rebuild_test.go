@@ -547,8 +547,6 @@ func TestRebuildRefusesBadOptionsAndASecondRun(t *testing.T) {
 	}
 }
 
-
-
 // The list grows while it is read: it is read once more, the newcomer is
 // rebuilt too, and the summary says the list changed.
 func TestRebuildReadsAListThatChangedWhilePagingTwice(t *testing.T) {
