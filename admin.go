@@ -36,7 +36,11 @@ func init() {
 //	POST   /tptoken/lookup                      {"appids": ["...", ...]}
 //	POST   /tptoken/import                      [{"appid", "authorizer_refresh_token", "refresh_expires_at"?}, ...]
 //	POST   /tptoken/reseal
+//	POST   /tptoken/rebuild[?component=<appid>]  {"verify"?, "overwrite_unreadable"?, "rate"?, "appids"?}
 //	GET    /tptoken/component[?component=<appid>]
+//
+// import and rebuild stream NDJSON progress with Accept: application/x-ndjson
+// (admin_rebuild.go).
 //
 // With several components, ?component= names one; routes about one authorizer
 // infer it when the appid has a record under exactly one component. Errors
@@ -156,13 +160,18 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.reseal(w, r)
+	case rest == "rebuild":
+		if err := allowMethods(w, r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.withComponent(w, r, a.rebuild)
 	}
 	return notFound(r)
 }
 
 func notFound(r *http.Request) error {
 	return caddy.APIError{HTTPStatus: http.StatusNotFound,
-		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/component", r.Method, r.URL.Path)}
+		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/rebuild, /tptoken/component", r.Method, r.URL.Path)}
 }
 
 func allowMethods(w http.ResponseWriter, r *http.Request, methods ...string) error {

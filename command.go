@@ -30,7 +30,7 @@ import (
 //
 // Exit codes: 0 success; 1 failure (bad arguments, Caddy unreachable, an
 // operation failed for some appid or row); 2 `status --check` found the TP not
-// healthy.
+// healthy; 130 interrupted (import, rebuild: rerunning is safe).
 
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
@@ -50,6 +50,8 @@ Operates the tptoken app of a running Caddy through its admin API
   caddy tptoken seed-code [--appid <appid>] exchange an authorization code read from standard input
   caddy tptoken delete <appid>... --yes     forget authorizers (their refresh tokens are lost)
   caddy tptoken reseal                      seal every record with the current encryption_key
+  caddy tptoken rebuild [<appid>...]        restore every authorizer without a usable record from the
+                                            platform's authorized-app list (storage lost, old backup)
   caddy tptoken auth-link --redirect-uri <url>
                                             an authorization link for a merchant (signed state)
 
@@ -58,7 +60,8 @@ The admin address comes from --address, else from the admin setting of the
 (TPs), the component of an appid is found by itself; name one with --component
 where it cannot be (a new authorizer, an import). --json prints the API's JSON.
 
-Exit status: 0 success, 1 failure, 2 status --check found the TP not healthy.
+Exit status: 0 success, 1 failure, 2 status --check found the TP not healthy,
+130 interrupted (import and rebuild can be run again safely).
 `,
 		CobraFunc: configureCommand,
 	})
@@ -73,6 +76,7 @@ var subcommands = []func() *cobra.Command{
 	seedCodeCommand,
 	deleteCommand,
 	resealCommand,
+	rebuildCommand,
 	authLinkCommand,
 }
 
@@ -109,10 +113,12 @@ func configureCommand(cmd *cobra.Command) {
 	}
 }
 
-// cliIO is where a subcommand reads input and writes its output.
+// cliIO is where a subcommand reads input and writes its output; errOut
+// (standard error) gets the progress line of long commands.
 type cliIO struct {
-	in  io.Reader
-	out io.Writer
+	in     io.Reader
+	out    io.Writer
+	errOut io.Writer
 }
 
 // runWith adapts a subcommand function to cobra, through Caddy's wrapper
@@ -120,7 +126,7 @@ type cliIO struct {
 func runWith(f func(fl caddycmd.Flags, io cliIO) (int, error)) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		return caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
-			return f(fl, cliIO{in: cmd.InOrStdin(), out: cmd.OutOrStdout()})
+			return f(fl, cliIO{in: cmd.InOrStdin(), out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()})
 		})(cmd, args)
 	}
 }
