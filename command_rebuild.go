@@ -220,7 +220,9 @@ func runRebuild(ctx context.Context, c *adminClient, req rebuildRequest, asJSON 
 	if runErr != "" && ans.Summary.Error == "" {
 		ans.Summary.Error = runErr
 	}
-	sort.SliceStable(ans.Results, func(i, j int) bool { return ans.Results[i].AppID+ans.Results[i].Fingerprint < ans.Results[j].AppID+ans.Results[j].Fingerprint })
+	sort.SliceStable(ans.Results, func(i, j int) bool {
+		return ans.Results[i].AppID+ans.Results[i].Fingerprint < ans.Results[j].AppID+ans.Results[j].Fingerprint
+	})
 	if asJSON {
 		if err := printJSON(cio.out, ans); err != nil {
 			return caddy.ExitCodeFailedStartup, err
