@@ -268,7 +268,11 @@ func (e *Engine) syncInBackground(appid string, s *slot) {
 			e.log.Warn("background sync of a cached record failed", zapApp(appid), zapErr(err))
 			return
 		}
-		e.adopt(s, rec, e.now())
+		if en := e.adopt(s, rec, e.now()); en.dirty {
+			// Storage lacks the newest record (writeback.go): write it back now
+			// rather than at the background loop's next pass.
+			_, _ = e.await(ctx, ahead.key(appid), func() (any, error) { return e.obtain(appid, ahead) })
+		}
 	}()
 }
 

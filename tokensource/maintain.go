@@ -108,6 +108,9 @@ func (e *Engine) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 			e.maintain(enqueue, rand.Float64)
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			e.writeBackShared(wctx)
+			cancel()
 		case <-sweep.C:
 			e.sweep(ctx, enqueue)
 			sweep.Reset(e.nextSweepIn())

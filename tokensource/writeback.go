@@ -116,6 +116,41 @@ func (e *Engine) forgetOldMarkers(ctx context.Context) {
 	}
 }
 
+// writeBackShared restores the ticket and the component token this instance
+// holds when storage lost them: without them an instance that holds neither
+// (one started since, or one that never needed them) can make no platform
+// call until the next ticket push, up to 10 minutes away. Run calls it every
+// MaintainInterval: one storage read each time, a write only when missing.
+func (e *Engine) writeBackShared(ctx context.Context) {
+	if t := e.ticket.Load(); t != nil {
+		if _, err := e.store.Load(ctx, e.keys.ticket()); isNotExist(err) {
+			e.writeBackTicket(ctx, t)
+		}
+	}
+	en := e.comp.cur.Load()
+	if en == nil || en.rec == nil || !en.usable(e.now()) {
+		return
+	}
+	if _, err := e.loadComponent(ctx); !isNotExist(err) {
+		return
+	}
+	// Under its lock: an instance fetching a new one now (v2 fetches
+	// invalidate the previous token) must not see it replaced by this one.
+	release, err := e.acquire(ctx, e.keys.componentTokenLock(e.family))
+	if err != nil {
+		return
+	}
+	defer release()
+	if _, err := e.loadComponent(ctx); !isNotExist(err) {
+		return
+	}
+	if err := e.saveComponent(ctx, en.rec); err != nil {
+		e.log.Warn("the component token is missing from storage and writing back the one in memory failed", zapErr(err))
+		return
+	}
+	e.log.Warn("the component token was missing from storage: wrote back the one this instance holds", zap.Time("expiry", en.rec.AccessExpiry))
+}
+
 // writeBackTicket stores the ticket this instance holds when storage has none
 // (storage lost): an instance started meanwhile needs it to get a component
 // token, and the next push is up to 10 minutes away.

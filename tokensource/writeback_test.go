@@ -19,22 +19,33 @@ func (h *harness) recordFile(appid string) string {
 	return filepath.Join(h.dir, "tptoken", testComponent, "authorizers", appid+".json")
 }
 
+// flushOutcomes are the log lines of a decision on an unsaved record.
+var flushOutcomes = []string{"unsaved in-memory record stored", "dropping an in-memory record an operator deleted",
+	"dropping an unsaved in-memory record: storage holds a newer one"}
+
+func flushes(h *harness, appid string) int {
+	n := 0
+	for _, e := range h.logs.All() {
+		for _, m := range flushOutcomes {
+			if e.Message == m && e.ContextMap()["appid"] == appid {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // syncAndFlush makes e notice what storage holds now for appid: a request
-// after SyncInterval reloads the record in the background, then one pass of
-// the background loop runs the jobs it queues (writing back an unsaved record).
+// after SyncInterval reloads the record in the background, which writes back
+// (or drops) what memory holds and storage lacks.
 func syncAndFlush(t *testing.T, h *harness, e *tokensource.Engine, appid string) {
 	t.Helper()
+	before := flushes(h, appid)
 	h.clock.Advance(31 * time.Second)
 	if _, err := e.Token(context.Background(), appid); err != nil {
 		t.Fatalf("serving %s from memory: %v", appid, err)
 	}
-	eventually(t, "the background reload of "+appid, func() bool {
-		info, err := e.Info(context.Background(), appid)
-		return err == nil && info.Unsaved
-	})
-	for _, j := range e.BackgroundPass(context.Background(), 1, false) {
-		j.Run(context.Background())
-	}
+	eventually(t, "the background reload of "+appid, func() bool { return flushes(h, appid) > before })
 }
 
 // The storage is wiped while an instance serves: the records it holds in
@@ -203,6 +214,40 @@ func TestTicketLostFromStorageIsWrittenBack(t *testing.T) {
 	mustComponent(t, e)
 	if _, err := os.Stat(filepath.Join(h.dir, "tptoken", testComponent, "ticket.json")); err != nil {
 		t.Fatalf("the ticket was not written back: %v", err)
+	}
+	h.assertNoSecretsLogged()
+}
+
+// Storage wiped under a running instance: its background loop writes back
+// the ticket and the component token it holds, so an instance that never had
+// them gets a component token at once, without fetching one (which on api v2
+// would invalidate the running instance's).
+func TestTicketAndComponentTokenLostFromStorageAreWrittenBackInTheBackground(t *testing.T) {
+	h := newHarness(t, tokensource.V2)
+	e := h.engine(background)
+	mustComponent(t, e)
+	run(t, e)
+	if err := os.RemoveAll(filepath.Join(h.dir, "tptoken")); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(h.dir, "tptoken", testComponent)
+	eventually(t, "the ticket and the component token written back", func() bool {
+		_, err1 := os.Stat(filepath.Join(dir, "ticket.json"))
+		_, err2 := os.Stat(filepath.Join(dir, "component_token_v2.json"))
+		return err1 == nil && err2 == nil
+	})
+	fetches := h.emu.Stats().Total.ComponentTokenFetches
+	other, err := tokensource.New(tokensource.Config{ComponentAppID: testComponent, ComponentSecret: testSecret, Family: h.family,
+		Endpoint: h.srv.URL, Store: h.store(), Now: h.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.ComponentToken(context.Background()); err != nil {
+		t.Fatalf("an instance that never got a ticket: %v", err)
+	}
+	if h.emu.Stats().Total.ComponentTokenFetches != fetches {
+		t.Fatal("the other instance fetched a component token instead of using the one written back")
 	}
 	h.assertNoSecretsLogged()
 }
