@@ -50,6 +50,10 @@ refresh token is spent: after restoring a storage backup.
 the key they were sealed with is lost for good (while any instance has it,
 they are its live authorizations).
 
+Not while a legacy token store still serves some authorizers of the TP (a
+migration): tptoken has no record of them, and the exchange kills the legacy
+store's chain. Import them first, or name the appids to rebuild.
+
 Running it again changes nothing for authorizers done; two instances running
 it at once exchange each authorizer once. On a terminal a status line shows
 the progress; Ctrl-C stops it (operations in flight finish on the server) and

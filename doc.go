@@ -26,6 +26,7 @@
 //	caddyfile.go       the Caddyfile syntax (parsing only; the rules are validate.go's)
 //	storage.go         the storage an engine uses across configs
 //	metrics.go         Prometheus metrics
-//	admin*.go          the admin API (admin.api.tptoken)
+//	admin*.go          the admin API (admin.api.tptoken); admin_rebuild.go also the NDJSON streams
 //	command*.go        the `caddy tptoken` CLI
+//	progress.go        the progress line of long commands (import, rebuild)
 package tptoken
