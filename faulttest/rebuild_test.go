@@ -144,10 +144,14 @@ func TestStorageDeletedUnderLoadRebuildRestoresEveryAuthorizer(t *testing.T) {
 	l := c.runLoad(16, []*instance{a, b}, loaded)
 	time.Sleep(time.Second) // both instances hold every loaded authorizer
 
-	if err := os.RemoveAll(c.storage); err != nil {
+	// Deleted at once, as a lost volume would be (a RemoveAll could meet files written meanwhile).
+	if err := os.Rename(c.storage, c.storage+".lost"); err != nil {
 		t.Fatal(err)
 	}
 	deleted := time.Now()
+	if err := os.RemoveAll(c.storage + ".lost"); err != nil {
+		t.Fatal(err)
+	}
 	// The instances write back what they hold in memory: the ticket and the
 	// component token (within maintain's 15 s), and each authorizer in use
 	// (once its record is reloaded, every 30 s of use).

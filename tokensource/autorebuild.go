@@ -204,9 +204,8 @@ func (a *autoRebuilder) renew(ctx context.Context, done *diskMarker) (bool, erro
 func (a *autoRebuilder) run(ctx context.Context, trigger string) time.Duration {
 	e := a.e
 	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }()
 	wg.Add(1)
 	go func() { // the lease: owned by this run, ends with it
 		defer wg.Done()

@@ -23,6 +23,19 @@ func loudRuns(h *harness) int {
 	return n
 }
 
+// wipe deletes dir at once (running instances write files meanwhile, so a
+// RemoveAll could meet new ones): it is renamed away first.
+func wipe(t *testing.T, dir string) {
+	t.Helper()
+	gone := dir + ".wiped"
+	if err := os.Rename(dir, gone); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (h *harness) marker() map[string]any {
 	b, err := os.ReadFile(filepath.Join(h.dir, "tptoken", testComponent, "rebuild.json"))
 	if err != nil {
@@ -93,9 +106,7 @@ func TestRebuildOnEmptyStoreRunsOncePerCluster(t *testing.T) {
 
 	// Storage wiped under the running instances (which hold nothing in memory
 	// but e2's tokens, written back): the marker is gone, and it runs once more.
-	if err := os.RemoveAll(filepath.Join(h.dir, "tptoken")); err != nil {
-		t.Fatal(err)
-	}
+	wipe(t, filepath.Join(h.dir, "tptoken"))
 	eventually(t, "the second rebuild", func() bool {
 		st := h.emu.Stats()
 		for _, id := range ids {

@@ -207,9 +207,7 @@ func TestTicketLostFromStorageIsWrittenBack(t *testing.T) {
 	h := newHarness(t, tokensource.V1)
 	e := h.engine()
 	mustComponent(t, e)
-	if err := os.RemoveAll(filepath.Join(h.dir, "tptoken")); err != nil {
-		t.Fatal(err)
-	}
+	wipe(t, filepath.Join(h.dir, "tptoken"))
 	h.clock.Advance(2 * time.Hour) // the component token expires: the next one needs the ticket
 	mustComponent(t, e)
 	if _, err := os.Stat(filepath.Join(h.dir, "tptoken", testComponent, "ticket.json")); err != nil {
@@ -227,9 +225,7 @@ func TestTicketAndComponentTokenLostFromStorageAreWrittenBackInTheBackground(t *
 	e := h.engine(background)
 	mustComponent(t, e)
 	run(t, e)
-	if err := os.RemoveAll(filepath.Join(h.dir, "tptoken")); err != nil {
-		t.Fatal(err)
-	}
+	wipe(t, filepath.Join(h.dir, "tptoken"))
 	dir := filepath.Join(h.dir, "tptoken", testComponent)
 	eventually(t, "the ticket and the component token written back", func() bool {
 		_, err1 := os.Stat(filepath.Join(dir, "ticket.json"))
