@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -250,39 +251,30 @@ func (e *Engine) rebuild(ctx context.Context, o RebuildOptions, trigger string) 
 		listErr = e.listAuthorized(ctx, run, listed, want, ids)
 	}()
 
+	// Workers (owned by this call, they end with the list): the rate bounds
+	// the platform calls; more workers than background ones only ride out
+	// lock waits behind another instance's rebuild.
 	lim := rate.NewLimiter(rate.Limit(perSecond), 1)
-	var notAttempted, done int
-	var mu sync.Mutex
-	var stopped error // the engine shut down: the rest cannot be done
-	workers := max(e.cfg.BackgroundWorkers, 4)
-	for range workers {
+	var notAttempted atomic.Int64
+	var stopped atomic.Bool // the engine shut down: the rest cannot be done
+	for range max(e.cfg.BackgroundWorkers, 4) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for id := range ids {
-				mu.Lock()
-				skip := ctx.Err() != nil || stopped != nil
-				mu.Unlock()
-				if skip {
-					mu.Lock()
-					notAttempted++
-					mu.Unlock()
+				if ctx.Err() != nil || stopped.Load() {
+					notAttempted.Add(1)
 					continue
 				}
-				ev, ok := e.rebuildOne(ctx, id, o, lim, start)
+				res, ok := e.rebuildOne(ctx, id, o, lim, start)
 				if !ok {
-					mu.Lock()
-					notAttempted++
-					mu.Unlock()
+					notAttempted.Add(1)
 					continue
 				}
-				mu.Lock()
-				done++
-				if errors.Is(ev.err, errClosed) && stopped == nil {
-					stopped = errClosed
+				if errors.Is(res.err, errClosed) {
+					stopped.Store(true)
 				}
-				mu.Unlock()
-				run.emit(ev.RebuildEvent)
+				run.emit(res.RebuildEvent)
 			}
 		}()
 	}
@@ -290,10 +282,10 @@ func (e *Engine) rebuild(ctx context.Context, o RebuildOptions, trigger string) 
 
 	sum := run.snapshot()
 	sum.Event, sum.FinishedAt = "end", e.now()
-	sum.NotAttempted = notAttempted
+	sum.NotAttempted = int(notAttempted.Load())
 	sum.Interrupted = ctx.Err() != nil
 	switch {
-	case stopped != nil:
+	case stopped.Load():
 		sum.Error = "the token engine shut down (a config reload replaced it?): rerun the rebuild"
 	case listErr != nil && !sum.Interrupted:
 		sum.Error = listErr.Error()
