@@ -173,17 +173,9 @@ func (c *adminClient) do(method, path string, query url.Values, body, out any) e
 		}
 		query.Set("component", c.component)
 	}
-	uri := path
-	if len(query) > 0 {
-		uri += "?" + query.Encode()
-	}
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+	uri, rd, err := requestOf(path, query, body)
+	if err != nil {
+		return err
 	}
 	resp, err := caddycmd.AdminAPIRequest(c.addr, method, uri, nil, rd)
 	if err != nil {
@@ -202,6 +194,23 @@ func (c *adminClient) do(method, path string, query url.Values, body, out any) e
 		return fmt.Errorf("reading the admin API answer to %s %s: %v", method, path, err)
 	}
 	return nil
+}
+
+// requestOf is the URI and body of an admin request (body marshalled as JSON
+// when non-nil).
+func requestOf(path string, query url.Values, body any) (string, io.Reader, error) {
+	uri := path
+	if len(query) > 0 {
+		uri += "?" + query.Encode()
+	}
+	if body == nil {
+		return uri, nil, nil
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return "", nil, err
+	}
+	return uri, bytes.NewReader(b), nil
 }
 
 var adminErrorRE = regexp.MustCompile(`(?s)caddy responded with error: HTTP (\d+): (.*)$`)

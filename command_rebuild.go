@@ -1,7 +1,6 @@
 package tptoken
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -84,17 +83,13 @@ func interruptible() (context.Context, context.CancelFunc) {
 // arrives. When ctx ends it stops reading, closes the connection (the
 // server stops what it had not begun) and returns errInterrupted.
 func (c *adminClient) stream(ctx context.Context, method, path string, body any, f func(event string, line []byte) error) error {
-	uri := path
+	var query url.Values
 	if c.component != "" {
-		uri += "?" + url.Values{"component": {c.component}}.Encode()
+		query = url.Values{"component": {c.component}}
 	}
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+	uri, rd, err := requestOf(path, query, body)
+	if err != nil {
+		return err
 	}
 	type answer struct {
 		resp *http.Response
@@ -123,7 +118,7 @@ func (c *adminClient) stream(ctx context.Context, method, path string, body any,
 	stop := context.AfterFunc(ctx, func() { resp.Body.Close() })
 	defer stop()
 	defer resp.Body.Close()
-	err := decodeNDJSON(resp.Body, f)
+	err = decodeNDJSON(resp.Body, f)
 	if ctx.Err() != nil {
 		return errInterrupted
 	}

@@ -197,20 +197,7 @@ func (e *Engine) lookupCode(ctx context.Context, fp string) (string, bool) {
 
 // forgetOldCodes deletes code index entries older than codeMemory.
 func (e *Engine) forgetOldCodes(ctx context.Context) {
-	list, err := e.store.List(ctx, e.keys.codeDir(), false)
-	if err != nil {
-		return
-	}
-	for _, key := range list {
-		b, err := e.store.Load(ctx, key)
-		if err != nil {
-			continue
-		}
-		var d diskCode
-		if e.codec.decode(key, b, &d) != nil || e.now().Sub(d.At) > codeMemory {
-			_ = e.store.Delete(ctx, key)
-		}
-	}
+	forgetExpired(ctx, e, e.keys.codeDir(), func(d diskCode) bool { return e.now().Sub(d.At) > codeMemory })
 }
 
 func (e *Engine) exchangeError(appid string, err error) error {

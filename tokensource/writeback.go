@@ -100,20 +100,7 @@ func (e *Engine) wasForgotten(ctx context.Context, mem *record) bool {
 
 // forgetOldMarkers deletes Forget markers older than forgottenMemory.
 func (e *Engine) forgetOldMarkers(ctx context.Context) {
-	list, err := e.store.List(ctx, e.keys.forgottenDir(), false)
-	if err != nil {
-		return
-	}
-	for _, key := range list {
-		b, err := e.store.Load(ctx, key)
-		if err != nil {
-			continue
-		}
-		var d diskForgotten
-		if e.codec.decode(key, b, &d) != nil || e.now().Sub(d.At) > forgottenMemory {
-			_ = e.store.Delete(ctx, key)
-		}
-	}
+	forgetExpired(ctx, e, e.keys.forgottenDir(), func(d diskForgotten) bool { return e.now().Sub(d.At) > forgottenMemory })
 }
 
 // writeBackShared restores the ticket and the component token this instance
