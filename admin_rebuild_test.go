@@ -165,3 +165,18 @@ func TestImportRouteStreamsARowResultPerLine(t *testing.T) {
 		t.Fatalf("row results %v", byRow)
 	}
 }
+
+// `caddy tptoken status` says when a rebuild runs, and how far it got.
+func TestStatusShowsARunningRebuild(t *testing.T) {
+	now := time.Now()
+	var out bytes.Buffer
+	st := componentStatus{ComponentInfo: tokensource.ComponentInfo{ComponentAppID: "tt00comp", Family: tokensource.V1,
+		Rebuild: &tokensource.RebuildEvent{Event: "running", Trigger: tokensource.RebuildOnEmpty, StartedAt: now.Add(-90 * time.Second),
+			PlatformTotal: 120, Counts: map[string]int{"rebuilt": 30, "unchanged": 7}}}}
+	if err := printStatus(&out, statusJSON{Components: []componentStatus{st}, Authorizers: map[string][]tokensource.Info{}}, now); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "tt00comp: a rebuild (trigger auto) is running since 1m30s ago: 37 of 120 authorizers done") {
+		t.Fatalf("status:\n%s", out.String())
+	}
+}

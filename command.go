@@ -464,6 +464,14 @@ func printStatus(out io.Writer, res statusJSON, now time.Time) error {
 		return err
 	}
 	for _, s := range res.Components {
+		if r := s.Rebuild; r != nil {
+			done := 0
+			for _, n := range r.Counts {
+				done += n
+			}
+			fmt.Fprintf(out, "%s: a rebuild (trigger %s) is running since %s: %d of %d authorizers done\n",
+				s.ComponentAppID, r.Trigger, relTime(r.StartedAt, now), done, max(r.PlatformTotal, r.Listed, done))
+		}
 		if s.Sweep != nil && s.Sweep.NotSealedWithKey > 0 {
 			fmt.Fprintf(out, "%s: %d authorizer record(s) not sealed with the current encryption_key yet (caddy tptoken reseal)\n",
 				s.ComponentAppID, s.Sweep.NotSealedWithKey)

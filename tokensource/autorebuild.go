@@ -60,6 +60,7 @@ type autoRebuilder struct {
 	// every and retry are autoCheckEvery and autoRetryAfter, shorter when the
 	// sweep is (tests).
 	every, retry time.Duration
+	sawDone      bool // the last look found the marker done (logged once)
 }
 
 func newOwnerID() string {
@@ -112,9 +113,17 @@ func (a *autoRebuilder) step(ctx context.Context) time.Duration {
 		return a.retry
 	}
 	now := e.now()
+	if m == nil || m.State != markerDone {
+		a.sawDone = false
+	}
 	switch {
 	case m != nil && m.State == markerDone:
 		e.autoRunning.Store(false)
+		if !a.sawDone {
+			a.sawDone = true
+			e.log.Info("rebuild_on_empty: a finished rebuild is on record; nothing to do while the marker stays",
+				zap.String("trigger", m.Trigger), zap.Time("finished_at", m.FinishedAt))
+		}
 		return a.every
 	case m != nil && m.State == markerRunning && now.Before(m.LeaseUntil) && m.Owner != a.owner:
 		e.autoRunning.Store(true) // another instance rebuilds: missing records answer 503, not 403
