@@ -193,8 +193,10 @@ func (a *adminAPI) rebuild(w http.ResponseWriter, r *http.Request, c *component)
 				total = max(ev.PlatformTotal, ev.Listed)
 			}
 		case "result":
-			ans.Results = append(ans.Results, ev)
-			ans.Counts[ev.Result]++
+			if !stream { // a stream sends each result as it comes
+				ans.Results = append(ans.Results, ev)
+				ans.Counts[ev.Result]++
+			}
 			t.add(rebuildFailed(ev.Result), time.Now())
 		}
 		if s != nil {

@@ -83,6 +83,9 @@ func interruptible() (context.Context, context.CancelFunc) {
 // arrives. When ctx ends it stops reading, closes the connection (the
 // server stops what it had not begun) and returns errInterrupted.
 func (c *adminClient) stream(ctx context.Context, method, path string, body any, f func(event string, line []byte) error) error {
+	if ctx.Err() != nil {
+		return errInterrupted // nothing sent
+	}
 	var query url.Values
 	if c.component != "" {
 		query = url.Values{"component": {c.component}}
