@@ -4,9 +4,12 @@ package faulttest
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -380,6 +383,98 @@ func TestRebuildInterruptedByCtrlCIsSafeToRerun(t *testing.T) {
 	for _, id := range ids {
 		if s := st.App(id); s.Exchanges != 1 {
 			t.Errorf("%s exchanged %d times", id, s.Exchanges)
+		}
+	}
+	c.serveAll(a, ids)
+}
+
+// legacyTokens has each appid authorize the TP and exchanges its code as a
+// legacy token store would (api v1), returning the refresh tokens.
+func (c *cluster) legacyTokens(ids []string) map[string]string {
+	c.t.Helper()
+	get := func(path string, q url.Values, out any) {
+		c.t.Helper()
+		resp, err := http.Get(c.emuURL + path + "?" + q.Encode())
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	var ct struct {
+		Token string `json:"component_access_token"`
+	}
+	get(emulator.PathV1ComponentToken, url.Values{"component_appid": {component}, "component_appsecret": {secret},
+		"component_ticket": {c.emu.Ticket()}}, &ct)
+	out := map[string]string{}
+	for _, id := range ids {
+		code, err := c.emu.Authorize(id, false)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		var g struct {
+			RefreshToken string `json:"authorizer_refresh_token"`
+		}
+		get(emulator.PathV1OAuthToken, url.Values{"component_appid": {component}, "component_access_token": {ct.Token},
+			"authorization_code": {code}, "grant_type": {emulator.GrantCode}}, &g)
+		if g.RefreshToken == "" {
+			c.t.Fatalf("no legacy refresh token for %s", id)
+		}
+		out[id] = g.RefreshToken
+	}
+	return out
+}
+
+// Ctrl-C in the middle of an import: exit 130; rows not sent are reported
+// "not attempted", rows in flight finish on the server; importing the file
+// again imports the rest, and every legacy refresh token is used exactly once.
+func TestImportInterruptedByCtrlCIsSafeToRerun(t *testing.T) {
+	c := newCluster(t, tokensource.V1, emulator.Lifetimes{}, "")
+	c.adminEach = true
+	a := c.start(nil)
+	c.pushTo(a)
+	ids := appids(24)
+	tokens := c.legacyTokens(ids)
+	var csv strings.Builder
+	for _, id := range ids {
+		csv.WriteString(id + "," + tokens[id] + "\n")
+	}
+	file := filepath.Join(t.TempDir(), "legacy.csv")
+	if err := os.WriteFile(file, []byte(csv.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.emu.SetFaults(emulator.OpRefresh, emulator.Faults{Latency: 300 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	run := c.cli(a, "import", file, "--batch", "4")
+	eventually(t, 30*time.Second, "six rows imported", func() bool { return c.emu.Stats().Total.Refreshes >= 6 })
+	if err := run.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	code := run.wait(t)
+	out := run.stdout.String()
+	if code != 130 || !strings.Contains(run.stderr.String(), "interrupted after") || !strings.Contains(out, "not attempted: interrupted") {
+		t.Fatalf("interrupted import: exit %d\n%s\n%s", code, out, run.stderr.String())
+	}
+	if strings.Contains(out+run.stderr.String(), tokens[ids[0]]) {
+		t.Fatal("the import printed a refresh token")
+	}
+	c.emu.ClearFaults()
+	again := c.cli(a, "import", file)
+	if code := again.wait(t); code != 0 {
+		t.Fatalf("import again: exit %d\n%s%s", code, again.stdout.String(), again.stderr.String())
+	}
+	st := c.emu.Stats()
+	summary := regexp.MustCompile(`24 rows: imported (\d+), recovered 0, unchanged (\d+), skipped 0, failed 0`).FindStringSubmatch(again.stdout.String())
+	t.Logf("import interrupted, then run again: %v; %d refreshes for %d rows", summary, st.Total.Refreshes, len(ids))
+	if summary == nil {
+		t.Fatalf("second import:\n%s", again.stdout.String())
+	}
+	for _, id := range ids {
+		if s := st.App(id); s.Refreshes != 1 || s.Refresh40021 != 0 {
+			t.Errorf("%s: %d refreshes, %d refused with 40021: each legacy token must be used once", id, s.Refreshes, s.Refresh40021)
 		}
 	}
 	c.serveAll(a, ids)
