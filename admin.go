@@ -36,8 +36,12 @@ func init() {
 //	POST   /tptoken/lookup                      {"appids": ["...", ...]}
 //	POST   /tptoken/import                      [{"appid", "authorizer_refresh_token", "refresh_expires_at"?}, ...]
 //	POST   /tptoken/reseal
+//	POST   /tptoken/rebuild[?component=<appid>]  {"verify"?, "overwrite_unreadable"?, "rate"?, "appids"?}
 //	GET    /tptoken/component[?component=<appid>]
 //	POST   /tptoken/check-storage[?hold=<duration>]   (NDJSON, admin_storagecheck.go)
+//
+// import and rebuild stream NDJSON progress with Accept: application/x-ndjson
+// (admin_rebuild.go).
 //
 // With several components, ?component= names one; routes about one authorizer
 // infer it when the appid has a record under exactly one component. Errors
@@ -164,13 +168,18 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.checkStorage(w, r)
+	case rest == "rebuild":
+		if err := allowMethods(w, r, http.MethodPost); err != nil {
+			return err
+		}
+		return a.withComponent(w, r, a.rebuild)
 	}
 	return notFound(r)
 }
 
 func notFound(r *http.Request) error {
 	return caddy.APIError{HTTPStatus: http.StatusNotFound,
-		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/component, /tptoken/check-storage", r.Method, r.URL.Path)}
+		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/rebuild, /tptoken/component, /tptoken/check-storage", r.Method, r.URL.Path)}
 }
 
 func allowMethods(w http.ResponseWriter, r *http.Request, methods ...string) error {
@@ -333,6 +342,8 @@ func apiError(w http.ResponseWriter, err error) error {
 		status = http.StatusGatewayTimeout
 	case tokensource.KindRateLimited:
 		status = http.StatusTooManyRequests
+	case tokensource.KindBusy:
+		status = http.StatusConflict
 	}
 	return caddy.APIError{HTTPStatus: status, Err: err}
 }

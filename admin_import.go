@@ -130,6 +130,24 @@ func (a *adminAPI) importTokens(w http.ResponseWriter, r *http.Request) error {
 
 	ctx := r.Context()
 	results := make([]importRowResult, len(raw))
+	// With Accept: application/x-ndjson, each row's result is a line sent as
+	// soon as the row is done (the CLI's progress), then an "end" line.
+	var s *ndjsonStream
+	var smu sync.Mutex
+	sent := make([]bool, len(raw))
+	emit := func(i int) {}
+	if wantsNDJSON(r) {
+		s = startNDJSON(w)
+		s.send(streamEvent{Event: "start", Rows: len(raw)})
+		emit = func(i int) {
+			smu.Lock()
+			defer smu.Unlock()
+			if !sent[i] {
+				sent[i] = true
+				s.send(importEvent{Event: "result", importRowResult: results[i]})
+			}
+		}
+	}
 	rows := make([]importRow, len(raw))
 	comps := make([]*component, len(raw))
 	byApp := map[string][]int{} // rows of one appid run in order, one after the other
@@ -179,9 +197,15 @@ func (a *adminAPI) importTokens(w http.ResponseWriter, r *http.Request) error {
 			for key := range jobs {
 				for _, i := range byApp[key] {
 					results[i].ImportResult = a.importOne(ctx, comps[i], rows[i])
+					emit(i)
 				}
 			}
 		}()
+	}
+	for i := range results {
+		if comps[i] == nil { // refused before any work
+			emit(i)
+		}
 	}
 	for _, key := range apps {
 		jobs <- key
@@ -205,7 +229,17 @@ func (a *adminAPI) importTokens(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.log.Info("legacy refresh tokens imported through the admin API", zap.String("component_appid", ans.ComponentAppID),
 		zap.Int("rows", len(rows)), zap.Any("counts", ans.Counts))
+	if s != nil {
+		s.send(streamEvent{Event: "end", ComponentAppID: ans.ComponentAppID, Counts: ans.Counts})
+		return nil
+	}
 	return writeJSON(w, ans)
+}
+
+// importEvent is a result line of an import stream.
+type importEvent struct {
+	Event string `json:"event"`
+	importRowResult
 }
 
 // importComponent is the component of a row when several are configured and

@@ -102,6 +102,11 @@ type Component struct {
 	RedirectCalls int `json:"redirect_calls,omitempty"`
 	// PushWindow: pushes stamped further than this from the clock are refused. Default 10m.
 	PushWindow caddy.Duration `json:"push_window,omitempty"`
+	// RebuildOnEmpty: when storage holds no marker of a finished rebuild (a
+	// new deployment, storage lost), one instance rebuilds every authorizer
+	// without a usable record from the platform's authorized-app list, once
+	// per cluster, at renew_rate (docs/reliability.md, "Disaster recovery").
+	RebuildOnEmpty bool `json:"rebuild_on_empty,omitempty"`
 }
 
 // component is the runtime side of a Component.
@@ -345,7 +350,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 			LockTimeout: time.Duration(c.LockTimeout), AllowUnlocked: c.SingleInstance,
 			MaxConcurrentCalls: c.MaxConcurrentCalls, RenewRate: c.RenewRate, SweepInterval: time.Duration(c.SweepInterval),
 			RedirectExchanges: c.RedirectExchanges, RedirectWindow: time.Duration(c.RedirectWindow),
-			RedirectCalls: c.RedirectCalls, PushWindow: time.Duration(c.PushWindow),
+			RedirectCalls: c.RedirectCalls, PushWindow: time.Duration(c.PushWindow), RebuildOnEmpty: c.RebuildOnEmpty,
 		})
 		if err != nil {
 			return nil, err

@@ -48,6 +48,7 @@ func init() {
 //		redirect_calls       <n>               # their platform calls in flight (own slots); default 4
 //		push_window          <duration>        # pushes stamped further from the clock are refused; default 10m
 //		single_instance                        # refresh without the storage lock if storage locking fails
+//		rebuild_on_empty                       # rebuild from the platform's authorized-app list when storage has no records (once per cluster)
 //		storage              <module> { ... }  # storage for tptoken records; default: Caddy's storage
 //		metrics_per_appid                      # add metrics labelled by authorizer appid (whole app; opt-in)
 //		max_replay_memory    <size>            # request bodies buffered for replays, all requests together (whole app); default 64MiB
@@ -173,6 +174,11 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 				err = d.Errf("single_instance takes no arguments (got %q)", d.Val())
 			}
 			c.SingleInstance = true
+		case "rebuild_on_empty":
+			if d.NextArg() {
+				err = d.Errf("rebuild_on_empty takes no arguments (got %q)", d.Val())
+			}
+			c.RebuildOnEmpty = true
 		case "metrics_per_appid":
 			if d.NextArg() {
 				err = d.Errf("metrics_per_appid takes no arguments (got %q)", d.Val())

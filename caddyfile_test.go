@@ -119,6 +119,7 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				renew_rate           0.5
 				sweep_interval       5m
 				single_instance
+				rebuild_on_empty
 				redirect_exchanges   120 30m
 				redirect_calls       2
 				push_window          5m
@@ -132,6 +133,7 @@ func TestCaddyfileGlobalOptionParsesEveryForm(t *testing.T) {
 				Timeout:                dur("3s"), LockTimeout: dur("20s"), MaxConcurrentCalls: 4, SingleInstance: true,
 				RenewRate: 0.5, SweepInterval: dur("5m"),
 				RedirectExchanges: 120, RedirectWindow: dur("30m"), RedirectCalls: 2, PushWindow: dur("5m"),
+				RebuildOnEmpty: true,
 			},
 		},
 		{
@@ -259,6 +261,7 @@ func TestCaddyfileGlobalOptionErrorsNameTheOptionAndLine(t *testing.T) {
 		{"max_concurrent_calls not a number", head + "max_concurrent_calls many\n}", "max_concurrent_calls", 4},
 		{"max_concurrent_calls with two values", head + "max_concurrent_calls 1 2\n}", "max_concurrent_calls", 4},
 		{"single_instance with a value", head + "single_instance yes\n}", "single_instance", 4},
+		{"rebuild_on_empty with a value", head + "rebuild_on_empty yes\n}", "rebuild_on_empty", 4},
 		{"redirect_exchanges without value", head + "redirect_exchanges\n}", "redirect_exchanges", 4},
 		{"redirect_exchanges zero", head + "redirect_exchanges 0 1h\n}", "redirect_exchanges", 4},
 		{"redirect_exchanges not a number", head + "redirect_exchanges many\n}", "redirect_exchanges", 4},

@@ -30,7 +30,8 @@ import (
 //
 // Exit codes: 0 success; 1 failure (bad arguments, Caddy unreachable, an
 // operation failed for some appid or row, a storage guarantee failed); 2
-// `status --check` found the TP not healthy, or check-storage skipped a guarantee.
+// `status --check` found the TP not healthy, or check-storage skipped a
+// guarantee; 130 interrupted (import, rebuild: rerunning is safe).
 
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
@@ -50,6 +51,8 @@ Operates the tptoken app of a running Caddy through its admin API
   caddy tptoken seed-code [--appid <appid>] exchange an authorization code read from standard input
   caddy tptoken delete <appid>... --yes     forget authorizers (their refresh tokens are lost)
   caddy tptoken reseal                      seal every record with the current encryption_key
+  caddy tptoken rebuild [<appid>...]        restore every authorizer without a usable record from the
+                                            platform's authorized-app list (storage lost, old backup)
   caddy tptoken auth-link --redirect-uri <url>
                                             an authorization link for a merchant (signed state)
   caddy tptoken check-storage [--hold 12s]  check the storage's locks, visibility and listing
@@ -60,7 +63,8 @@ The admin address comes from --address, else from the admin setting of the
 where it cannot be (a new authorizer, an import). --json prints the API's JSON.
 
 Exit status: 0 success, 1 failure, 2 status --check found the TP not healthy
-(check-storage: a guarantee was skipped).
+(check-storage: a guarantee was skipped), 130 interrupted (import and rebuild
+can be run again safely).
 `,
 		CobraFunc: configureCommand,
 	})
@@ -75,6 +79,7 @@ var subcommands = []func() *cobra.Command{
 	seedCodeCommand,
 	deleteCommand,
 	resealCommand,
+	rebuildCommand,
 	authLinkCommand,
 	checkStorageCommand,
 	checkStorageHolderCommand,
@@ -115,10 +120,12 @@ func configureCommand(cmd *cobra.Command) {
 	}
 }
 
-// cliIO is where a subcommand reads input and writes its output.
+// cliIO is where a subcommand reads input and writes its output; errOut
+// (standard error) gets the progress line of long commands.
 type cliIO struct {
-	in  io.Reader
-	out io.Writer
+	in     io.Reader
+	out    io.Writer
+	errOut io.Writer
 }
 
 // runWith adapts a subcommand function to cobra, through Caddy's wrapper
@@ -126,7 +133,7 @@ type cliIO struct {
 func runWith(f func(fl caddycmd.Flags, io cliIO) (int, error)) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		return caddycmd.WrapCommandFuncForCobra(func(fl caddycmd.Flags) (int, error) {
-			return f(fl, cliIO{in: cmd.InOrStdin(), out: cmd.OutOrStdout()})
+			return f(fl, cliIO{in: cmd.InOrStdin(), out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()})
 		})(cmd, args)
 	}
 }
@@ -173,17 +180,9 @@ func (c *adminClient) do(method, path string, query url.Values, body, out any) e
 		}
 		query.Set("component", c.component)
 	}
-	uri := path
-	if len(query) > 0 {
-		uri += "?" + query.Encode()
-	}
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+	uri, rd, err := requestOf(path, query, body)
+	if err != nil {
+		return err
 	}
 	resp, err := caddycmd.AdminAPIRequest(c.addr, method, uri, nil, rd)
 	if err != nil {
@@ -202,6 +201,23 @@ func (c *adminClient) do(method, path string, query url.Values, body, out any) e
 		return fmt.Errorf("reading the admin API answer to %s %s: %v", method, path, err)
 	}
 	return nil
+}
+
+// requestOf is the URI and body of an admin request (body marshalled as JSON
+// when non-nil).
+func requestOf(path string, query url.Values, body any) (string, io.Reader, error) {
+	uri := path
+	if len(query) > 0 {
+		uri += "?" + query.Encode()
+	}
+	if body == nil {
+		return uri, nil, nil
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return "", nil, err
+	}
+	return uri, bytes.NewReader(b), nil
 }
 
 var adminErrorRE = regexp.MustCompile(`(?s)caddy responded with error: HTTP (\d+): (.*)$`)
@@ -455,6 +471,14 @@ func printStatus(out io.Writer, res statusJSON, now time.Time) error {
 		return err
 	}
 	for _, s := range res.Components {
+		if r := s.Rebuild; r != nil {
+			done := 0
+			for _, n := range r.Counts {
+				done += n
+			}
+			fmt.Fprintf(out, "%s: a rebuild (trigger %s) is running since %s: %d of %d authorizers done\n",
+				s.ComponentAppID, r.Trigger, relTime(r.StartedAt, now), done, max(r.PlatformTotal, r.Listed, done))
+		}
 		if s.Sweep != nil && s.Sweep.NotSealedWithKey > 0 {
 			fmt.Fprintf(out, "%s: %d authorizer record(s) not sealed with the current encryption_key yet (caddy tptoken reseal)\n",
 				s.ComponentAppID, s.Sweep.NotSealedWithKey)

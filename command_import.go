@@ -104,17 +104,37 @@ func cmdImport(fl caddycmd.Flags, cio cliIO) (int, error) {
 	}
 
 	res := importJSON{File: name, Counts: map[string]int{}}
+	ctx, cancel := interruptible()
+	defer cancel()
+	bar := newProgress(cio.errOut, fl.Bool("json"), "import "+name)
+	failed := 0
+	record := func(r importRowResult) {
+		res.Results = append(res.Results, r)
+		if r.Result == "failed" {
+			failed++
+		}
+		bar.update(len(res.Results), len(rows), failed)
+	}
 	failRow := func(r *importFileRow, detail string) {
-		res.Results = append(res.Results, importRowResult{Row: r.pos, ImportResult: tokensource.ImportResult{
+		record(importRowResult{Row: r.pos, ImportResult: tokensource.ImportResult{
 			Fingerprint: tokensource.Secret(r.row.AppID).Fingerprint(), Result: "failed", Detail: detail}})
 	}
 	var pending []*importFileRow
 	var sendErr error
+	interrupted := false
+	answered := 0 // rows the admin API answered for
 	flush := func() {
 		if len(pending) == 0 {
 			return
 		}
-		if sendErr != nil { // an earlier batch failed: these rows are not sent
+		switch {
+		case interrupted:
+			for _, r := range pending {
+				failRow(r, "not attempted: interrupted (import the file again; rows done come back unchanged)")
+			}
+			pending = pending[:0]
+			return
+		case sendErr != nil: // an earlier batch failed: these rows are not sent
 			for _, r := range pending {
 				failRow(r, "not sent: an earlier batch failed (see below); import the file again")
 			}
@@ -125,20 +145,63 @@ func cmdImport(fl caddycmd.Flags, cio cliIO) (int, error) {
 		for i, r := range pending {
 			body[i] = r.row
 		}
-		var ans importAnswer
-		err := c.do(http.MethodPost, "/tptoken/import", nil, body, &ans)
-		if err == nil && len(ans.Results) != len(pending) {
-			err = fmt.Errorf("the admin API answered %d results for %d rows", len(ans.Results), len(pending))
-		}
-		if err != nil {
-			sendErr = fmt.Errorf("importing rows %d-%d: %v", pending[0].pos, pending[len(pending)-1].pos, err)
-			for _, r := range pending {
-				failRow(r, "not imported: the request for its batch failed: "+err.Error())
+		got := make([]bool, len(pending))
+		err := c.stream(ctx, http.MethodPost, "/tptoken/import", body, func(event string, line []byte) error {
+			var results []importRowResult
+			switch event {
+			case "result":
+				var ev importEvent
+				if err := json.Unmarshal(line, &ev); err != nil {
+					return err
+				}
+				results = []importRowResult{ev.importRowResult}
+			case "": // a server answering with one JSON document: the results in row order
+				var ans importAnswer
+				if err := json.Unmarshal(line, &ans); err != nil {
+					return err
+				}
+				if len(ans.Results) != len(pending) {
+					return fmt.Errorf("the admin API answered %d results for %d rows", len(ans.Results), len(pending))
+				}
+				for i := range ans.Results {
+					ans.Results[i].Row = i + 1
+				}
+				results = ans.Results
 			}
-		} else {
-			for i, r := range ans.Results {
-				r.Row = pending[i].pos
-				res.Results = append(res.Results, r)
+			for _, r := range results {
+				if r.Row < 1 || r.Row > len(pending) || got[r.Row-1] {
+					return fmt.Errorf("the admin API answered a result for row %d of %d", r.Row, len(pending))
+				}
+				got[r.Row-1] = true
+				r.Row = pending[r.Row-1].pos
+				answered++
+				record(r)
+			}
+			return nil
+		})
+		missing := 0
+		for _, g := range got {
+			if !g {
+				missing++
+			}
+		}
+		switch {
+		case errors.Is(err, errInterrupted):
+			interrupted = true
+			for i, r := range pending {
+				if !got[i] {
+					failRow(r, "interrupted while it was sent: the server finishes it; import the file again to see its result (safe)")
+				}
+			}
+		case err == nil && missing > 0:
+			err = fmt.Errorf("the admin API answered %d results for %d rows", len(pending)-missing, len(pending))
+			fallthrough
+		case err != nil:
+			sendErr = fmt.Errorf("importing rows %d-%d: %v", pending[0].pos, pending[len(pending)-1].pos, err)
+			for i, r := range pending {
+				if !got[i] {
+					failRow(r, "not imported: the request for its batch failed: "+err.Error())
+				}
 			}
 		}
 		pending = pending[:0]
@@ -154,13 +217,10 @@ func cmdImport(fl caddycmd.Flags, cio cliIO) (int, error) {
 		}
 	}
 	flush()
+	bar.clear()
 	sort.SliceStable(res.Results, func(i, j int) bool { return res.Results[i].Row < res.Results[j].Row })
-	failed := 0
 	for _, r := range res.Results {
 		res.Counts[r.Result]++
-		if r.Result == "failed" {
-			failed++
-		}
 	}
 	if fl.Bool("json") {
 		if err := printJSON(cio.out, res); err != nil {
@@ -182,6 +242,10 @@ func cmdImport(fl caddycmd.Flags, cio cliIO) (int, error) {
 		}
 		_ = tw.Flush()
 		fmt.Fprintf(cio.out, "\n%s\n", countsText(res.Counts, len(res.Results)))
+	}
+	if interrupted {
+		return exitInterrupted, fmt.Errorf("interrupted after %d of %d rows; rows in flight finish on the server; importing the file again is safe (rows done come back unchanged)",
+			answered, len(res.Results))
 	}
 	if sendErr != nil {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("%v (every row of it and after it is marked failed; rows before were imported; importing the file again is safe)", sendErr)

@@ -47,6 +47,9 @@ func TestCLIImportReadsCSVAndJSONAndReportsEveryRow(t *testing.T) {
 	if strings.Contains(out, "SENTINEL") {
 		t.Fatalf("import output quotes a token:\n%s", out)
 	}
+	if strings.ContainsAny(out, "\r\x1b") {
+		t.Fatalf("a progress line was drawn without a terminal:\n%q", out)
+	}
 	lines := strings.Split(out, "\n")
 	for _, want := range []struct{ row, appid, result string }{
 		{"3", "tt21app", "imported"}, {"4", "tt22app", "recovered"}, {"5", "-", "failed"},

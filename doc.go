@@ -30,6 +30,7 @@
 //	storage.go         the storage an engine uses across configs
 //	storagecheck*.go   check-storage: the storage's guarantees, and the lock holder process
 //	metrics.go         Prometheus metrics
-//	admin*.go          the admin API (admin.api.tptoken)
+//	admin*.go          the admin API (admin.api.tptoken); admin_rebuild.go also the NDJSON streams
 //	command*.go        the `caddy tptoken` CLI
+//	progress.go        the progress line of long commands (import, rebuild)
 package tptoken

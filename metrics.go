@@ -48,6 +48,9 @@ type metricSet struct {
 	storageCheck     *prometheus.GaugeVec     // guarantee, verdict: the last check-storage
 	storageCheckAt   *prometheus.GaugeVec     // no labels: absent before the first check
 	storageTakeover  *prometheus.GaugeVec     // no labels: absent before the first check
+	rebuildRuns      *prometheus.CounterVec   // component_appid, trigger, result
+	rebuildResults   *prometheus.CounterVec   // component_appid, trigger, result
+	rebuildSuccess   *prometheus.GaugeVec     // component_appid
 
 	comps sync.Map // component appid -> *componentMetrics
 }
@@ -85,7 +88,7 @@ func newMetricSet() *metricSet {
 			"Authorizer token lookups by appid and result (hit, obtained); only with metrics_per_appid.",
 			"component_appid", "appid", "result"),
 		calls: counter("platform_calls_total",
-			"Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list), cause (live; import: rows of an import of legacy refresh tokens) and result (ok, a platform errno, http_<status>, timeout, network, malformed).",
+			"Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list), cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, a platform errno, http_<status>, timeout, network, malformed).",
 			"component_appid", "op", "cause", "result"),
 		callsPerApp: counter("authorizer_platform_calls_total",
 			"Calls to the platform's token endpoints about one authorizer, by appid, op and result; only with metrics_per_appid.",
@@ -99,7 +102,7 @@ func newMetricSet() *metricSet {
 			"Upstream answers that rejected the injected token, by result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).",
 			"component_appid", "result"),
 		recoveries: counter("recoveries_total",
-			"Recoveries of a lost or rejected refresh token (retrieve code + exchange), by cause (live; import: rows of an import of legacy refresh tokens) and result (ok, failed).",
+			"Recoveries of a lost or rejected refresh token (retrieve code + exchange), by cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, failed).",
 			"component_appid", "cause", "result"),
 		recoveriesPerApp: counter("authorizer_recoveries_total",
 			"Recoveries by appid and result; only with metrics_per_appid.",
@@ -122,6 +125,16 @@ func newMetricSet() *metricSet {
 		unbuffered: counter("replay_buffer_full_total",
 			"Request bodies streamed without a replay because max_replay_memory was taken by requests in flight.",
 			"component_appid"),
+		rebuildRuns: counter("rebuild_runs_total",
+			"Rebuilds from the platform's authorized-app list, by trigger (operator: caddy tptoken rebuild or the admin API; auto: rebuild_on_empty) and result (ok: nothing failed; failed: some authorizer failed, was busy or unreadable, or the list could not be read; interrupted).",
+			"component_appid", "trigger", "result"),
+		rebuildResults: counter("rebuild_authorizers_total",
+			"Authorizers a rebuild reached a result for, by trigger and result (rebuilt, unchanged, refreshed, recovered, not_authorized, skipped_unreadable, skipped_other_family, busy, failed, not_listed).",
+			"component_appid", "trigger", "result"),
+		rebuildSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "rebuild_last_success_timestamp_seconds",
+			Help: "Unix time of the last rebuild on this instance in which nothing failed.",
+		}, []string{"component_appid"}),
 	}
 }
 
@@ -129,7 +142,7 @@ func newMetricSet() *metricSet {
 // so a config without metrics_per_appid exports none of their past series.
 func (s *metricSet) collectors(perAppID bool) []prometheus.Collector {
 	cs := []prometheus.Collector{s.lookups, s.calls, s.callDuration, s.replays, s.recoveries, s.importRows, s.notInjected, s.loops, s.rejections, s.goneReports, s.unbuffered,
-		s.storageCheck, s.storageCheckAt, s.storageTakeover}
+		s.storageCheck, s.storageCheckAt, s.storageTakeover, s.rebuildRuns, s.rebuildResults, s.rebuildSuccess}
 	if perAppID {
 		cs = append(cs, s.lookupsPerApp, s.callsPerApp, s.recoveriesPerApp)
 	}
@@ -163,7 +176,7 @@ func (s *metricSet) component(appid string) *componentMetrics {
 	m.notReplayed = s.replays.WithLabelValues(appid, replayNoFreshToken)
 	m.notInjected = s.notInjected.WithLabelValues(appid)
 	m.loops = s.loops.WithLabelValues(appid)
-	for _, cause := range []string{tokensource.CauseLive, tokensource.CauseImport} {
+	for _, cause := range []string{tokensource.CauseLive, tokensource.CauseImport, tokensource.CauseRebuild} {
 		for _, res := range []string{"ok", "failed"} {
 			s.recoveries.WithLabelValues(appid, cause, res) // exported from 0, so increase() sees the first one
 		}
@@ -245,6 +258,19 @@ func (m *componentMetrics) Rejection(appid, result string) {
 // GoneReport implements tokensource.Observer.
 func (m *componentMetrics) GoneReport(_, result string) {
 	m.set.goneReports.WithLabelValues(m.appID, result).Inc()
+}
+
+// RebuildResult implements tokensource.Observer.
+func (m *componentMetrics) RebuildResult(trigger, result string) {
+	m.set.rebuildResults.WithLabelValues(m.appID, trigger, result).Inc()
+}
+
+// RebuildDone implements tokensource.Observer.
+func (m *componentMetrics) RebuildDone(trigger, outcome string) {
+	m.set.rebuildRuns.WithLabelValues(m.appID, trigger, outcome).Inc()
+	if outcome == "ok" {
+		m.set.rebuildSuccess.WithLabelValues(m.appID).SetToCurrentTime()
+	}
 }
 
 // replay counts an upstream answer that rejected the injected token.

@@ -46,18 +46,20 @@ func TestObserverCountsLookupsPlatformCallsReplaysAndRecoveries(t *testing.T) {
 	countReplayOn(m, true)
 
 	const want = `
-# HELP caddy_tptoken_platform_calls_total Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list), cause (live; import: rows of an import of legacy refresh tokens) and result (ok, a platform errno, http_<status>, timeout, network, malformed).
+# HELP caddy_tptoken_platform_calls_total Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list), cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, a platform errno, http_<status>, timeout, network, malformed).
 # TYPE caddy_tptoken_platform_calls_total counter
 caddy_tptoken_platform_calls_total{cause="import",component_appid="ttcomp",op="refresh",result="40021"} 1
 caddy_tptoken_platform_calls_total{cause="live",component_appid="ttcomp",op="component_token",result="http_502"} 1
 caddy_tptoken_platform_calls_total{cause="live",component_appid="ttcomp",op="refresh",result="40021"} 1
 caddy_tptoken_platform_calls_total{cause="live",component_appid="ttcomp",op="refresh",result="ok"} 1
-# HELP caddy_tptoken_recoveries_total Recoveries of a lost or rejected refresh token (retrieve code + exchange), by cause (live; import: rows of an import of legacy refresh tokens) and result (ok, failed).
+# HELP caddy_tptoken_recoveries_total Recoveries of a lost or rejected refresh token (retrieve code + exchange), by cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, failed).
 # TYPE caddy_tptoken_recoveries_total counter
 caddy_tptoken_recoveries_total{cause="import",component_appid="ttcomp",result="failed"} 1
 caddy_tptoken_recoveries_total{cause="import",component_appid="ttcomp",result="ok"} 0
 caddy_tptoken_recoveries_total{cause="live",component_appid="ttcomp",result="failed"} 1
 caddy_tptoken_recoveries_total{cause="live",component_appid="ttcomp",result="ok"} 1
+caddy_tptoken_recoveries_total{cause="rebuild",component_appid="ttcomp",result="failed"} 0
+caddy_tptoken_recoveries_total{cause="rebuild",component_appid="ttcomp",result="ok"} 0
 # HELP caddy_tptoken_replays_total Upstream answers that rejected the injected token, by result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).
 # TYPE caddy_tptoken_replays_total counter
 caddy_tptoken_replays_total{component_appid="ttcomp",result="no_fresh_token"} 1
@@ -400,4 +402,35 @@ caddy_tptoken_authorizers{component_appid="tt00e2ecomponent",state="unauthorized
 func activeRegistry() *prometheus.Registry {
 	ctx := caddy.ActiveContext()
 	return ctx.GetMetricsRegistry()
+}
+
+// Rebuild results and runs are counted by trigger and result, and a run in
+// which nothing failed sets the last-success time.
+func TestObserverCountsRebuildResultsAndRuns(t *testing.T) {
+	set, reg := newTestMetrics(t, false)
+	m := set.component("ttcomp")
+	m.RebuildResult(tokensource.RebuildByOperator, tokensource.RebuildRebuilt)
+	m.RebuildResult(tokensource.RebuildByOperator, tokensource.RebuildRebuilt)
+	m.RebuildResult(tokensource.RebuildOnEmpty, tokensource.RebuildFailed)
+	m.RebuildDone(tokensource.RebuildOnEmpty, "failed")
+	if n := testutil.CollectAndCount(set.rebuildSuccess); n != 0 {
+		t.Fatal("a failed run set the last-success time")
+	}
+	m.RebuildDone(tokensource.RebuildByOperator, "ok")
+	const want = `
+# HELP caddy_tptoken_rebuild_authorizers_total Authorizers a rebuild reached a result for, by trigger and result (rebuilt, unchanged, refreshed, recovered, not_authorized, skipped_unreadable, skipped_other_family, busy, failed, not_listed).
+# TYPE caddy_tptoken_rebuild_authorizers_total counter
+caddy_tptoken_rebuild_authorizers_total{component_appid="ttcomp",result="failed",trigger="auto"} 1
+caddy_tptoken_rebuild_authorizers_total{component_appid="ttcomp",result="rebuilt",trigger="operator"} 2
+# HELP caddy_tptoken_rebuild_runs_total Rebuilds from the platform's authorized-app list, by trigger (operator: caddy tptoken rebuild or the admin API; auto: rebuild_on_empty) and result (ok: nothing failed; failed: some authorizer failed, was busy or unreadable, or the list could not be read; interrupted).
+# TYPE caddy_tptoken_rebuild_runs_total counter
+caddy_tptoken_rebuild_runs_total{component_appid="ttcomp",result="failed",trigger="auto"} 1
+caddy_tptoken_rebuild_runs_total{component_appid="ttcomp",result="ok",trigger="operator"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "caddy_tptoken_rebuild_authorizers_total", "caddy_tptoken_rebuild_runs_total"); err != nil {
+		t.Fatal(err)
+	}
+	if v := testutil.ToFloat64(set.rebuildSuccess.WithLabelValues("ttcomp")); time.Since(time.Unix(int64(v), 0)) > time.Minute {
+		t.Fatalf("last success %v", v)
+	}
 }

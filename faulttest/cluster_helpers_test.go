@@ -72,8 +72,10 @@ type cluster struct {
 	handler string // the site's handler lines before reverse_proxy; default "tptoken"
 	level   string // log level; default INFO
 	admin   string // Caddy's admin endpoint (host:port); default off
-	insts   []*instance
-	client  *http.Client
+	// adminEach gives each instance an admin endpoint of its own (instance.admin).
+	adminEach bool
+	insts     []*instance
+	client    *http.Client
 }
 
 type instance struct {
@@ -83,6 +85,7 @@ type instance struct {
 	events  string
 	logPath string
 	cfgPath string
+	admin   string // with cluster.adminEach
 	home    string
 	exited  chan struct{}
 	asUser  *syscall.Credential
@@ -147,6 +150,10 @@ func (c *cluster) launch(in *instance) {
 	in.logPath = filepath.Join(dir, "caddy.log")
 	in.cfgPath = filepath.Join(dir, "Caddyfile")
 	handler, level, admin := c.handler, c.level, c.admin
+	if c.adminEach {
+		in.admin = fmt.Sprintf("127.0.0.1:%d", freePort(c.t))
+		admin = in.admin
+	}
 	if admin == "" {
 		admin = "off"
 	}

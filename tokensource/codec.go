@@ -107,6 +107,18 @@ func newCodec(key []byte, previous [][]byte) (codec, error) {
 // errEncrypted is returned when a sealed record is read without a key.
 var errEncrypted = errors.New("record is encrypted at rest: configure the same encryption_key on this instance")
 
+// Why a stored record cannot be read; decode wraps one of them (errors.Is).
+// Rebuild tells them apart: a record this instance has no key for is
+// someone's live authorization and is left alone, a damaged one is not.
+var (
+	// errRecordKey: sealed with a key this instance does not have (no
+	// encryption_key, or another one).
+	errRecordKey = errors.New("sealed with a key this instance does not have")
+	// errRecordCorrupt: not a record (malformed JSON or envelope, a seal the
+	// key it names cannot open, another appid's record).
+	errRecordCorrupt = errors.New("damaged record")
+)
+
 // Seal states of a stored record (decodeSeal).
 const (
 	sealPlain    = "plain"    // plain JSON
@@ -141,13 +153,13 @@ func (c codec) decodeSeal(key string, b []byte, v any) (string, error) {
 	var s sealed
 	if json.Unmarshal(b, &s) == nil && s.Enc != "" {
 		if s.Enc != sealAlg {
-			return "", fmt.Errorf("record %s: unknown encryption %q", key, s.Enc)
+			return "", fmt.Errorf("record %s: unknown encryption %q: %w", key, s.Enc, errRecordCorrupt)
 		}
 		if c.cur == nil {
-			return "", fmt.Errorf("record %s: %w", key, errEncrypted)
+			return "", fmt.Errorf("record %s: %w (%w)", key, errEncrypted, errRecordKey)
 		}
 		if len(s.Nonce) != c.cur.aead.NonceSize() {
-			return "", fmt.Errorf("record %s: malformed sealed record", key)
+			return "", fmt.Errorf("record %s: malformed sealed record: %w", key, errRecordCorrupt)
 		}
 		plain, st, err := c.open(key, s)
 		if err != nil {
@@ -156,7 +168,7 @@ func (c codec) decodeSeal(key string, b []byte, v any) (string, error) {
 		b, state = plain, st
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		return "", fmt.Errorf("record %s: malformed JSON: %v", key, err)
+		return "", fmt.Errorf("record %s: malformed JSON: %v: %w", key, err, errRecordCorrupt)
 	}
 	return state, nil
 }
@@ -173,17 +185,17 @@ func (c codec) open(key string, s sealed) ([]byte, string, error) {
 			if plain, ok := try(*c.cur); ok {
 				return plain, sealCurrent, nil
 			}
-			return nil, "", fmt.Errorf("record %s: cannot decrypt with the key it names (key id %s): the record is damaged", key, s.KeyID)
+			return nil, "", fmt.Errorf("record %s: cannot decrypt with the key it names (key id %s): %w", key, s.KeyID, errRecordCorrupt)
 		}
 		for _, k := range c.prev {
 			if k.id == s.KeyID {
 				if plain, ok := try(k); ok {
 					return plain, sealPrevious, nil
 				}
-				return nil, "", fmt.Errorf("record %s: cannot decrypt with the key it names (key id %s): the record is damaged", key, s.KeyID)
+				return nil, "", fmt.Errorf("record %s: cannot decrypt with the key it names (key id %s): %w", key, s.KeyID, errRecordCorrupt)
 			}
 		}
-		return nil, "", fmt.Errorf("record %s: sealed with encryption key id %s, which is neither encryption_key (key id %s) nor one of previous_encryption_keys: configure that key", key, s.KeyID, c.cur.id)
+		return nil, "", fmt.Errorf("record %s: sealed with encryption key id %s, which is neither encryption_key (key id %s) nor one of previous_encryption_keys: configure that key: %w", key, s.KeyID, c.cur.id, errRecordKey)
 	}
 	if plain, ok := try(*c.cur); ok {
 		return plain, sealCurrent, nil
@@ -193,5 +205,7 @@ func (c codec) open(key string, s sealed) ([]byte, string, error) {
 			return plain, sealPrevious, nil
 		}
 	}
-	return nil, "", fmt.Errorf("record %s: cannot decrypt (wrong encryption_key?)", key)
+	// Sealed before key ids existed: a wrong key and damage look alike, and a
+	// record that may be someone's live authorization is not called damaged.
+	return nil, "", fmt.Errorf("record %s: cannot decrypt (wrong encryption_key?): %w", key, errRecordKey)
 }

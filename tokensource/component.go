@@ -35,6 +35,8 @@ func (e *Engine) currentTicket(ctx context.Context) (Secret, error) {
 		}
 	case !isNotExist(err):
 		e.log.Error("reading the stored component ticket failed", zapErr(err))
+	case mem != nil:
+		e.writeBackTicket(ctx, mem)
 	}
 	if mem == nil {
 		return "", &Error{Kind: KindNoTicket, RetryAfter: 30 * time.Second,

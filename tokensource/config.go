@@ -78,6 +78,10 @@ type Config struct {
 	ActiveWindow      time.Duration // authorizers used within this are refreshed ahead; default 1h
 	RenewRate         float64       // background renewals per second; default 2
 	BackgroundWorkers int           // background renewals in flight; default 2
+	// RebuildOnEmpty: when storage holds no marker of a finished rebuild (a
+	// new deployment, storage lost), one instance of the cluster rebuilds
+	// from the platform's authorized-app list at RenewRate (autorebuild.go).
+	RebuildOnEmpty bool
 }
 
 func (c *Config) setDefaults() error {

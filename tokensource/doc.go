@@ -38,6 +38,11 @@
 //	operator.go   operator actions: Info, List, Refresh, Recover, Forget,
 //	              Import, ComponentInfo
 //	reseal.go     Reseal: re-sealing every record with the current key
+//	rebuild.go    Rebuild: every authorizer without a usable record restored
+//	              from the platform's authorized-app list (retrieve + exchange)
+//	autorebuild.go  rebuild_on_empty: a marker and a lease, once per cluster
+//	writeback.go  memory as a backup of storage: token chains, write-backs,
+//	              the marker of a deleted record
 //	record.go     the authorizer record, its storage form, Info
 //	store.go      Store, LockBreaker and the storage keys
 //	codec.go      sealing records at rest (AES-256-GCM, key rotation)

@@ -40,6 +40,9 @@ type Engine struct {
 	tags    sync.Map      // appid -> *opTag: operations reported apart (tags.go)
 	newApps *rate.Limiter // recoveries of appids with no record (operator.go)
 
+	rebuilding  atomic.Pointer[rebuildRun] // the rebuild running (rebuild.go)
+	autoRunning atomic.Bool                // rebuild_on_empty runs in the cluster (autorebuild.go)
+
 	mu     sync.Mutex // guards closed
 	closed bool
 	wg     sync.WaitGroup // operations in flight
@@ -204,6 +207,9 @@ func (s *slot) touch(now time.Time) {
 // stateError is the error for a record that cannot give tokens, or nil.
 func (e *Engine) stateError(appid string, en *entry) error {
 	switch {
+	case en.rec == nil && e.rebuildInProgress():
+		return &Error{Kind: KindUnavailable, AppID: appid, RetryAfter: 30 * time.Second,
+			Msg: "no record of this appid yet, and a rebuild from the platform's authorized-app list is running: try again shortly"}
 	case en.rec == nil:
 		return &Error{Kind: KindUnknownAuthorizer, AppID: appid,
 			Msg: "no authorization on record for this appid: have it authorize the TP (the AUTHORIZED push reaches tptoken_events) or seed a code through the admin API"}
@@ -266,12 +272,18 @@ func (e *Engine) syncInBackground(appid string, s *slot) {
 		// Only over what memory held before the read: an entry installed
 		// meanwhile (a renewal, a push) is newer news than this read, which
 		// may hold a token rotated away since.
-		e.adoptOver(s, before, rec, e.now())
+		if en, ok := e.adoptOver(s, before, rec, e.now()); ok && en.dirty {
+			// Storage lacks the newest record (writeback.go): write it back now
+			// rather than at the background loop's next pass.
+			_, _ = e.await(ctx, ahead.key(appid), func() (any, error) { return e.obtain(appid, ahead) })
+		}
 	}()
 }
 
 // adopt installs what storage holds into the slot, unless memory holds a newer
-// record that storage lacks (a failed write). It returns the entry in effect.
+// record that storage lacks (a failed write, or storage lost or restored from
+// a backup: writeback.go); that one is kept, marked unsaved, and written back
+// by flushLocked. It returns the entry in effect.
 func (e *Engine) adopt(s *slot, rec *record, now time.Time) *entry {
 	for {
 		if en, ok := e.adoptOver(s, s.cur.Load(), rec, now); ok {
@@ -283,8 +295,18 @@ func (e *Engine) adopt(s *slot, rec *record, now time.Time) *entry {
 // adoptOver is one attempt of adopt, replacing old only: it fails when the
 // slot no longer holds old.
 func (e *Engine) adoptOver(s *slot, old *entry, rec *record, now time.Time) (*entry, bool) {
-	if old != nil && old.dirty && (rec == nil || rec.Generation < old.rec.Generation) {
-		return old, true
+	if e.keepsMemory(old, rec) {
+		if old.dirty {
+			return old, true
+		}
+		kept := *old
+		kept.dirty, kept.checkedAt = true, now
+		if !s.cur.CompareAndSwap(old, &kept) {
+			return nil, false
+		}
+		e.log.Warn("storage lacks this authorizer's newest record (storage lost, or an old backup restored): keeping the one in memory and writing it back",
+			zapApp(old.rec.AppID), zap.Uint64("generation", old.rec.Generation), zap.Bool("stored", rec != nil))
+		return &kept, true
 	}
 	en := e.newEntry(rec, now)
 	if old != nil && old.rec != nil && rec != nil &&

@@ -183,6 +183,7 @@ const (
 	KindFamilyMismatch                // the record belongs to the other token family (403)
 	KindBadInput                      // a caller-supplied value is invalid (400)
 	KindRateLimited                   // an operator-forced operation over its budget; try again after RetryAfter (429)
+	KindBusy                          // one runs at a time and one is running (a rebuild): wait for it (409)
 )
 
 func (k Kind) String() string {
@@ -207,6 +208,8 @@ func (k Kind) String() string {
 		return "bad_input"
 	case KindRateLimited:
 		return "rate_limited"
+	case KindBusy:
+		return "busy"
 	}
 	return "internal"
 }

@@ -158,6 +158,7 @@ func (e *Engine) exchangeLocked(ctx context.Context, rec *record, appid string, 
 	next := e.fromGrant(rec, appid, g, start)
 	next.AuthorizedAt = next.LastRefresh
 	next.LastCode = code.Fingerprint()
+	next.Chain = newChainID() // an exchange starts a new chain (and kills the family's previous one)
 	return next, nil
 }
 
@@ -196,20 +197,7 @@ func (e *Engine) lookupCode(ctx context.Context, fp string) (string, bool) {
 
 // forgetOldCodes deletes code index entries older than codeMemory.
 func (e *Engine) forgetOldCodes(ctx context.Context) {
-	list, err := e.store.List(ctx, e.keys.codeDir(), false)
-	if err != nil {
-		return
-	}
-	for _, key := range list {
-		b, err := e.store.Load(ctx, key)
-		if err != nil {
-			continue
-		}
-		var d diskCode
-		if e.codec.decode(key, b, &d) != nil || e.now().Sub(d.At) > codeMemory {
-			_ = e.store.Delete(ctx, key)
-		}
-	}
+	forgetExpired(ctx, e, e.keys.codeDir(), func(d diskCode) bool { return e.now().Sub(d.At) > codeMemory })
 }
 
 func (e *Engine) exchangeError(appid string, err error) error {

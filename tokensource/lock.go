@@ -129,6 +129,17 @@ func (e *Engine) lockStorage(ctx context.Context, name string) error {
 // operation holding the authorizer's storage lock, with its stored record (nil
 // when there is none). what says, in errors, what the lock was needed for.
 func (e *Engine) locked(ctx context.Context, key, appid, what string, fn func(ctx context.Context, s *slot, prev *record) (any, error)) (any, error) {
+	return e.lockedRead(ctx, key, appid, what, func(octx context.Context, s *slot, prev *record, readErr error) (any, error) {
+		if readErr != nil {
+			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: readErr}
+		}
+		return fn(octx, s, prev)
+	})
+}
+
+// lockedRead is locked for an operation that decides what an unreadable
+// record means (rebuild): fn gets the read error (nil for a missing record).
+func (e *Engine) lockedRead(ctx context.Context, key, appid, what string, fn func(ctx context.Context, s *slot, prev *record, readErr error) (any, error)) (any, error) {
 	return e.await(ctx, key+appid, func() (any, error) {
 		octx, done, err := e.begin()
 		if err != nil {
@@ -141,9 +152,9 @@ func (e *Engine) locked(ctx context.Context, key, appid, what string, fn func(ct
 		}
 		defer release()
 		prev, err := e.loadRecord(octx, appid)
-		if err != nil && !isNotExist(err) {
-			return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "cannot read the authorizer record from storage", RetryAfter: 5 * time.Second, Err: err}
+		if isNotExist(err) {
+			err = nil
 		}
-		return fn(octx, e.slotFor(appid), prev)
+		return fn(octx, e.slotFor(appid), prev, err)
 	})
 }

@@ -92,6 +92,11 @@ func (e *Engine) Run(ctx context.Context) {
 		}
 	}
 
+	if e.cfg.RebuildOnEmpty {
+		wg.Add(1)
+		go func() { defer wg.Done(); e.autoRebuild(ctx) }()
+	}
+
 	tick := time.NewTicker(e.cfg.MaintainInterval)
 	defer tick.Stop()
 	sweep := time.NewTimer(e.firstSweepIn())
@@ -103,6 +108,9 @@ func (e *Engine) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 			e.maintain(enqueue, rand.Float64)
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			e.writeBackShared(wctx)
+			cancel()
 		case <-sweep.C:
 			e.sweep(ctx, enqueue)
 			sweep.Reset(e.nextSweepIn())
@@ -194,6 +202,7 @@ func (e *Engine) sweep(ctx context.Context, enqueue func(job) bool) {
 	}
 	e.forgetOldCodes(ctx)
 	e.forgetOldPushes(ctx)
+	e.forgetOldMarkers(ctx)
 	sum.SweepDurationMillis = time.Since(start).Milliseconds()
 	e.summary.Store(&sum)
 	e.log.Info("authorizer sweep done", zap.Int("authorizers", len(ids)), zap.Int("renewals_scheduled", sum.RenewalsScheduled),

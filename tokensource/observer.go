@@ -30,9 +30,18 @@ type Observer interface {
 	// refresh verifying it (GoneConfirmed, GoneAlive, GoneUnverified, or
 	// RejectBreakerTripped instead of a refresh).
 	GoneReport(appid, result string)
+	// RebuildResult: a rebuild (trigger RebuildByOperator or RebuildOnEmpty)
+	// reached a result (RebuildRebuilt, ...) for one authorizer.
+	RebuildResult(trigger, result string)
+	// RebuildDone: a rebuild ended with outcome "ok" (nothing failed),
+	// "failed" or "interrupted".
+	RebuildDone(trigger, outcome string)
 }
 
 type nopObserver struct{}
+
+func (nopObserver) RebuildResult(string, string) {}
+func (nopObserver) RebuildDone(string, string)   {}
 
 func (nopObserver) Lookup(string, string)                                      {}
 func (nopObserver) PlatformCall(string, string, string, string, time.Duration) {}

@@ -16,7 +16,7 @@ func (e *Engine) Info(ctx context.Context, appid string) (Info, error) {
 	}
 	rec, err := e.loadRecord(ctx, appid)
 	mem := e.cachedEntry(appid)
-	if mem != nil && mem.dirty && mem.rec != nil && (rec == nil || mem.rec.Generation > rec.Generation) {
+	if mem != nil && mem.dirty && mem.rec != nil && memoryNewer(mem.rec, rec) {
 		info := infoOf(mem.rec)
 		info.Unsaved = true
 		return info, nil
@@ -170,7 +170,13 @@ func (e *Engine) Forget(ctx context.Context, appid string) error {
 	if err := CheckAppID(appid); err != nil {
 		return err
 	}
-	_, err := e.locked(ctx, "\x00forget:", appid, "forget it", func(octx context.Context, _ *slot, _ *record) (any, error) {
+	_, err := e.locked(ctx, "\x00forget:", appid, "forget it", func(octx context.Context, _ *slot, prev *record) (any, error) {
+		if prev != nil {
+			// Instances holding it in memory would write it back (writeback.go).
+			if err := e.markForgotten(octx, prev); err != nil {
+				return nil, &Error{Kind: KindUnavailable, AppID: appid, Msg: "storing the deletion marker failed; nothing was deleted", RetryAfter: 5 * time.Second, Err: err}
+			}
+		}
 		if err := e.store.Delete(octx, e.keys.authorizer(appid)); err != nil && !isNotExist(err) {
 			return nil, err
 		}
@@ -275,12 +281,14 @@ type ComponentInfo struct {
 	TokenGeneration  uint64    `json:"component_token_generation,omitempty"`
 	// Sweep is what the last sweep of storage found (nil before the first).
 	Sweep *Summary `json:"sweep,omitempty"`
+	// Rebuild is the rebuild running on this instance (a "running" event), if any.
+	Rebuild *RebuildEvent `json:"rebuild,omitempty"`
 }
 
 // ComponentInfo reports ticket and component-token state (storage first) and
 // the last sweep (memory).
 func (e *Engine) ComponentInfo(ctx context.Context) ComponentInfo {
-	ci := ComponentInfo{ComponentAppID: e.cfg.ComponentAppID, Family: e.family}
+	ci := ComponentInfo{ComponentAppID: e.cfg.ComponentAppID, Family: e.family, Rebuild: e.rebuildStatus()}
 	if s := e.summary.Load(); s != nil {
 		sum := *s
 		ci.Sweep = &sum

@@ -15,12 +15,13 @@ import (
 	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
-// recordingObserver keeps what the engine reported about platform calls and
-// recoveries.
+// recordingObserver keeps what the engine reported about platform calls,
+// recoveries and rebuilds.
 type recordingObserver struct {
 	mu         sync.Mutex
 	calls      []string // op appid cause result
 	recoveries []string // appid cause ok
+	rebuilds   []string // trigger result (per authorizer) or trigger "done:"outcome
 }
 
 func (o *recordingObserver) Lookup(string, string) {}
@@ -28,6 +29,18 @@ func (o *recordingObserver) Lookup(string, string) {}
 func (o *recordingObserver) Rejection(string, string) {}
 
 func (o *recordingObserver) GoneReport(string, string) {}
+
+func (o *recordingObserver) RebuildResult(trigger, result string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.rebuilds = append(o.rebuilds, trigger+" "+result)
+}
+
+func (o *recordingObserver) RebuildDone(trigger, outcome string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.rebuilds = append(o.rebuilds, trigger+" done:"+outcome)
+}
 
 func (o *recordingObserver) PlatformCall(op, appid, cause, result string, _ time.Duration) {
 	o.mu.Lock()

@@ -155,23 +155,7 @@ func (e *Engine) pushHandled(ctx context.Context, m *push.Message) {
 
 // forgetOldPushes deletes the stored memory of pushes outside the window.
 func (e *Engine) forgetOldPushes(ctx context.Context) {
-	list, err := e.store.List(ctx, e.keys.pushDir(), false)
-	if err != nil {
-		return
-	}
-	n := 0
-	for _, key := range list {
-		b, err := e.store.Load(ctx, key)
-		if err != nil {
-			continue
-		}
-		var d diskPush
-		if e.codec.decode(key, b, &d) != nil || !e.now().Before(d.Until) {
-			if e.store.Delete(ctx, key) == nil {
-				n++
-			}
-		}
-	}
+	n := forgetExpired(ctx, e, e.keys.pushDir(), func(d diskPush) bool { return !e.now().Before(d.Until) })
 	if n > 0 {
 		e.log.Debug("forgot handled pushes outside the window", zap.Int("count", n))
 	}

@@ -59,6 +59,9 @@ type record struct {
 	LastCode      string // fingerprint of the last code exchanged: pushes are retried
 	LastEventAt   time.Time
 	ForcedAt      []time.Time // operator-forced refreshes and recoveries within forcedWindow (cluster-wide budget)
+	// Chain names the token chain: set by each exchange, kept by refreshes.
+	// Generations order the records of one chain only (writeback.go).
+	Chain string
 }
 
 // diskRecord is the stored JSON of a record. Only encodeRecord/decodeRecord use it.
@@ -81,6 +84,7 @@ type diskRecord struct {
 	LastCode      string       `json:"last_code,omitempty"`
 	LastEventAt   time.Time    `json:"last_event_at,omitzero"`
 	ForcedAt      []time.Time  `json:"forced_at,omitempty"`
+	Chain         string       `json:"chain,omitempty"`
 }
 
 func (r *record) disk() diskRecord {
@@ -90,7 +94,7 @@ func (r *record) disk() diskRecord {
 		RefreshToken: r.RefreshToken.Reveal(), RefreshExpiry: r.RefreshExpiry,
 		Permissions: r.Permissions, LastError: r.LastError, LastRefresh: r.LastRefresh,
 		AuthorizedAt: r.AuthorizedAt, UpdatedAt: r.UpdatedAt, Generation: r.Generation,
-		LastCode: r.LastCode, LastEventAt: r.LastEventAt, ForcedAt: r.ForcedAt,
+		LastCode: r.LastCode, LastEventAt: r.LastEventAt, ForcedAt: r.ForcedAt, Chain: r.Chain,
 	}
 }
 
@@ -101,7 +105,7 @@ func (d *diskRecord) record() *record {
 		RefreshToken: Secret(d.RefreshToken), RefreshExpiry: d.RefreshExpiry,
 		Permissions: d.Permissions, LastError: d.LastError, LastRefresh: d.LastRefresh,
 		AuthorizedAt: d.AuthorizedAt, UpdatedAt: d.UpdatedAt, Generation: d.Generation,
-		LastCode: d.LastCode, LastEventAt: d.LastEventAt, ForcedAt: d.ForcedAt,
+		LastCode: d.LastCode, LastEventAt: d.LastEventAt, ForcedAt: d.ForcedAt, Chain: d.Chain,
 	}
 }
 
@@ -182,7 +186,7 @@ func (e *Engine) loadRecordSeal(ctx context.Context, appid string) (*record, str
 		return nil, "", err
 	}
 	if d.AppID != appid {
-		return nil, "", fmt.Errorf("record %s holds appid %q", key, d.AppID)
+		return nil, "", fmt.Errorf("record %s holds appid %q: %w", key, d.AppID, errRecordCorrupt)
 	}
 	return d.record(), seal, nil
 }

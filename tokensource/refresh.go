@@ -262,9 +262,13 @@ func (e *Engine) fromGrant(prev *record, appid string, g grant, issued time.Time
 	if prev != nil {
 		r.Generation = prev.Generation
 		r.AuthorizedAt, r.LastCode, r.LastEventAt, r.ForcedAt = prev.AuthorizedAt, prev.LastCode, prev.LastEventAt, prev.ForcedAt
+		r.Chain = prev.Chain // a refresh continues the chain (an exchange starts one: exchangeLocked)
 		if len(r.Permissions) == 0 {
 			r.Permissions = prev.Permissions
 		}
+	}
+	if r.Chain == "" {
+		r.Chain = newChainID() // a record from before chains were named gets its name now
 	}
 	r.Generation++
 	return r
@@ -287,22 +291,29 @@ func (e *Engine) commitLocked(ctx context.Context, s *slot, next *record) Token 
 	return en.tok
 }
 
-// flushLocked writes a dirty in-memory record unless storage moved on meanwhile.
+// flushLocked writes a dirty in-memory record unless storage moved on
+// meanwhile (a newer record of its chain, or another chain: writeback.go), or
+// an operator deleted it.
 func (e *Engine) flushLocked(ctx context.Context, appid string, s *slot, cur *entry) {
 	stored, err := e.loadRecord(ctx, appid)
 	if err != nil && !isNotExist(err) {
 		return
 	}
-	if stored != nil && stored.Generation >= cur.rec.Generation {
+	if !memoryNewer(cur.rec, stored) {
 		e.log.Warn("dropping an unsaved in-memory record: storage holds a newer one", zapApp(appid))
 		s.cur.Store(e.newEntry(stored, e.now()))
+		return
+	}
+	if stored == nil && e.wasForgotten(ctx, cur.rec) {
+		e.log.Info("dropping an in-memory record an operator deleted", zapApp(appid))
+		s.cur.Store(e.newEntry(nil, e.now()))
 		return
 	}
 	if err := e.saveRecord(ctx, cur.rec); err != nil {
 		e.log.Error("storing the in-memory record still fails", zapApp(appid), zapErr(err))
 		return
 	}
-	e.log.Info("unsaved in-memory record stored", zapApp(appid), zap.Uint64("generation", cur.rec.Generation))
+	e.log.Info("unsaved in-memory record stored", zapApp(appid), zap.Uint64("generation", cur.rec.Generation), zap.Bool("was_missing", stored == nil))
 	clean := *cur
 	clean.dirty = false
 	s.cur.CompareAndSwap(cur, &clean)

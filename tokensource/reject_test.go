@@ -22,6 +22,10 @@ func (r *rejectionLog) PlatformCall(string, string, string, string, time.Duratio
 
 func (r *rejectionLog) Recovery(string, string, bool) {}
 
+func (r *rejectionLog) RebuildResult(string, string) {}
+
+func (r *rejectionLog) RebuildDone(string, string) {}
+
 func (r *rejectionLog) Rejection(appid, result string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

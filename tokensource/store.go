@@ -67,3 +67,27 @@ func (k keys) componentTokenLock(f Family) string {
 
 // isNotExist reports a missing key.
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
+
+// forgetExpired deletes the entries under dir (the code index, the pushes
+// handled, the Forget markers) that do not decode into a T or that expired
+// says are done with, and returns how many it deleted.
+func forgetExpired[T any](ctx context.Context, e *Engine, dir string, expired func(T) bool) int {
+	list, err := e.store.List(ctx, dir, false)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, key := range list {
+		b, err := e.store.Load(ctx, key)
+		if err != nil {
+			continue
+		}
+		var d T
+		if e.codec.decode(key, b, &d) != nil || expired(d) {
+			if e.store.Delete(ctx, key) == nil {
+				n++
+			}
+		}
+	}
+	return n
+}

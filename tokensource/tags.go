@@ -11,8 +11,9 @@ import (
 // Causes of platform calls and recoveries, reported to the Observer so that a
 // migration can be told apart from live traffic.
 const (
-	CauseLive   = "live"   // requests, background renewals, pushes, operator actions
-	CauseImport = "import" // rows of an import of legacy refresh tokens
+	CauseLive    = "live"    // requests, background renewals, pushes, operator actions
+	CauseImport  = "import"  // rows of an import of legacy refresh tokens
+	CauseRebuild = "rebuild" // authorizers a rebuild works on (Rebuild, rebuild on an empty store)
 )
 
 // opTag marks the operations on one appid while an import row or an operator
