@@ -26,8 +26,11 @@
 //	pushes.go     what a push does to state: HandlePush, the replay window,
 //	              tickets, revocations ("how does a push change state?")
 //	exchange.go   code exchange and the index of exchanged codes
-//	engine.go     Engine, New, Token (the request path), the in-memory slots,
-//	              single-flight, platform call slots and retries
+//	engine.go     Engine, New, Token (the request path), the in-memory slots
+//	base.go       what every token source runs on: store, codec, clock,
+//	              single-flight, platform call slots, retries, lifecycle
+//	single.go     one stored token without a refresh token, fetched under the
+//	              cluster lock: the component token, an app's own token
 //	config.go     Config and its defaults
 //	component.go  the component token and the ticket it is fetched with
 //	maintain.go   Run: the background loop (maintain, sweep)

@@ -93,7 +93,7 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 	}
 	// Due only because a downstream answer rejected the token: reject.go decides.
 	reported := m != forced && cur.reported() && !e.due(m, cur.unsuspected(), now, seen)
-	if reported && !e.mayRenewSuspect(s, appid, cur, now) {
+	if reported && !e.mayRenewSuspect(s, appid, "this authorizer's token", cur, now) {
 		return cur.tok, nil
 	}
 
@@ -179,7 +179,7 @@ func (e *Engine) withComponentToken(ctx context.Context, fn func(ct Secret) erro
 		return err
 	}
 	e.log.Warn("component token rejected; fetching a new one once", zapErr(err))
-	markSuspect(&e.comp, ct.Value, true) // the platform's own answer: not subject to the rejection policy
+	markSuspect(&e.comp.slot, ct.Value, true) // the platform's own answer: not subject to the rejection policy
 	if fromRedirect(ctx) {
 		return err // a redirect's budget is one call; the next one gets the new token
 	}

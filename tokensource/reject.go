@@ -76,11 +76,11 @@ func (e *Engine) Invalidate(appid string, sent Token) bool {
 }
 
 // InvalidateComponent is Invalidate for the component token.
-func (e *Engine) InvalidateComponent(sent Token) bool { return e.report(&e.comp, "", sent.Value) }
+func (e *Engine) InvalidateComponent(sent Token) bool { return e.report(&e.comp.slot, "", sent.Value) }
 
 // report applies the policy to a downstream rejection of sent (appid "" for
 // the component token).
-func (e *Engine) report(s *slot, appid string, sent Secret) bool {
+func (e *base) report(s *slot, appid string, sent Secret) bool {
 	cur := s.cur.Load()
 	if cur == nil || cur.tok.Value == "" || cur.tok.Value != sent || cur.suspect == sent {
 		return false // stale, or already being handled
@@ -131,9 +131,9 @@ func (en *entry) unsuspected() *entry {
 
 // mayRenewSuspect decides, under the lock and after the reload, whether a
 // reported rejection of cur's token (which needs no renewal otherwise) may
-// renew it. When it may not, the suspicion is lifted: the token keeps being
-// served.
-func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Time) bool {
+// renew it; what names the token in the log. When it may not, the suspicion
+// is lifted: the token keeps being served.
+func (e *base) mayRenewSuspect(s *slot, appid, what string, cur *entry, now time.Time) bool {
 	r := s.rejections()
 	r.mu.Lock()
 	allow, tripped := r.onRenewal(cur.tok.Value, now)
@@ -145,10 +145,6 @@ func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Tim
 	}
 	if tripped {
 		e.obs.Rejection(appid, RejectBreakerTripped)
-		what := "the component token"
-		if appid != "" {
-			what = "this authorizer's token"
-		}
 		msg := "upstream answers rejected a token obtained less than a minute ago because of such an answer: " +
 			"they are not about the token (a client may be steering them through the path or query it chooses); " +
 			"for a while no such answer renews " + what + ", which keeps being sent"
