@@ -99,6 +99,15 @@ type Config struct {
 	// Authorize lists authorizer appids authorized from the start. Run sends
 	// their AUTHORIZED pushes after its first successful ticket push.
 	Authorize []string
+
+	// Apps are the apps whose own tokens (app_access_token, client_token) the
+	// emulator issues (apptoken.go); AddApp adds more.
+	Apps        []AppCred
+	AppTokenTTL time.Duration // app tokens' expires_in, default 2h
+	AppGrace    time.Duration // a fetch cuts the previous app token to this, default 5m
+	// ClientTokenRate: fetches of one client_key's client_token per 5
+	// minutes; more are refused with 10020. Default 500; negative: no limit.
+	ClientTokenRate int
 }
 
 // Lifetimes are the durations that can change at runtime. They apply to tokens,
@@ -112,6 +121,8 @@ type Lifetimes struct {
 	TicketTTL         time.Duration
 	V1ReissueWindow   time.Duration
 	V2Grace           time.Duration
+	AppTokenTTL       time.Duration
+	AppGrace          time.Duration
 }
 
 func (l *Lifetimes) merge(o Lifetimes) {
@@ -122,6 +133,7 @@ func (l *Lifetimes) merge(o Lifetimes) {
 		{&l.AccessTokenTTL, o.AccessTokenTTL}, {&l.RefreshTokenTTL, o.RefreshTokenTTL},
 		{&l.ComponentTokenTTL, o.ComponentTokenTTL}, {&l.CodeTTL, o.CodeTTL}, {&l.TicketTTL, o.TicketTTL},
 		{&l.V1ReissueWindow, o.V1ReissueWindow}, {&l.V2Grace, o.V2Grace},
+		{&l.AppTokenTTL, o.AppTokenTTL}, {&l.AppGrace, o.AppGrace},
 	} {
 		if p.src > 0 {
 			*p.dst = p.src
@@ -136,6 +148,8 @@ const (
 	kindComponent tokenKind = iota + 1
 	kindAccess
 	kindRefresh
+	kindAppAccess // an app's access_token (apptoken.go)
+	kindClient    // an app's client_token
 )
 
 // token is one issued token. A token is usable while !dead and now < expiry.
@@ -147,6 +161,7 @@ type token struct {
 	expiry time.Time
 	dead   bool   // rotated, revoked, superseded beyond the grace, or unauthorized
 	why    string // why it died (for logs and messages; never the value)
+	cut    bool   // app tokens: a newer fetch cut its life to the grace
 }
 
 func (t *token) usable(now time.Time) bool { return !t.dead && now.Before(t.expiry) }
@@ -212,6 +227,9 @@ type Emulator struct {
 	stats          statsState
 	recent         []APICall // the last maxRecentCalls API calls
 	randCounter    uint64
+
+	apps            map[string]*appState // apptoken.go
+	clientTokenRate int
 }
 
 // New validates cfg and returns an emulator with no authorizers (other than
@@ -224,7 +242,7 @@ func New(cfg Config) (*Emulator, error) {
 		return nil, fmt.Errorf("emulator: invalid component_appid %q", cfg.ComponentAppID)
 	}
 	for _, d := range []time.Duration{cfg.AccessTokenTTL, cfg.RefreshTokenTTL, cfg.ComponentTokenTTL, cfg.CodeTTL,
-		cfg.TicketTTL, cfg.V1ReissueWindow, cfg.V2Grace, cfg.TicketInterval, cfg.PushRetryBackoff} {
+		cfg.TicketTTL, cfg.V1ReissueWindow, cfg.V2Grace, cfg.TicketInterval, cfg.PushRetryBackoff, cfg.AppTokenTTL, cfg.AppGrace} {
 		if d < 0 {
 			return nil, errors.New("emulator: durations must not be negative")
 		}
@@ -243,6 +261,11 @@ func New(cfg Config) (*Emulator, error) {
 		codes:        map[string]*code{},
 		faults:       map[string]Faults{},
 		stats:        newStatsState(),
+		apps:         map[string]*appState{},
+	}
+	e.clientTokenRate = cfg.ClientTokenRate
+	if e.clientTokenRate == 0 {
+		e.clientTokenRate = DefaultClientTokenRate
 	}
 	if cfg.MessageToken != "" || cfg.EncodingAESKey != "" {
 		pc, err := push.NewCrypto(cfg.MessageToken, cfg.EncodingAESKey, cfg.ComponentAppID)
@@ -270,11 +293,13 @@ func New(cfg Config) (*Emulator, error) {
 		AccessTokenTTL: DefaultAccessTokenTTL, RefreshTokenTTL: DefaultRefreshTokenTTL,
 		ComponentTokenTTL: DefaultComponentTokenTTL, CodeTTL: DefaultCodeTTL, TicketTTL: DefaultTicketTTL,
 		V1ReissueWindow: DefaultV1ReissueWindow, V2Grace: DefaultV2Grace,
+		AppTokenTTL: DefaultAppTokenTTL, AppGrace: DefaultAppGrace,
 	}
 	e.life.merge(Lifetimes{
 		AccessTokenTTL: cfg.AccessTokenTTL, RefreshTokenTTL: cfg.RefreshTokenTTL,
 		ComponentTokenTTL: cfg.ComponentTokenTTL, CodeTTL: cfg.CodeTTL, TicketTTL: cfg.TicketTTL,
 		V1ReissueWindow: cfg.V1ReissueWindow, V2Grace: cfg.V2Grace,
+		AppTokenTTL: cfg.AppTokenTTL, AppGrace: cfg.AppGrace,
 	})
 	e.pushURL = cfg.PushURL
 	e.ticketInterval = orDefault(cfg.TicketInterval, DefaultTicketInterval)
@@ -283,6 +308,12 @@ func New(cfg Config) (*Emulator, error) {
 		if s != "" {
 			e.issued = append(e.issued, s)
 		}
+	}
+	for _, a := range cfg.Apps {
+		if !tokensource.ValidAppID(a.AppID) || a.Secret == "" {
+			return nil, fmt.Errorf("emulator: app %q: want a valid appid and a secret", a.AppID)
+		}
+		e.addAppLocked(a.AppID, a.Secret)
 	}
 	now := e.now()
 	for _, a := range cfg.Authorize {
@@ -380,6 +411,10 @@ func (e *Emulator) mintLocked(kind string) string {
 		v = "isvact." + h
 	case "refresh.v2":
 		v = "isvrft." + h
+	case OpClientToken:
+		v = "clt." + h
+	case OpAppAccessToken:
+		v = "0801" + h
 	case "ticket":
 		v = h[:32]
 	case "code":

@@ -121,7 +121,7 @@ func (e *Engine) slotFor(appid string) *slot {
 // Token is an access token ready to be sent, with what is needed to send it.
 type Token struct {
 	Value      Secret
-	AppID      string // authorizer appid; "" for a component token
+	AppID      string // authorizer appid, or the app of an app token; "" for a component token
 	Family     Family
 	Expiry     time.Time
 	Generation uint64

@@ -49,6 +49,9 @@ const (
 	// defaultActiveWindow: an authorizer used within the hour is refreshed
 	// ahead of requests; an idle one is refreshed on its next request.
 	defaultActiveWindow = time.Hour
+	// defaultAppGrace: the platform keeps an app's previous token 5 minutes
+	// after a new one is fetched (docs/protocol.md §App credentials).
+	defaultAppGrace = 5 * time.Minute
 )
 
 // Access tokens: fresh, usable, and the margins that decide them.

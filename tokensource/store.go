@@ -67,3 +67,11 @@ func (k keys) componentTokenLock(f Family) string {
 
 // isNotExist reports a missing key.
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
+
+// appKeys are the storage key and lock of an app's token of one kind. They
+// live under tptoken/@apps/: '@' is never in an appid, so they cannot meet
+// the keys of a component (tptoken/<component_appid>/...), even one whose
+// appid is the app's.
+func appKeys(appid, kind string) (key, lock string) {
+	return "tptoken/@apps/" + appid + "/" + kind + ".json", "tptoken.@apps." + appid + "." + kind
+}
