@@ -54,19 +54,19 @@ const (
 
 // App token error codes (docs/protocol.md §App credentials).
 const (
-	ErrNoAppSystem       = -1    // 系统错误
-	ErrNoAppParam        = 40014 // an empty parameter (the platform's code is not documented: an emulator choice)
-	ErrNoAppBadAppID     = 40015 // appid 错误
-	ErrNoAppBadSecret    = 40017 // secret 错误
-	ErrNoAppBadGrant     = 40020 // grant_type 不是 client_credential
-	ErrCodeClientParam   = 10002 // 参数错误
-	ErrCodeClientKey     = 10003 // client_key 错误
-	ErrCodeClientSecret  = 10013 // client_key 或 client_secret 错误
-	ErrCodeClientRate    = 10020 // more than 500 fetches in 5 minutes
-	ErrCodeBadToken      = 40002 // errcode of the old body-token APIs: access_token 错误
-	ErrCodeDataInvalid   = 2190002
-	ErrCodeDataExpired   = 2190008
-	appTokenGrantType    = "client_credential"
+	ErrNoAppSystem      = -1    // 系统错误
+	ErrNoAppParam       = 40014 // an empty parameter (the platform's code is not documented: an emulator choice)
+	ErrNoAppBadAppID    = 40015 // appid 错误
+	ErrNoAppBadSecret   = 40017 // secret 错误
+	ErrNoAppBadGrant    = 40020 // grant_type 不是 client_credential
+	ErrCodeClientParam  = 10002 // 参数错误
+	ErrCodeClientKey    = 10003 // client_key 错误
+	ErrCodeClientSecret = 10013 // client_key 或 client_secret 错误
+	ErrCodeClientRate   = 10020 // more than 500 fetches in 5 minutes
+	ErrCodeBadToken     = 40002 // errcode of the old body-token APIs: access_token 错误
+	ErrCodeDataInvalid  = 2190002
+	ErrCodeDataExpired  = 2190008
+	appTokenGrantType   = "client_credential"
 )
 
 // AppCred is an app the emulator knows: its appid (client_key) and secret,
@@ -78,16 +78,16 @@ type AppCred struct {
 
 // AppCounters are the counts of one app's tokens of one kind.
 type AppCounters struct {
-	Fetches           int64 `json:"fetches"`             // tokens issued
-	StableReturned    int64 `json:"stable_returned"`     // stable_client_token calls that returned the current token
-	KilledAsThird     int64 `json:"killed_as_third"`     // fetches that killed a token still within its grace
-	RateRefused       int64 `json:"rate_refused"`        // fetches refused for rate (10020, or the RateLimited fault)
-	DownstreamOK      int64 `json:"downstream_ok"`       // API calls with a valid token
-	DownstreamInvalid int64 `json:"downstream_invalid"`  // API calls with a killed or revoked token
-	DownstreamExpired int64 `json:"downstream_expired"`  // API calls with a token past its expiry (cut included)
-	CutByGrace        int64 `json:"cut_by_grace"`        // fetches that cut the previous token's life to the grace
-	Revoked           int64 `json:"revoked,omitempty"`   // RevokeAppToken
-	Credentials       int64 `json:"bad_credentials"`     // fetches refused for a wrong appid or secret
+	Fetches           int64 `json:"fetches"`            // tokens issued
+	StableReturned    int64 `json:"stable_returned"`    // stable_client_token calls that returned the current token
+	KilledAsThird     int64 `json:"killed_as_third"`    // fetches that killed a token still within its grace
+	RateRefused       int64 `json:"rate_refused"`       // fetches refused for rate (10020, or the RateLimited fault)
+	DownstreamOK      int64 `json:"downstream_ok"`      // API calls with a valid token
+	DownstreamInvalid int64 `json:"downstream_invalid"` // API calls with a killed or revoked token
+	DownstreamExpired int64 `json:"downstream_expired"` // API calls with a token past its expiry (cut included)
+	CutByGrace        int64 `json:"cut_by_grace"`       // fetches that cut the previous token's life to the grace
+	Revoked           int64 `json:"revoked,omitempty"`  // RevokeAppToken
+	Credentials       int64 `json:"bad_credentials"`    // fetches refused for a wrong appid or secret
 }
 
 type appState struct {
