@@ -95,12 +95,23 @@ func (s *single) token(ctx context.Context) (Token, error) {
 		return en.tok, nil
 	}
 	tok, err := s.wait(ctx, onDemand.key(s.sfKey), func() (any, error) { return s.obtain(onDemand, 0) })
+	if err == nil && !s.sendable(tok) {
+		// A renewal that began earlier found the token sendable then, and
+		// this caller joined it: decide again, now.
+		tok, err = s.wait(ctx, onDemand.key(s.sfKey), func() (any, error) { return s.obtain(onDemand, 0) })
+	}
 	if err != nil {
 		s.obs.Lookup(s.subject, "error")
 	} else {
 		s.obs.Lookup(s.subject, "obtained")
 	}
 	return tok, err
+}
+
+// sendable reports whether tok is the token in effect and may be sent now.
+func (s *single) sendable(tok Token) bool {
+	en := s.cur.Load()
+	return en != nil && en.tok.Value == tok.Value && en.usable(s.now())
 }
 
 // renewInBackground starts one renewal without waiting for it.
@@ -236,6 +247,7 @@ func (s *single) obtain(m mode, seen uint64) (any, error) {
 	// 2. Lock, reload, decide again: one fetch per generation across instances.
 	release, err := s.acquire(ctx, s.lock)
 	locked := err == nil
+	now = s.now() // the wait for the lock may have been long
 	switch {
 	case locked:
 		defer release()
