@@ -37,6 +37,8 @@ func init() {
 //	POST   /tptoken/import                      [{"appid", "authorizer_refresh_token", "refresh_expires_at"?}, ...]
 //	POST   /tptoken/reseal
 //	GET    /tptoken/component[?component=<appid>]
+//	GET    /tptoken/apps[/<appid>[/<kind>]]     apps' own tokens (admin_apps.go)
+//	POST   /tptoken/apps/<appid>/<kind>/refresh
 //
 // With several components, ?component= names one; routes about one authorizer
 // infer it when the appid has a record under exactly one component. Errors
@@ -52,6 +54,9 @@ type adminAPI struct {
 	order []string
 	err   error // why there is no app
 	log   *zap.Logger
+
+	apps     map[appTokenKey]*appToken // apps' own tokens (admin_apps.go)
+	appOrder []appTokenKey
 }
 
 // CaddyModule returns the Caddy module information.
@@ -78,6 +83,11 @@ func (a *adminAPI) Provision(ctx caddy.Context) error {
 		a.comps[id] = c
 	}
 	a.order = append([]string(nil), app.order...)
+	a.apps = make(map[appTokenKey]*appToken, len(app.apps))
+	for k, t := range app.apps {
+		a.apps[k] = t
+	}
+	a.appOrder = append([]appTokenKey(nil), app.appOrder...)
 	return nil
 }
 
@@ -156,13 +166,15 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.reseal(w, r)
+	case parts[0] == "apps":
+		return a.serveApps(w, r, parts[1:])
 	}
 	return notFound(r)
 }
 
 func notFound(r *http.Request) error {
 	return caddy.APIError{HTTPStatus: http.StatusNotFound,
-		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/component", r.Method, r.URL.Path)}
+		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/component, /tptoken/apps", r.Method, r.URL.Path)}
 }
 
 func allowMethods(w http.ResponseWriter, r *http.Request, methods ...string) error {

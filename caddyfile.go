@@ -49,7 +49,11 @@ func init() {
 //		storage              <module> { ... }  # storage for tptoken records; default: Caddy's storage
 //		metrics_per_appid                      # add metrics labelled by authorizer appid (whole app; opt-in)
 //		max_replay_memory    <size>            # request bodies buffered for replays, all requests together (whole app); default 64MiB
+//		app <appid> { ... }                    # an app whose own tokens tptoken keeps (caddyfile_apps.go); may repeat
 //	}
+//
+// A block with app blocks and none of the component options configures no
+// component: tptoken then keeps only those apps' tokens.
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
 	if existing != nil {
@@ -68,13 +72,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if storage != nil {
 		app.StorageRaw = storage
 	}
-	app.Components = append(app.Components, c)
+	if c != nil {
+		app.Components = append(app.Components, c)
+	}
 	return httpcaddyfile.App{Name: "tptoken", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
 // unmarshalComponent parses one block. prev holds the components and storage of
 // the blocks before it: a repeated component_appid or a different storage is an
-// error on the line that sets it.
+// error on the line that sets it. A block of app blocks only (and app-wide
+// options) gives no component (nil).
 func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.RawMessage, error) {
 	c := new(Component)
 	var storage json.RawMessage
@@ -83,14 +90,18 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		return nil, nil, d.Errf("tptoken: the global option takes no arguments (got %q); put its options in a block", d.Val())
 	}
 	seen := map[string]bool{}
+	apps := 0
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if seen[name] {
+		if seen[name] && name != "app" {
 			return nil, nil, d.Errf("tptoken: %s is set twice", name)
 		}
 		seen[name] = true
 		var err error
 		switch name {
+		case "app":
+			err = unmarshalApp(d, prev)
+			apps++
 		case "component_appid":
 			err = oneArg(d, &c.ComponentAppID)
 			if err == nil && !isPlaceholder(c.ComponentAppID) {
@@ -214,6 +225,9 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 			return nil, nil, err
 		}
 	}
+	if apps > 0 && onlyAppWide(seen) {
+		return nil, storage, nil
+	}
 	for _, err := range []error{
 		checkRequired(c),
 		checkPushKeys(c.MessageToken, c.EncodingAESKey),
@@ -224,6 +238,19 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		}
 	}
 	return c, storage, nil
+}
+
+// onlyAppWide reports whether a block set no component option: app blocks
+// and options of the whole app only.
+func onlyAppWide(seen map[string]bool) bool {
+	for name := range seen {
+		switch name {
+		case "app", "storage", "metrics_per_appid", "max_replay_memory":
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // redirectExchangesArgs reads `redirect_exchanges <n>|off [<window>]`.
@@ -264,9 +291,14 @@ func redirectExchangesArgs(d *caddyfile.Dispenser, c *Component) error {
 //		appid query <name>        # or: take it from a query parameter
 //		appid path                # or: the first path segment (/<appid>/openapi/...), stripped
 //		appid <placeholder>       # or: any placeholder; nothing is removed
-//		token authorizer|component  # default authorizer; component for TP-level APIs
+//		token authorizer|component|client_token|app_access_token  # default authorizer; component for TP-level
+//		                          # APIs; an app's own token (handler_apps.go)
 //		allow <appid...>          # optional allow list; may repeat
 //		component <appid>         # which TP, when the app has several
+//		app <appid>               # app token routes: which app (default: the only one keeping the kind,
+//		                          # or read from the request with appid ...)
+//		inject header|query|body [<name>]  # app token routes: where the token goes; default header access-token
+//		                          # (query and body: access_token)
 //		max_replay_body <size>|off  # default 1MiB: body buffered to replay once on an invalid token
 //		error_response envelope|handle_errors  # default envelope
 //	}
@@ -363,9 +395,33 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := checkErrorResponse(m.ErrorResponse); err != nil {
 				return at(d, err)
 			}
+		case "app":
+			if err := oneArg(d, &m.App); err != nil {
+				return err
+			}
+			if !isPlaceholder(m.App) {
+				if err := checkAppID(name, m.App); err != nil {
+					return at(d, err)
+				}
+			}
+		case "inject":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.Errf("inject: want header|query|body [<name>], got %d arguments", len(args))
+			}
+			m.Inject = &InjectPlace{In: args[0], Name: defaultInjectName[args[0]]}
+			if len(args) == 2 {
+				m.Inject.Name = args[1]
+			}
+			if err := checkInject(m.Inject); err != nil {
+				return at(d, err)
+			}
 		default:
 			return d.Errf("tptoken: unknown subdirective %q", name)
 		}
+	}
+	if err := checkAppRoute(m.Token, m.App, m.AppID, m.Component, m.Allow, m.Inject); err != nil {
+		return at(d, err)
 	}
 	return at(d, checkAllowWithToken(m.Token, m.Allow))
 }

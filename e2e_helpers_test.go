@@ -183,7 +183,9 @@ func (x *e2e) caddyfile() string {
 	if handler == "" {
 		handler = "tptoken"
 	}
-	handler = strings.ReplaceAll(handler, "{{emu}}", x.emuURL) // the platform's address, for handler blocks with their own proxy
+	// the platform's address, for blocks with their own proxy or endpoint
+	handler = strings.ReplaceAll(handler, "{{emu}}", x.emuURL)
+	global, site := strings.ReplaceAll(x.global, "{{emu}}", x.emuURL), strings.ReplaceAll(x.site, "{{emu}}", x.emuURL)
 	admin := "off"
 	if x.admin != "" {
 		admin = x.admin
@@ -223,7 +225,7 @@ func (x *e2e) caddyfile() string {
 %s {
 	%s
 }
-`, admin, x.storage, x.logFile, x.family, x.emuURL, x.global, x.proxy, x.site, handler, x.emuURL, x.events, events)
+`, admin, x.storage, x.logFile, x.family, x.emuURL, global, x.proxy, site, handler, x.emuURL, x.events, events)
 }
 
 // start adapts the Caddyfile and loads it (a reload when Caddy already runs).

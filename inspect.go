@@ -31,17 +31,27 @@ type readCloser struct {
 // invalid token, or 0. Only answers with a JSON media type and at most
 // maxInspect bytes are read (the body is then put back); others are untouched.
 func inspect(resp *http.Response, family tokensource.Family, component bool) int {
-	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
+	plain := readInspectable(resp)
+	if plain == nil {
 		return 0
+	}
+	return invalidTokenCode(plain, family, component)
+}
+
+// readInspectable returns the body of a small JSON answer (gunzipped), putting
+// it back in front of resp, or nil for an answer not to inspect.
+func readInspectable(resp *http.Response) []byte {
+	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
+		return nil
 	}
 	// The keys are canonical: index the map instead of Header.Get, which
 	// canonicalizes its argument on every call.
 	if !isJSON(firstValue(resp.Header, "Content-Type")) {
-		return 0
+		return nil
 	}
 	enc := firstValue(resp.Header, "Content-Encoding")
 	if enc != "" && enc != "gzip" && enc != "identity" {
-		return 0
+		return nil
 	}
 	var raw []byte
 	var err error
@@ -55,7 +65,7 @@ func inspect(resp *http.Response, family tokensource.Family, component bool) int
 		// too large after all (unknown length), or cut short: hand back what was
 		// read in front of the rest, untouched
 		resp.Body = readCloser{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
-		return 0
+		return nil
 	}
 	_ = resp.Body.Close()
 	body := new(bytesBody)
@@ -65,14 +75,14 @@ func inspect(resp *http.Response, family tokensource.Family, component bool) int
 	if enc == "gzip" {
 		zr, err := gzip.NewReader(bytes.NewReader(raw))
 		if err != nil {
-			return 0
+			return nil
 		}
 		plain, err = io.ReadAll(io.LimitReader(zr, 4*maxInspect))
 		if err != nil {
-			return 0
+			return nil
 		}
 	}
-	return invalidTokenCode(plain, family, component)
+	return plain
 }
 
 // firstValue is h.Get(key) for a key already in canonical form.

@@ -91,6 +91,7 @@ func injectionOf(r *http.Request) *injection {
 type injection struct {
 	caddyhttp.ResponseWriterWrapper
 	comp          *component
+	app           *appTarget // an app token route (handler_apps.go); comp is nil
 	appid         string
 	tok           tokensource.Token
 	replayed      tokensource.Secret // the token of the replay, if any
@@ -120,14 +121,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil || !replay {
 		return resp, err
 	}
-	code := inspect(resp, inj.comp.family, inj.component)
+	code := inj.rejection(resp)
 	if code == 0 {
 		return resp, nil
 	}
 	dropped := inj.invalidate()
 	fresh, ferr := inj.token(req.Context())
 	if ferr != nil || fresh.Value == inj.tok.Value {
-		countReplay(inj.comp.appID, false)
+		countReplay(inj.owner(), inj.kind(), false)
 		// Once per token at most (tokensource/reject.go): an answer the engine
 		// did not act on is not worth a line each.
 		level := zapcore.DebugLevel
@@ -140,7 +141,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	_ = resp.Body.Close()
-	countReplay(inj.comp.appID, true)
+	countReplay(inj.owner(), inj.kind(), true)
 	t.logger.Info("the platform rejected the token; replaying once with a fresh one",
 		zap.String("appid", inj.appid), zap.Int("code", code), zap.Uint64("generation", fresh.Generation))
 	if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
@@ -189,7 +190,10 @@ func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *b
 	o.Request = *req
 	out := &o.Request
 	secret := tok.Value.Reveal()
-	if inj.comp.family == tokensource.V2 {
+	switch {
+	case inj.app != nil:
+		inj.app.place.put(o, req, secret)
+	case inj.comp.family == tokensource.V2:
 		h := make(http.Header, len(req.Header)+1)
 		for k, v := range req.Header {
 			h[k] = v
@@ -201,7 +205,7 @@ func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *b
 			o.url.RawQuery = q
 			out.URL = &o.url
 		}
-	} else {
+	default:
 		o.url = *req.URL
 		param := "authorizer_access_token"
 		if inj.component {
@@ -222,6 +226,9 @@ func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *b
 			out.GetBody = func() (io.ReadCloser, error) { return body.reader(), nil }
 		}
 	}
+	if inj.app != nil && inj.app.place.in == injectBody {
+		putInBody(out, body, inj.app.place.name, secret)
+	}
 	return out
 }
 
@@ -236,6 +243,9 @@ func (inj *injection) String() string { return "tptoken" }
 // invalidate reports the token sent as rejected; the engine decides whether to
 // drop it (tokensource/reject.go). It reports whether it was dropped.
 func (inj *injection) invalidate() bool {
+	if inj.app != nil {
+		return inj.app.src.Invalidate(inj.tok)
+	}
 	if inj.component {
 		return inj.comp.engine.InvalidateComponent(inj.tok)
 	}
@@ -244,6 +254,9 @@ func (inj *injection) invalidate() bool {
 
 // token is the token to use now.
 func (inj *injection) token(ctx context.Context) (tokensource.Token, error) {
+	if inj.app != nil {
+		return inj.app.src.Token(ctx)
+	}
 	if inj.component {
 		return inj.comp.engine.ComponentToken(ctx)
 	}

@@ -181,12 +181,13 @@ func checkMaxReplayMemory(n int64) error {
 	return invalid("max_replay_memory", strconv.FormatInt(n, 10), wantReplayMemory)
 }
 
-// checkToken: a handler injects the authorizer or the component token.
+// checkToken: a handler injects the authorizer or the component token, or
+// an app's own token (app_credentials.go).
 func checkToken(v string) error {
-	if v == "authorizer" || v == "component" {
+	if v == "authorizer" || v == "component" || isAppKind(v) {
 		return nil
 	}
-	return invalid("token", strconv.Quote(v), "use authorizer or component")
+	return invalid("token", strconv.Quote(v), "use authorizer, component, client_token or app_access_token")
 }
 
 // checkErrorResponse: failures are answered in the envelope or handed to handle_errors.
