@@ -3,9 +3,13 @@ package emulator
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 const (
@@ -222,5 +226,41 @@ func TestAppSecretsAndTokensAreInIssuedSecrets(t *testing.T) {
 	got := strings.Join(h.e.IssuedSecrets(), "\n")
 	if !strings.Contains(got, appXSecret) || !strings.Contains(got, tok) {
 		t.Fatal("IssuedSecrets lacks the app secret or its token")
+	}
+}
+
+func TestEmulatorCaddyfileAppOptions(t *testing.T) {
+	const base = "component_appid tt0123456789abcdef\ncomponent_appsecret s\n"
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("tptoken_emulator {\n" + base +
+		"app tt0000app1 {env.A1}\napp tt0000app2 s2\napp_token_ttl 6s\napp_grace 2s\nclient_token_rate 10\n}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Apps) != 2 || h.Apps[0] != (AppCred{AppID: "tt0000app1", Secret: "{env.A1}"}) || time.Duration(h.AppTokenTTL) != 6*time.Second ||
+		time.Duration(h.AppGrace) != 2*time.Second || h.ClientTokenRate != 10 {
+		t.Fatalf("%+v", h)
+	}
+	for _, tt := range []struct{ input, want string }{
+		{"app tt0000app1", "app: expected <appid> <secret>"},
+		{"app a/b s", `app: invalid appid "a/b"`},
+		{"client_token_rate 0", "client_token_rate"},
+		{"app_grace 0s", "app_grace"},
+	} {
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("tptoken_emulator {\n" + base + tt.input + "\n}"))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: err = %v, want %q", tt.input, err, tt.want)
+		}
+	}
+	// Provisioned, the apps are issued tokens, secrets resolved.
+	t.Setenv("TPTOKEN_EMU_APP_SECRET", "app-secret-from-env")
+	p := &Handler{ComponentAppID: "tt00000000000000e2", ComponentAppSecret: "s", TicketInterval: caddy.Duration(time.Hour),
+		Apps: []AppCred{{AppID: appX, Secret: "{env.TPTOKEN_EMU_APP_SECRET}"}}}
+	provision(t, p)
+	t.Cleanup(func() { p.Cleanup() })
+	w := serve(p, httptest.NewRequest("POST", PathClientToken, strings.NewReader(`{"client_key":"`+appX+`","client_secret":"app-secret-from-env","grant_type":"client_credential"}`)))
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"access_token":"clt.`) {
+		t.Fatalf("%d %s", w.Code, w.Body)
 	}
 }
