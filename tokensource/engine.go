@@ -93,8 +93,9 @@ type entry struct {
 	checkedAt  time.Time // when storage last confirmed rec
 	retryAt    time.Time // no platform attempt before this (backoff)
 	failures   int
-	lastErr    error // why the last attempt failed
-	dirty      bool  // rec is newer than what storage holds (a write failed)
+	lastErr    error         // why the last attempt failed
+	dirty      bool          // rec is newer than what storage holds (a write failed)
+	syncEvery  time.Duration // a single token's: reloaded once checkedAt is older (policy.go)
 }
 
 func (e *Engine) newEntry(rec *record, now time.Time) *entry {

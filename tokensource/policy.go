@@ -284,13 +284,12 @@ func (s *single) due(m mode, en *entry, now time.Time, seen uint64) bool {
 // (in the background) once older than syncEvery, so that every instance
 // moves to a token another one fetched well within the grace the platform
 // leaves the previous one.
-func (s *single) syncDue(en *entry, now time.Time) bool {
-	return now.Sub(en.checkedAt) > s.syncEvery(en)
-}
+func (s *single) syncDue(en *entry, now time.Time) bool { return now.Sub(en.checkedAt) > en.syncEvery }
 
 // syncEvery is SyncInterval, at most half the grace and a tenth of the
 // token's life: with the defaults 30 s (a 2-hour token, 5 minutes of grace);
-// a 6-second test token with 2 s of grace is reloaded every 0.6 s.
+// a 6-second test token with 2 s of grace is reloaded every 0.6 s. Each
+// entry keeps its own (newEntry), off the request path.
 func (s *single) syncEvery(en *entry) time.Duration {
 	d := s.syncInterval
 	if s.grace > 0 {

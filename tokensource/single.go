@@ -177,6 +177,7 @@ func (s *single) save(ctx context.Context, r *record) error {
 
 func (s *single) newEntry(r *record, now time.Time) *entry {
 	en := &entry{rec: r, checkedAt: now}
+	en.syncEvery = s.syncEvery(en)
 	if r != nil && r.AccessToken != "" {
 		en.refreshAt, en.unusableAt = margins(r.AccessIssued, r.AccessExpiry, s.ahead)
 		en.tok = Token{Value: r.AccessToken, AppID: s.subject, Family: s.family, Expiry: r.AccessExpiry, Generation: r.Generation}
