@@ -307,3 +307,17 @@ func TestAppOnlyConfigurationServes(t *testing.T) {
 		t.Fatalf("%v %+v", err, a)
 	}
 }
+
+// A config reload keeps the app token sources (and their tokens): no new fetch.
+func TestAppTokenSurvivesAConfigReload(t *testing.T) {
+	x := newAppE2E(t, "tptoken {\n\t\ttoken client_token\n\t}")
+	first := x.call(http.MethodGet, "/api/apps/v1/qrcode/create/", nil, "")
+	x.start() // the same config again: a reload
+	second := x.call(http.MethodGet, "/api/apps/v1/qrcode/create/", nil, "")
+	if first.Status != 200 || second.Status != 200 {
+		t.Fatalf("%s / %s", first.Raw, second.Raw)
+	}
+	if n := x.emu.Stats().AppToken(e2eApp, tokensource.ClientToken).Fetches; n != 1 {
+		t.Fatalf("%d fetches across a reload, want 1", n)
+	}
+}

@@ -137,22 +137,9 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		case "refresh_token_margin":
 			err = durationArg(d, &c.RefreshTokenMargin)
 		case "encryption_key":
-			err = oneArg(d, &c.EncryptionKey)
-			if err == nil && !isPlaceholder(c.EncryptionKey) {
-				_, err = encryptionKey(name, c.EncryptionKey)
-				err = at(d, err)
-			}
+			err = encryptionKeyArg(d, &c.EncryptionKey)
 		case "previous_encryption_keys":
-			c.PreviousEncryptionKeys = d.RemainingArgs()
-			if len(c.PreviousEncryptionKeys) == 0 {
-				err = d.Errf("previous_encryption_keys: want one or more keys (for example {env.TP_STORAGE_KEY_OLD})")
-			}
-			for i, k := range c.PreviousEncryptionKeys {
-				if err == nil && !isPlaceholder(k) {
-					_, err = encryptionKey(fmt.Sprintf("%s[%d]", name, i), k)
-					err = at(d, err)
-				}
-			}
+			err = previousKeysArgs(d, &c.PreviousEncryptionKeys)
 		case "timeout":
 			err = durationArg(d, &c.Timeout)
 		case "lock_timeout":
@@ -251,6 +238,34 @@ func onlyAppWide(seen map[string]bool) bool {
 		}
 	}
 	return true
+}
+
+// encryptionKeyArg reads `encryption_key <key>` (checked unless a placeholder).
+func encryptionKeyArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if err := oneArg(d, dst); err != nil || isPlaceholder(*dst) {
+		return err
+	}
+	_, err := encryptionKey(name, *dst)
+	return at(d, err)
+}
+
+// previousKeysArgs reads `previous_encryption_keys <key>...` (each checked
+// unless a placeholder).
+func previousKeysArgs(d *caddyfile.Dispenser, dst *[]string) error {
+	name := d.Val()
+	*dst = d.RemainingArgs()
+	if len(*dst) == 0 {
+		return d.Errf("previous_encryption_keys: want one or more keys (for example {env.TP_STORAGE_KEY_OLD})")
+	}
+	for i, k := range *dst {
+		if !isPlaceholder(k) {
+			if _, err := encryptionKey(fmt.Sprintf("%s[%d]", name, i), k); err != nil {
+				return at(d, err)
+			}
+		}
+	}
+	return nil
 }
 
 // redirectExchangesArgs reads `redirect_exchanges <n>|off [<window>]`.

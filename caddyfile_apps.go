@@ -71,16 +71,9 @@ func unmarshalApp(d *caddyfile.Dispenser, prev *App) error {
 		case "grace":
 			err = durationArg(d, &c.Grace)
 		case "encryption_key":
-			err = oneArg(d, &c.EncryptionKey)
-			if err == nil && !isPlaceholder(c.EncryptionKey) {
-				_, err = encryptionKey(name, c.EncryptionKey)
-				err = at(d, err)
-			}
+			err = encryptionKeyArg(d, &c.EncryptionKey)
 		case "previous_encryption_keys":
-			c.PreviousEncryptionKeys = d.RemainingArgs()
-			if len(c.PreviousEncryptionKeys) == 0 {
-				err = d.Errf("previous_encryption_keys: want one or more keys")
-			}
+			err = previousKeysArgs(d, &c.PreviousEncryptionKeys)
 		case "timeout":
 			err = durationArg(d, &c.Timeout)
 		case "lock_timeout":
