@@ -249,7 +249,7 @@ func (a *appSource) Run(ctx context.Context) {
 		en := s.cur.Load()
 		if s.queuesAhead(en, now, time.Unix(s.used.Load(), 0), a.cfg.ActiveWindow, rand.Float64()) {
 			if _, err := s.await(ctx, ahead.key(s.sfKey), func() (any, error) { return s.obtain(ahead, 0) }); err != nil && ctx.Err() == nil {
-				s.log.Warn("renewing "+s.what+" ahead failed", zapErr(err))
+				s.log.Debug("renewing "+s.what+" ahead did not complete", zapErr(err)) // failed() logged why
 			}
 		}
 		t.Reset(maintainEvery(s.cur.Load(), a.cfg.MaintainInterval))
