@@ -39,6 +39,8 @@ func init() {
 //	POST   /tptoken/rebuild[?component=<appid>]  {"verify"?, "overwrite_unreadable"?, "rate"?, "appids"?}
 //	GET    /tptoken/component[?component=<appid>]
 //	POST   /tptoken/check-storage[?hold=<duration>]   (NDJSON, admin_storagecheck.go)
+//	GET    /tptoken/apps[/<appid>[/<kind>]]     apps' own tokens (admin_apps.go)
+//	POST   /tptoken/apps/<appid>/<kind>/refresh
 //
 // import and rebuild stream NDJSON progress with Accept: application/x-ndjson
 // (admin_rebuild.go).
@@ -58,6 +60,9 @@ type adminAPI struct {
 	storage *storageTarget // the app's storage (check-storage)
 	err     error          // why there is no app
 	log     *zap.Logger
+
+	apps     map[appTokenKey]*appToken // apps' own tokens (admin_apps.go)
+	appOrder []appTokenKey
 }
 
 // CaddyModule returns the Caddy module information.
@@ -85,6 +90,11 @@ func (a *adminAPI) Provision(ctx caddy.Context) error {
 	}
 	a.order = append([]string(nil), app.order...)
 	a.storage = app.target
+	a.apps = make(map[appTokenKey]*appToken, len(app.apps))
+	for k, t := range app.apps {
+		a.apps[k] = t
+	}
+	a.appOrder = append([]appTokenKey(nil), app.appOrder...)
 	return nil
 }
 
@@ -173,13 +183,15 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return a.withComponent(w, r, a.rebuild)
+	case parts[0] == "apps":
+		return a.serveApps(w, r, parts[1:])
 	}
 	return notFound(r)
 }
 
 func notFound(r *http.Request) error {
 	return caddy.APIError{HTTPStatus: http.StatusNotFound,
-		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/rebuild, /tptoken/component, /tptoken/check-storage", r.Method, r.URL.Path)}
+		Err: fmt.Errorf("no tptoken route %s %s: see /tptoken/authorizers, /tptoken/import, /tptoken/lookup, /tptoken/code, /tptoken/reseal, /tptoken/rebuild, /tptoken/component, /tptoken/check-storage, /tptoken/apps", r.Method, r.URL.Path)}
 }
 
 func allowMethods(w http.ResponseWriter, r *http.Request, methods ...string) error {

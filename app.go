@@ -30,6 +30,10 @@ type App struct {
 	// Components are the TPs served; each `tptoken` global option block adds one.
 	Components []*Component `json:"components,omitempty"`
 
+	// AppCredentials are apps whose own tokens tptoken keeps (app_credentials.go);
+	// each `app` block of a tptoken global option adds one.
+	AppCredentials []*AppCredential `json:"app_credentials,omitempty"`
+
 	// StorageRaw overrides Caddy's configured storage for tptoken records.
 	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
 
@@ -49,6 +53,9 @@ type App struct {
 	logger  *zap.Logger
 	ctx     caddy.Context // to find the http app once every app is provisioned (Start)
 	loops   *loopCheck    // the start-up check of upstreams resolving to this Caddy (loop.go)
+
+	apps     map[appTokenKey]*appToken // apps' own tokens (app_credentials.go)
+	appOrder []appTokenKey
 }
 
 // Component configures one TP (component appid). Secret fields accept {env.*}
@@ -134,36 +141,46 @@ var engines = caddy.NewUsagePool()
 // work starts with the first config's Start and ends when the last config lets go.
 type pooledEngine struct {
 	*tokensource.Engine
-	store  *liveStore // the newest config's storage
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func (p *pooledEngine) start() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cancel != nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p.cancel, p.done = cancel, make(chan struct{})
-	go func() {
-		defer close(p.done)
-		p.Run(ctx)
-	}()
+	background
+	store *liveStore // the newest config's storage
 }
 
 // Destruct ends the background work, then closes the engine (which waits for
 // operations in flight: a refresh is never cut off).
 func (p *pooledEngine) Destruct() error {
-	p.mu.Lock()
-	if p.cancel != nil {
-		p.cancel()
-		<-p.done
-	}
-	p.mu.Unlock()
+	p.stop()
 	return p.Close()
+}
+
+// background runs a pooled object's Run once, however many configs start it,
+// until stop.
+type background struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (b *background) start(run func(context.Context)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.cancel, b.done = cancel, make(chan struct{})
+	go func() {
+		defer close(b.done)
+		run(ctx)
+	}()
+}
+
+func (b *background) stop() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cancel != nil {
+		b.cancel()
+		<-b.done
+	}
 }
 
 // Provision resolves secrets, checks the configuration and gets (or builds) the
@@ -201,6 +218,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 		warnRiskySetup(a.logger.With(zap.String("component_appid", rc.appID)), c, rc.rawKey)
 		a.comps[rc.appID] = rc
 		a.order = append(a.order, rc.appID)
+	}
+	if err := a.provisionApps(repl); err != nil {
+		a.release()
+		return configError(a.logger, err)
 	}
 	if err := a.registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		a.release()
@@ -402,7 +423,7 @@ func storageIdentity(s certmagic.Storage) string {
 // Start refuses a config whose routes would send requests without their
 // token (checkRoutes), then starts the engines' background work (once per
 // engine, however many configs share it): component token upkeep,
-// refresh-ahead and the renewal sweep.
+// refresh-ahead and the renewal sweep; and the app tokens' refresh-ahead.
 func (a *App) Start() error {
 	if err := a.checkRoutes(); err != nil {
 		return err
@@ -413,7 +434,12 @@ func (a *App) Start() error {
 	}
 	replayMemory.limit.Store(limit) // the newest config's
 	for _, id := range a.order {
-		a.comps[id].pooled.start()
+		p := a.comps[id].pooled
+		p.start(p.Run)
+	}
+	for _, k := range a.appOrder {
+		p := a.apps[k].pooled
+		p.start(p.Run)
 	}
 	a.loops = startLoopCheck(a.ctx, a.logger)
 	return nil
@@ -441,6 +467,7 @@ func (a *App) release() {
 		}
 	}
 	a.comps = nil
+	a.releaseApps()
 }
 
 // component returns the named component, or the only one when appid is "".

@@ -52,7 +52,11 @@ func init() {
 //		storage              <module> { ... }  # storage for tptoken records; default: Caddy's storage
 //		metrics_per_appid                      # add metrics labelled by authorizer appid (whole app; opt-in)
 //		max_replay_memory    <size>            # request bodies buffered for replays, all requests together (whole app); default 64MiB
+//		app <appid> { ... }                    # an app whose own tokens tptoken keeps (caddyfile_apps.go); may repeat
 //	}
+//
+// A block with app blocks and none of the component options configures no
+// component: tptoken then keeps only those apps' tokens.
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
 	if existing != nil {
@@ -71,13 +75,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if storage != nil {
 		app.StorageRaw = storage
 	}
-	app.Components = append(app.Components, c)
+	if c != nil {
+		app.Components = append(app.Components, c)
+	}
 	return httpcaddyfile.App{Name: "tptoken", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
 // unmarshalComponent parses one block. prev holds the components and storage of
 // the blocks before it: a repeated component_appid or a different storage is an
-// error on the line that sets it.
+// error on the line that sets it. A block of app blocks only (and app-wide
+// options) gives no component (nil).
 func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.RawMessage, error) {
 	c := new(Component)
 	var storage json.RawMessage
@@ -86,14 +93,18 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		return nil, nil, d.Errf("tptoken: the global option takes no arguments (got %q); put its options in a block", d.Val())
 	}
 	seen := map[string]bool{}
+	apps := 0
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if seen[name] {
+		if seen[name] && name != "app" {
 			return nil, nil, d.Errf("tptoken: %s is set twice", name)
 		}
 		seen[name] = true
 		var err error
 		switch name {
+		case "app":
+			err = unmarshalApp(d, prev)
+			apps++
 		case "component_appid":
 			err = oneArg(d, &c.ComponentAppID)
 			if err == nil && !isPlaceholder(c.ComponentAppID) {
@@ -129,22 +140,9 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		case "refresh_token_margin":
 			err = durationArg(d, &c.RefreshTokenMargin)
 		case "encryption_key":
-			err = oneArg(d, &c.EncryptionKey)
-			if err == nil && !isPlaceholder(c.EncryptionKey) {
-				_, err = encryptionKey(name, c.EncryptionKey)
-				err = at(d, err)
-			}
+			err = encryptionKeyArg(d, &c.EncryptionKey)
 		case "previous_encryption_keys":
-			c.PreviousEncryptionKeys = d.RemainingArgs()
-			if len(c.PreviousEncryptionKeys) == 0 {
-				err = d.Errf("previous_encryption_keys: want one or more keys (for example {env.TP_STORAGE_KEY_OLD})")
-			}
-			for i, k := range c.PreviousEncryptionKeys {
-				if err == nil && !isPlaceholder(k) {
-					_, err = encryptionKey(fmt.Sprintf("%s[%d]", name, i), k)
-					err = at(d, err)
-				}
-			}
+			err = previousKeysArgs(d, &c.PreviousEncryptionKeys)
 		case "timeout":
 			err = durationArg(d, &c.Timeout)
 		case "lock_timeout":
@@ -222,6 +220,9 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 			return nil, nil, err
 		}
 	}
+	if apps > 0 && onlyAppWide(seen) {
+		return nil, storage, nil
+	}
 	for _, err := range []error{
 		checkRequired(c),
 		checkPushKeys(c.MessageToken, c.EncodingAESKey),
@@ -232,6 +233,47 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		}
 	}
 	return c, storage, nil
+}
+
+// onlyAppWide reports whether a block set no component option: app blocks
+// and options of the whole app only.
+func onlyAppWide(seen map[string]bool) bool {
+	for name := range seen {
+		switch name {
+		case "app", "storage", "metrics_per_appid", "max_replay_memory":
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// encryptionKeyArg reads `encryption_key <key>` (checked unless a placeholder).
+func encryptionKeyArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if err := oneArg(d, dst); err != nil || isPlaceholder(*dst) {
+		return err
+	}
+	_, err := encryptionKey(name, *dst)
+	return at(d, err)
+}
+
+// previousKeysArgs reads `previous_encryption_keys <key>...` (each checked
+// unless a placeholder).
+func previousKeysArgs(d *caddyfile.Dispenser, dst *[]string) error {
+	name := d.Val()
+	*dst = d.RemainingArgs()
+	if len(*dst) == 0 {
+		return d.Errf("previous_encryption_keys: want one or more keys (for example {env.TP_STORAGE_KEY_OLD})")
+	}
+	for i, k := range *dst {
+		if !isPlaceholder(k) {
+			if _, err := encryptionKey(fmt.Sprintf("%s[%d]", name, i), k); err != nil {
+				return at(d, err)
+			}
+		}
+	}
+	return nil
 }
 
 // redirectExchangesArgs reads `redirect_exchanges <n>|off [<window>]`.
@@ -274,9 +316,14 @@ func redirectExchangesArgs(d *caddyfile.Dispenser, c *Component) error {
 //		appid <placeholder>       # or: any placeholder; nothing is removed
 //		appid token               # or: where the token goes (header access-token, x-token, access_token;
 //		                          # query authorizer_access_token, ...): every such place is removed
-//		token authorizer|component|auto  # default authorizer; component for TP-level APIs; auto: by path
+//		token authorizer|component|auto|client_token|app_access_token  # default authorizer; component for
+//		                          # TP-level APIs; auto: by path; an app's own token (handler_apps.go)
 //		allow <appid...>          # optional allow list; may repeat
 //		component <appid>         # which TP, when the app has several
+//		app <appid>               # app token routes: which app (default: the only one keeping the kind,
+//		                          # or read from the request with appid ...)
+//		inject header|query|body [<name>]  # app token routes: where the token goes; default header access-token
+//		                          # (query and body: access_token)
 //		max_replay_body <size>|off  # default 1MiB: body buffered to replay once on an invalid token
 //		error_response envelope|platform|handle_errors  # default envelope
 //	}
@@ -373,9 +420,33 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := checkErrorResponse(m.ErrorResponse); err != nil {
 				return at(d, err)
 			}
+		case "app":
+			if err := oneArg(d, &m.App); err != nil {
+				return err
+			}
+			if !isPlaceholder(m.App) {
+				if err := checkAppID(name, m.App); err != nil {
+					return at(d, err)
+				}
+			}
+		case "inject":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.Errf("inject: want header|query|body [<name>], got %d arguments", len(args))
+			}
+			m.Inject = &InjectPlace{In: args[0], Name: defaultInjectName[args[0]]}
+			if len(args) == 2 {
+				m.Inject.Name = args[1]
+			}
+			if err := checkInject(m.Inject); err != nil {
+				return at(d, err)
+			}
 		default:
 			return d.Errf("tptoken: unknown subdirective %q", name)
 		}
+	}
+	if err := checkAppRoute(m.Token, m.App, m.AppID, m.Component, m.Allow, m.Inject); err != nil {
+		return at(d, err)
 	}
 	return at(d, checkAllowWithToken(m.Token, m.Allow))
 }

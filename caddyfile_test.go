@@ -440,7 +440,7 @@ func TestCaddyfileHandlerErrorsNameTheSubdirectiveAndLine(t *testing.T) {
 		line    int
 	}{
 		{"argument on the directive", "tptoken tt_a {\n}", "tptoken", 1},
-		{"unknown subdirective", "tptoken {\ntoken authorizer\ninject query\n}", `"inject"`, 3},
+		{"unknown subdirective", "tptoken {\ntoken authorizer\ninjection query\n}", `"injection"`, 3},
 		{"duplicate appid", "tptoken {\nappid path\nappid header X\n}", "appid is set twice", 3},
 		{"duplicate token", "tptoken {\ntoken authorizer\ntoken component\n}", "token is set twice", 3},
 		{"duplicate component", "tptoken {\ncomponent a\ncomponent b\n}", "component is set twice", 3},

@@ -42,11 +42,14 @@ func init() {
 Operates the tptoken app of a running Caddy through its admin API
 (routes under /tptoken/; the admin endpoint must be enabled).
 
-  caddy tptoken status [<appid>] [--check]  component state and the authorizer table,
-                                            one authorizer in detail, or a health check
+  caddy tptoken status [<appid>] [--check]  component state, the app tokens and the authorizer
+                                            table, one authorizer in detail, or a health check
+  caddy tptoken apps [<appid> [<kind>]]     apps' own tokens (client_token, app_access_token)
   caddy tptoken import <file|->             take over refresh tokens from a legacy store
                                             (JSON array or CSV: appid,authorizer_refresh_token[,refresh_expires_at])
   caddy tptoken refresh <appid>...          renew the tokens now
+  caddy tptoken refresh --app <appid> [--kind <kind>]
+                                            fetch an app's own token now
   caddy tptoken recover <appid>... [--new]  retrieve a new authorization code and exchange it
   caddy tptoken seed-code [--appid <appid>] exchange an authorization code read from standard input
   caddy tptoken delete <appid>... --yes     forget authorizers (their refresh tokens are lost)
@@ -73,6 +76,7 @@ can be run again safely).
 // subcommands build the `caddy tptoken` subcommands, in the order of the help.
 var subcommands = []func() *cobra.Command{
 	statusCommand,
+	appsCommand,
 	importCommand,
 	refreshCommand,
 	recoverCommand,
@@ -318,6 +322,8 @@ func (c *adminClient) resolve(args []string) ([]target, error) {
 type statusJSON struct {
 	Components  []componentStatus             `json:"components"`
 	Authorizers map[string][]tokensource.Info `json:"authorizers,omitempty"` // by component appid
+	// Apps are apps' own tokens (command_apps.go).
+	Apps []appStatus `json:"apps,omitempty"`
 	// Health is the verdict of --check.
 	Health *healthJSON `json:"health,omitempty"`
 }
@@ -391,10 +397,19 @@ func cmdStatus(fl caddycmd.Flags, cio cliIO) (int, error) {
 	if err := c.do(http.MethodGet, "/tptoken/component", nil, nil, &comps); err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	res := statusJSON{Components: comps.Components}
+	apps, err := c.apps()
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	res := statusJSON{Components: comps.Components, Apps: apps.Apps}
 	now := time.Now()
 	if check {
 		h := checkHealth(comps.Components, maxTicketAge, now)
+		if len(comps.Components) == 0 && len(apps.Apps) > 0 {
+			h = healthJSON{} // an app-only configuration
+		}
+		h.Problems = append(h.Problems, appHealth(apps.Apps, now)...)
+		h.Healthy = len(h.Problems) == 0
 		res.Health = &h
 	} else {
 		res.Authorizers = map[string][]tokensource.Info{}
@@ -469,6 +484,12 @@ func printStatus(out io.Writer, res statusJSON, now time.Time) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(res.Apps) > 0 {
+		fmt.Fprintln(out, "\nApp credentials:")
+		if err := printAppTable(out, res.Apps, now); err != nil {
+			return err
+		}
 	}
 	for _, s := range res.Components {
 		if r := s.Rebuild; r != nil {
@@ -594,17 +615,37 @@ func printInfo(out io.Writer, in tokensource.Info, now time.Time) {
 // refresh / recover / delete
 
 func refreshCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "refresh <appid>...",
-		Short: "Renews authorizer tokens now (single-flight, under the storage lock)",
+	cmd := &cobra.Command{
+		Use:   "refresh <appid>... | --app <appid> [--kind <kind>]",
+		Short: "Renews authorizer tokens, or fetches an app's own token, now (under the storage lock)",
 		Long: `
 Renews the tokens of each authorizer now. Forced refreshes and recoveries are
 limited to 3 per authorizer per 10 minutes, counted across all instances: over
 that, the authorizer's line says when to try again (HTTP 429 from the admin API).
+
+With --app, fetches that app's own tokens (every kind it keeps, or --kind's)
+unless another instance fetched one meanwhile; the previous token keeps working
+for the platform's grace (5 minutes). The same budget applies per app and kind.
 `,
-		Args: cobra.MinimumNArgs(1),
-		RunE: runWith(cmdAction("refresh")),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if app, _ := cmd.Flags().GetString("app"); app != "" {
+				return nil
+			}
+			return cobra.MinimumNArgs(1)(cmd, args)
+		},
+		RunE: runWith(func(fl caddycmd.Flags, cio cliIO) (int, error) {
+			if fl.String("app") != "" {
+				return cmdRefreshApp(fl, cio)
+			}
+			if fl.String("kind") != "" {
+				return caddy.ExitCodeFailedStartup, errors.New("--kind goes with --app")
+			}
+			return cmdAction("refresh")(fl, cio)
+		}),
 	}
+	cmd.Flags().String("app", "", "Fetch this app's own token(s) instead (an app block of the tptoken global option)")
+	cmd.Flags().String("kind", "", "With --app: client_token or app_access_token (default: every kind the app keeps)")
+	return cmd
 }
 
 func recoverCommand() *cobra.Command {

@@ -164,7 +164,7 @@ func TestCLIFailsOnUnknownSubcommandsAndInvalidFlagValues(t *testing.T) {
 		args    []string
 		mention []string
 	}{
-		{[]string{"stauts"}, []string{`unknown subcommand "stauts"`, "status, import, refresh, recover, seed-code, delete, reseal", "did you mean status"}},
+		{[]string{"stauts"}, []string{`unknown subcommand "stauts"`, "status, apps, import, refresh, recover, seed-code, delete, reseal", "did you mean status"}},
 		{[]string{"frobnicate", "tt01app"}, []string{`unknown subcommand "frobnicate"`, "status"}},
 		{[]string{}, []string{"a subcommand is required", "status"}},
 		{[]string{"status", "--state", "broken"}, []string{`--state "broken"`, "active, needs_recovery, unauthorized"}},

@@ -190,7 +190,9 @@ func (x *e2e) caddyfile() string {
 	if handler == "" {
 		handler = "tptoken"
 	}
-	handler = strings.ReplaceAll(handler, "{{emu}}", x.emuURL) // the platform's address, for handler blocks with their own proxy
+	// the platform's address, for blocks with their own proxy or endpoint
+	handler = strings.ReplaceAll(handler, "{{emu}}", x.emuURL)
+	global, site := strings.ReplaceAll(x.global, "{{emu}}", x.emuURL), strings.ReplaceAll(x.site, "{{emu}}", x.emuURL)
 	routes := handler + "\n\treverse_proxy " + x.emuURL + " {\n\t\ttransport tptoken\n\t}"
 	if x.route != "" {
 		_, port, _ := net.SplitHostPort(strings.TrimPrefix(x.proxy, "http://"))
@@ -232,7 +234,7 @@ func (x *e2e) caddyfile() string {
 %s {
 	%s
 }
-`, admin, x.storage, x.logFile, x.family, x.emuURL, x.global, x.proxy, x.site, routes, x.events, events)
+`, admin, x.storage, x.logFile, x.family, x.emuURL, global, x.proxy, site, routes, x.events, events)
 }
 
 // start adapts the Caddyfile and loads it (a reload when Caddy already runs).

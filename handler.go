@@ -35,8 +35,14 @@ type Handler struct {
 	AppID *AppIDSource `json:"appid,omitempty"`
 	// Token is the kind of token injected: authorizer (default), component,
 	// or auto: the one the API's path takes (component for the family's
-	// TP-level APIs, authorizer otherwise).
+	// TP-level APIs, authorizer otherwise); or an app's own client_token or
+	// app_access_token (handler_apps.go).
 	Token string `json:"token,omitempty"`
+	// App fixes the app of an app token route (default: the only app keeping
+	// the kind, unless AppID reads it from each request).
+	App string `json:"app,omitempty"`
+	// Inject says where an app token goes; default header access-token.
+	Inject *InjectPlace `json:"inject,omitempty"`
 	// Allow, when set, lists the only authorizer appids served.
 	Allow []string `json:"allow,omitempty"`
 	// MaxReplayBody bounds the request body buffered to replay a request once
@@ -60,6 +66,10 @@ type Handler struct {
 	logger      *zap.Logger
 	noTransport *rate.Sometimes // bounds the log lines about a missing transport
 	loopLog     *rate.Sometimes // bounds the log lines about request loops
+
+	appKind  string                // an app token route: its kind
+	fixedApp *appTarget            // its app, when fixed
+	appsByID map[string]*appTarget // its apps by appid, when read from the request
 }
 
 // AppIDSource is where the appid comes from.
@@ -93,10 +103,14 @@ func (h *Handler) provision(ctx caddy.Context) error {
 	h.noTransport = &rate.Sometimes{First: 1, Interval: time.Minute}
 	h.loopLog = &rate.Sometimes{First: 1, Interval: time.Minute}
 	h.component = h.Token == "component"
+	if err := checkAppRoute(h.Token, h.App, h.AppID, h.Component, h.Allow, h.Inject); err != nil {
+		return err
+	}
 	h.auto = h.Token == "auto"
 	h.platform = h.ErrorResponse == "platform"
-	// A component token needs no appid: its carrier is read only when configured.
-	h.takeCarrier = !h.component || h.AppID != nil
+	// A component token needs no appid, nor does an app token route without
+	// appid: the carrier is read only when configured.
+	h.takeCarrier = !h.component && !isAppKind(h.Token) || h.AppID != nil
 	if h.AppID == nil {
 		h.AppID = &AppIDSource{From: "header", Name: defaultAppIDHeader}
 	}
@@ -142,6 +156,9 @@ func (h *Handler) provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if isAppKind(h.Token) {
+		return h.provisionAppRoute(app)
+	}
 	h.comp, err = app.component("component", h.Component)
 	return err
 }
@@ -174,7 +191,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.showAppID(repl, "") // set, and empty until the value is known to be an appid
 	}
 	var err error
-	if tpLevel {
+	switch {
+	case h.appKind != "":
+		err = h.appToken(r, repl, inj)
+	case tpLevel:
 		// The appid is not used; it is shown only if it is one.
 		if tokensource.ValidAppID(inj.appid) {
 			h.showAppID(repl, inj.appid)
@@ -182,7 +202,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			inj.appid = ""
 		}
 		inj.tok, err = h.comp.engine.ComponentToken(r.Context())
-	} else {
+	default:
 		switch {
 		case inj.appid == "":
 			return h.fail(w, r, repl, &tokensource.Error{Kind: tokensource.KindBadAppID,
@@ -230,7 +250,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	delete(r.Header, hopHeader)
 	inj.release()
 	if !inj.used {
-		return h.notInjected(w, r, repl, err)
+		return h.notInjected(w, r, repl, inj, err)
 	}
 	if err != nil && h.platform && !inj.answered && !errors.Is(err, context.Canceled) {
 		// reverse_proxy got no answer and wrote none: say so as the platform would.
@@ -260,7 +280,7 @@ func (h *Handler) unconfirmed(err error, appid string) error {
 // transport refused it because of the guard, nothing was sent: the client
 // gets 502 no_transport and the refusal is counted. Either way the route is
 // logged, at most once a minute.
-func (h *Handler) notInjected(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, err error) error {
+func (h *Handler) notInjected(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, inj *injection, err error) error {
 	refused := err != nil && strings.Contains(err.Error(), guardHeader)
 	h.noTransport.Do(func() {
 		h.logger.Error("the token was not injected: no `transport tptoken` handled this request; add it to the reverse_proxy after "+
@@ -270,7 +290,7 @@ func (h *Handler) notInjected(w http.ResponseWriter, r *http.Request, repl *cadd
 	if !refused {
 		return err
 	}
-	metricsFor(h.comp.appID).notInjected.Inc()
+	h.countNotInjected(inj)
 	return h.fail(w, r, repl, errNoTransport{})
 }
 
@@ -420,6 +440,9 @@ func failureOf(err error) failure {
 	if errors.As(err, new(errUnreachable)) {
 		return failure{status: http.StatusBadGateway, kind: "platform_unreachable", errno: 40000}
 	}
+	if errors.As(err, new(errUnknownApp)) {
+		return failure{status: http.StatusForbidden, kind: "unknown_app", errno: 40008}
+	}
 	var te *tokensource.Error
 	if !errors.As(err, &te) {
 		return failure{status: http.StatusBadGateway, kind: "internal", errno: 40000}
@@ -536,12 +559,13 @@ func (h *Handler) answer(w http.ResponseWriter, repl *caddy.Replacer, err error)
 		detail["retry_after"] = int((f.retryAfter + time.Second - 1) / time.Second)
 	}
 	var body map[string]any
-	if h.comp.family == tokensource.V2 {
+	if h.appKind != "" || h.comp.family == tokensource.V2 {
 		logID := ""
 		if repl != nil {
 			logID, _ = repl.GetString("http.request.uuid")
 		}
 		body = map[string]any{"err_no": f.errno, "err_msg": msg, "err_tips": msg, "log_id": logID, "data": map[string]any{}, "tptoken": detail}
+		h.failureEnvelope(body, detail, msg)
 	} else {
 		body = map[string]any{"errno": f.errno, "message": msg, "tptoken": detail}
 	}

@@ -110,3 +110,52 @@ func BenchmarkHandlerCachedToken(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHandlerCachedAppToken is BenchmarkHandlerCachedToken for a route
+// injecting an app's own client_token (fixed app, header access-token).
+func BenchmarkHandlerCachedAppToken(b *testing.B) {
+	emu, err := emulator.New(emulator.Config{ComponentAppID: e2eComponent, ComponentAppSecret: e2eSecret,
+		Apps: []emulator.AppCred{{AppID: e2eApp, Secret: e2eAppSecret}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(emu)
+	b.Cleanup(srv.Close)
+	src, err := tokensource.NewAppSource(tokensource.AppConfig{Kind: tokensource.ClientToken, AppID: e2eApp, Secret: e2eAppSecret,
+		Endpoint: srv.URL, Store: &certmagic.FileStorage{Path: b.TempDir()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = src.Close() })
+	if _, err := src.Token(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	t := &appToken{appID: e2eApp, kind: tokensource.ClientToken, src: src}
+	h := &Handler{MaxReplayBody: defaultMaxReplayBody, appKind: tokensource.ClientToken,
+		fixedApp: &appTarget{appToken: t, place: newPlacement(nil)},
+		logger:   zap.NewNop(), noTransport: &rate.Sometimes{First: 1}}
+	req := httptest.NewRequest(http.MethodGet, "/api/apps/v1/qrcode/create/?a=1&b=two", nil)
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl)
+	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{})
+	req = req.WithContext(ctx)
+	var out *http.Request
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		inj := injectionOf(r)
+		inj.used = true
+		out = inj.outgoing(r, inj.tok, nil)
+		return nil
+	})
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if err := h.ServeHTTP(w, req, next); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if out == nil || out.Header.Get("Access-Token") == "" {
+		b.Fatal("the token was not injected")
+	}
+}

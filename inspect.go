@@ -43,17 +43,27 @@ const (
 // Only answers with a JSON media type and at most maxInspect bytes are read
 // (the body is then put back); others are untouched.
 func inspect(resp *http.Response, family tokensource.Family, component bool) (int, answerKind) {
-	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
+	plain := readInspectable(resp)
+	if plain == nil {
 		return 0, answerOther
+	}
+	return classifyAnswer(plain, family, component)
+}
+
+// readInspectable returns the body of a small JSON answer (gunzipped), putting
+// it back in front of resp, or nil for an answer not to inspect.
+func readInspectable(resp *http.Response) []byte {
+	if resp.StatusCode != http.StatusOK || resp.ContentLength > maxInspect || resp.ContentLength == 0 {
+		return nil
 	}
 	// The keys are canonical: index the map instead of Header.Get, which
 	// canonicalizes its argument on every call.
 	if !isJSON(firstValue(resp.Header, "Content-Type")) {
-		return 0, answerOther
+		return nil
 	}
 	enc := firstValue(resp.Header, "Content-Encoding")
 	if enc != "" && enc != "gzip" && enc != "identity" {
-		return 0, answerOther
+		return nil
 	}
 	var raw []byte
 	var err error
@@ -67,7 +77,7 @@ func inspect(resp *http.Response, family tokensource.Family, component bool) (in
 		// too large after all (unknown length), or cut short: hand back what was
 		// read in front of the rest, untouched
 		resp.Body = readCloser{io.MultiReader(bytes.NewReader(raw), resp.Body), resp.Body}
-		return 0, answerOther
+		return nil
 	}
 	_ = resp.Body.Close()
 	body := new(bytesBody)
@@ -77,14 +87,14 @@ func inspect(resp *http.Response, family tokensource.Family, component bool) (in
 	if enc == "gzip" {
 		zr, err := gzip.NewReader(bytes.NewReader(raw))
 		if err != nil {
-			return 0, answerOther
+			return nil
 		}
 		plain, err = io.ReadAll(io.LimitReader(zr, 4*maxInspect))
 		if err != nil {
-			return 0, answerOther
+			return nil
 		}
 	}
-	return classifyAnswer(plain, family, component)
+	return plain
 }
 
 // firstValue is h.Get(key) for a key already in canonical form.

@@ -36,7 +36,7 @@ type metricSet struct {
 	calls            *prometheus.CounterVec   // component_appid, op, cause, result
 	callsPerApp      *prometheus.CounterVec   // component_appid, appid, op, result
 	callDuration     *prometheus.HistogramVec // component_appid, op
-	replays          *prometheus.CounterVec   // component_appid, result
+	replays          *prometheus.CounterVec   // component_appid, token, result
 	recoveries       *prometheus.CounterVec   // component_appid, cause, result
 	recoveriesPerApp *prometheus.CounterVec   // component_appid, appid, result
 	importRows       *prometheus.CounterVec   // component_appid, result
@@ -53,6 +53,7 @@ type metricSet struct {
 	rebuildSuccess   *prometheus.GaugeVec     // component_appid
 
 	comps sync.Map // component appid -> *componentMetrics
+	apps  sync.Map // "<appid>/<kind>" -> *appMetrics (metrics_apps.go)
 }
 
 // Lookup results (tokensource.Observer) and replay results.
@@ -82,13 +83,13 @@ func newMetricSet() *metricSet {
 		storageTakeover: gauge("storage_takeover_seconds",
 			"Seconds the last complete `caddy tptoken check-storage` took to take over a lock whose holder process was killed (0: not measured)."),
 		lookups: counter("token_lookups_total",
-			"Token lookups by the tptoken handler and transport, by token kind (authorizer, component) and result (hit: from memory; obtained: through a storage read or a platform call; error).",
+			"Token lookups by the tptoken handler and transport, by token kind (authorizer, component; an app's own client_token, app_access_token, with the app's appid as component_appid) and result (hit: from memory; obtained: through a storage read or a platform call; error).",
 			"component_appid", "token", "result"),
 		lookupsPerApp: counter("authorizer_token_lookups_total",
 			"Authorizer token lookups by appid and result (hit, obtained); only with metrics_per_appid.",
 			"component_appid", "appid", "result"),
 		calls: counter("platform_calls_total",
-			"Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list), cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, a platform errno, http_<status>, timeout, network, malformed).",
+			"Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list; client_token, app_access_token: an app's own token, with the app's appid as component_appid), cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, a platform errno, http_<status>, timeout, network, malformed).",
 			"component_appid", "op", "cause", "result"),
 		callsPerApp: counter("authorizer_platform_calls_total",
 			"Calls to the platform's token endpoints about one authorizer, by appid, op and result; only with metrics_per_appid.",
@@ -99,8 +100,8 @@ func newMetricSet() *metricSet {
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"component_appid", "op"}),
 		replays: counter("replays_total",
-			"Upstream answers that rejected the injected token, by result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).",
-			"component_appid", "result"),
+			"Upstream answers that rejected the injected token, by token kind (authorizer, component, client_token, app_access_token) and result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).",
+			"component_appid", "token", "result"),
 		recoveries: counter("recoveries_total",
 			"Recoveries of a lost or rejected refresh token (retrieve code + exchange), by cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, failed).",
 			"component_appid", "cause", "result"),
@@ -117,7 +118,7 @@ func newMetricSet() *metricSet {
 			"Requests refused because a tptoken transport had sent them already: an upstream name resolves to this sidecar (README: Drop-in).",
 			"component_appid"),
 		rejections: counter("token_rejections_total",
-			"Upstream answers that rejected the current token, by token kind (authorizer, component) and what came of it: invalidated (reloaded, renewed if still current), throttled (the same token was acted on less than a minute ago), breaker_tripped (a token just renewed because of such an answer was rejected again: such answers renew nothing for 10 minutes), breaker_open (ignored meanwhile).",
+			"Upstream answers that rejected the current token, by token kind (authorizer, component, client_token, app_access_token) and what came of it: invalidated (reloaded, renewed if still current), throttled (the same token was acted on less than a minute ago), breaker_tripped (a token just renewed because of such an answer was rejected again: such answers renew nothing for 10 minutes), breaker_open (ignored meanwhile).",
 			"component_appid", "token", "result"),
 		goneReports: counter("downstream_gone_total",
 			"Upstream answers saying an authorizer's authorization is gone (v1 errno 40022/40004; v2 err_no 40022/40004/28001014/28001016), by what came of them: invalidated (the next use verifies it with one refresh), throttled (the same token was acted on less than a minute ago), breaker_open (ignored meanwhile); then by what that refresh found: confirmed (the platform confirmed it: the authorizer is marked unauthorized), alive (the tokens rotated, nothing lost), unverified (the refresh failed: the token keeps serving), breaker_tripped (no refresh: a token just renewed because of such an answer was reported again).",
@@ -172,8 +173,11 @@ func (s *metricSet) component(appid string) *componentMetrics {
 		tokensource.OpRetrieve, tokensource.OpAppList} {
 		m.durations[op] = s.callDuration.WithLabelValues(appid, op)
 	}
-	m.replayed = s.replays.WithLabelValues(appid, replayReplayed)
-	m.notReplayed = s.replays.WithLabelValues(appid, replayNoFreshToken)
+	for _, kind := range []string{"authorizer", "component"} {
+		for _, res := range []string{replayReplayed, replayNoFreshToken} {
+			s.replays.WithLabelValues(appid, kind, res) // exported from 0
+		}
+	}
 	m.notInjected = s.notInjected.WithLabelValues(appid)
 	m.loops = s.loops.WithLabelValues(appid)
 	for _, cause := range []string{tokensource.CauseLive, tokensource.CauseImport, tokensource.CauseRebuild} {
@@ -193,11 +197,10 @@ type componentMetrics struct {
 	appID    string
 	perAppID atomic.Bool // metrics_per_appid of the latest config
 
-	lookup                [2][3]prometheus.Counter // [authorizer, component][hit, obtained, error]
-	durations             map[string]prometheus.Observer
-	replayed, notReplayed prometheus.Counter
-	notInjected           prometheus.Counter
-	loops                 prometheus.Counter
+	lookup      [2][3]prometheus.Counter // [authorizer, component][hit, obtained, error]
+	durations   map[string]prometheus.Observer
+	notInjected prometheus.Counter
+	loops       prometheus.Counter
 }
 
 // Lookup implements tokensource.Observer. It is on the request path.
@@ -273,13 +276,15 @@ func (m *componentMetrics) RebuildDone(trigger, outcome string) {
 	}
 }
 
-// replay counts an upstream answer that rejected the injected token.
-func (m *componentMetrics) replay(replayed bool) {
+// replay counts an upstream answer that rejected the injected token of kind.
+func (m *componentMetrics) replay(kind string, replayed bool) { m.set.replay(m.appID, kind, replayed) }
+
+func (s *metricSet) replay(owner, kind string, replayed bool) {
+	res := replayNoFreshToken
 	if replayed {
-		m.replayed.Inc()
-	} else {
-		m.notReplayed.Inc()
+		res = replayReplayed
 	}
+	s.replays.WithLabelValues(owner, kind, res).Inc()
 }
 
 // importRow counts one row of an import by its result.
@@ -302,10 +307,9 @@ func countUnbuffered(componentAppID string) {
 }
 
 // countReplay is the transport's hook: an upstream answer rejected the token
-// of a request for componentAppID; replayed says whether it was sent again.
-func countReplay(componentAppID string, replayed bool) {
-	metricsFor(componentAppID).replay(replayed)
-}
+// of kind of a request for owner (a component appid, or an app's); replayed
+// says whether it was sent again.
+func countReplay(owner, kind string, replayed bool) { defaultMetrics().replay(owner, kind, replayed) }
 
 // Scrape-time gauges.
 
@@ -338,6 +342,7 @@ type stateSource interface {
 // stateCollector reports the state of a config's components at scrape time.
 type stateCollector struct {
 	sources []stateSource
+	apps    []tokensource.AppSource // app tokens (metrics_apps.go)
 	now     func() time.Time
 	timeout time.Duration // bounds the storage reads of one scrape
 }
@@ -346,7 +351,7 @@ var knownStates = []tokensource.State{tokensource.StateActive, tokensource.State
 
 // Describe implements prometheus.Collector.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAuthorizers, descUnreadable, descEarliestRefresh, descLastSweep, descTicketAge, descComponentExpiry} {
+	for _, d := range []*prometheus.Desc{descAuthorizers, descUnreadable, descEarliestRefresh, descLastSweep, descTicketAge, descComponentExpiry, descAppExpiry} {
 		ch <- d
 	}
 }
@@ -386,6 +391,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descComponentExpiry, ci.TokenExpiry.Sub(now).Seconds(), id)
 		}
 	}
+	collectApps(ctx, ch, c.apps, now)
 }
 
 // registerMetrics registers the process's collectors and a state collector for
@@ -402,6 +408,9 @@ func (a *App) registerMetrics(reg *prometheus.Registry) error {
 	sc := &stateCollector{now: time.Now, timeout: 2 * time.Second}
 	for _, id := range a.order {
 		sc.sources = append(sc.sources, a.comps[id].engine)
+	}
+	for _, k := range a.appOrder {
+		sc.apps = append(sc.apps, a.apps[k].src)
 	}
 	return registerCollectors(reg, append(set.collectors(a.MetricsPerAppID), sc)...)
 }

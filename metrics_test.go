@@ -46,7 +46,7 @@ func TestObserverCountsLookupsPlatformCallsReplaysAndRecoveries(t *testing.T) {
 	countReplayOn(m, true)
 
 	const want = `
-# HELP caddy_tptoken_platform_calls_total Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list), cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, a platform errno, http_<status>, timeout, network, malformed).
+# HELP caddy_tptoken_platform_calls_total Calls to the platform's token endpoints by op (component_token, exchange, refresh, retrieve, app_list; client_token, app_access_token: an app's own token, with the app's appid as component_appid), cause (live; import: rows of an import of legacy refresh tokens; rebuild: authorizers a rebuild works on) and result (ok, a platform errno, http_<status>, timeout, network, malformed).
 # TYPE caddy_tptoken_platform_calls_total counter
 caddy_tptoken_platform_calls_total{cause="import",component_appid="ttcomp",op="refresh",result="40021"} 1
 caddy_tptoken_platform_calls_total{cause="live",component_appid="ttcomp",op="component_token",result="http_502"} 1
@@ -60,11 +60,13 @@ caddy_tptoken_recoveries_total{cause="live",component_appid="ttcomp",result="fai
 caddy_tptoken_recoveries_total{cause="live",component_appid="ttcomp",result="ok"} 1
 caddy_tptoken_recoveries_total{cause="rebuild",component_appid="ttcomp",result="failed"} 0
 caddy_tptoken_recoveries_total{cause="rebuild",component_appid="ttcomp",result="ok"} 0
-# HELP caddy_tptoken_replays_total Upstream answers that rejected the injected token, by result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).
+# HELP caddy_tptoken_replays_total Upstream answers that rejected the injected token, by token kind (authorizer, component, client_token, app_access_token) and result: replayed (once, with a fresh token) or no_fresh_token (answer passed through).
 # TYPE caddy_tptoken_replays_total counter
-caddy_tptoken_replays_total{component_appid="ttcomp",result="no_fresh_token"} 1
-caddy_tptoken_replays_total{component_appid="ttcomp",result="replayed"} 2
-# HELP caddy_tptoken_token_lookups_total Token lookups by the tptoken handler and transport, by token kind (authorizer, component) and result (hit: from memory; obtained: through a storage read or a platform call; error).
+caddy_tptoken_replays_total{component_appid="ttcomp",result="no_fresh_token",token="authorizer"} 1
+caddy_tptoken_replays_total{component_appid="ttcomp",result="no_fresh_token",token="component"} 0
+caddy_tptoken_replays_total{component_appid="ttcomp",result="replayed",token="authorizer"} 2
+caddy_tptoken_replays_total{component_appid="ttcomp",result="replayed",token="component"} 0
+# HELP caddy_tptoken_token_lookups_total Token lookups by the tptoken handler and transport, by token kind (authorizer, component; an app's own client_token, app_access_token, with the app's appid as component_appid) and result (hit: from memory; obtained: through a storage read or a platform call; error).
 # TYPE caddy_tptoken_token_lookups_total counter
 caddy_tptoken_token_lookups_total{component_appid="ttcomp",result="error",token="authorizer"} 1
 caddy_tptoken_token_lookups_total{component_appid="ttcomp",result="error",token="component"} 0
@@ -101,7 +103,7 @@ caddy_tptoken_token_lookups_total{component_appid="ttcomp",result="obtained",tok
 	}
 }
 
-func countReplayOn(m *componentMetrics, replayed bool) { m.replay(replayed) }
+func countReplayOn(m *componentMetrics, replayed bool) { m.replay("authorizer", replayed) }
 
 func histogramCount(t *testing.T, reg *prometheus.Registry, name, label, value string) uint64 {
 	t.Helper()
@@ -307,7 +309,7 @@ func TestMetricsOnCaddysRegistryFollowARealRunAndReloads(t *testing.T) {
 		"exchange":  set.calls.WithLabelValues(e2eComponent, "exchange", "live", "ok"),
 		"refresh":   set.calls.WithLabelValues(e2eComponent, "refresh", "live", "ok"),
 		"retrieve":  set.calls.WithLabelValues(e2eComponent, "retrieve", "live", "ok"),
-		"replayed":  set.replays.WithLabelValues(e2eComponent, "replayed"),
+		"replayed":  set.replays.WithLabelValues(e2eComponent, "authorizer", "replayed"),
 		"recovered": set.recoveries.WithLabelValues(e2eComponent, "live", "ok"),
 		"app_hit":   set.lookupsPerApp.WithLabelValues(e2eComponent, "tt01app", "hit"),
 	}

@@ -129,7 +129,7 @@ func (inj *injection) requestBody(req *http.Request, logger *zap.Logger) (body *
 			inj.prefix, inj.reserved = b.buf, b.reserved
 			inj.complete = b.eof && b.err == nil && int64(len(b.buf)) <= inj.maxReplayBody
 			if b.refused {
-				countUnbuffered(inj.comp.appID)
+				countUnbuffered(inj.owner())
 				replayMemoryFull.Do(func() {
 					logger.Warn("max_replay_memory is taken by requests in flight: streaming request bodies without a replay (logged once a minute; see caddy_tptoken_replay_buffer_full_total)",
 						zap.Int64("max_replay_memory", replayMemory.limit.Load()))

@@ -47,7 +47,7 @@ func resolvedAtProvision(raw string) bool {
 // warnRiskySetup warns, once per config load, about set-ups that work but put
 // every tenant's authorization at risk. It never blocks and never logs a
 // value. rawKey: an encryption key was given as 32 characters taken as the
-// key bytes (ParseEncryptionKey), that is a passphrase.
+// key bytes (parseEncryptionKey), that is a passphrase.
 func warnRiskySetup(logger *zap.Logger, c *Component, rawKey bool) {
 	for _, name := range []string{"component_appsecret", "message_token", "encoding_aes_key", "encryption_key", "previous_encryption_keys"} {
 		for _, raw := range secretFields(c)[name] {

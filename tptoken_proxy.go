@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -12,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/tptoken/caddy-tptoken/tokensource"
 )
 
 // parseProxy parses the `tptoken_proxy` directive: a shortcut, as php_fastcgi
@@ -72,7 +74,10 @@ func parseProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
 	if err := handler.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
 	}
-	if handler.AppID == nil {
+	// An app token route's app is fixed (app, or the only one keeping the
+	// kind) unless the block reads it from the request: its token slot
+	// holds the client's old token, which the injection replaces.
+	if handler.AppID == nil && !isAppKind(handler.Token) {
 		handler.AppID = &AppIDSource{From: "token"}
 	}
 	if handler.Token == "" {
@@ -83,7 +88,13 @@ func parseProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
 	}
 
 	if !hasUpstream {
-		u, err := defaultUpstream(h, handler.Component)
+		var u string
+		var err error
+		if isAppKind(handler.Token) {
+			u, err = defaultAppUpstream(h, handler.Token, handler.App)
+		} else {
+			u, err = defaultUpstream(h, handler.Component)
+		}
 		if err != nil {
 			d := caddyfile.NewDispenser([]caddyfile.Token{name})
 			d.Next()
@@ -186,6 +197,7 @@ func defaultUpstream(h httpcaddyfile.Helper, component string) (string, error) {
 // proxyHandlerOptions are the tptoken handler's options (parseHandler).
 var proxyHandlerOptions = map[string]bool{
 	"appid": true, "token": true, "allow": true, "component": true, "max_replay_body": true, "error_response": true,
+	"app": true, "inject": true,
 }
 
 // httpTransportOptions are the options of Caddy's `transport http`
@@ -200,4 +212,41 @@ var httpTransportOptions = map[string]bool{
 	"tls_trusted_ca_certs": true, "tls_server_name": true, "tls_renegotiation": true, "tls_except_ports": true,
 	"keepalive": true, "keepalive_interval": true, "keepalive_idle_conns": true, "keepalive_idle_conns_per_host": true,
 	"versions": true, "compression": true, "max_conns_per_host": true, "tls_trust_pool": true, "local_address": true,
+}
+
+// defaultAppUpstream is the base URL of the token endpoint of kind of the
+// app named (or the only one keeping kind), as the `tptoken` global option
+// of this Caddyfile sets it: the platform host whose APIs take that token.
+func defaultAppUpstream(h httpcaddyfile.Helper, kind, appid string) (string, error) {
+	opt, _ := h.Option("tptoken").(httpcaddyfile.App)
+	if opt.Value == nil {
+		return "", fmt.Errorf("no upstream: name one (tptoken_proxy https://open.douyin.com), or configure the app in a tptoken global option")
+	}
+	var app App
+	if err := json.Unmarshal(opt.Value, &app); err != nil {
+		return "", err
+	}
+	var found []*AppCredential
+	for _, c := range app.AppCredentials {
+		if slices.Contains(c.Tokens, kind) && (appid == "" || c.AppID == appid) {
+			found = append(found, c)
+		}
+	}
+	switch {
+	case len(found) == 0 && appid != "":
+		return "", fmt.Errorf("app %s keeps no %s in a tptoken global option: name the upstream", appid, kind)
+	case len(found) == 0:
+		return "", fmt.Errorf("no app keeps a %s in a tptoken global option: name the upstream", kind)
+	case len(found) > 1:
+		return "", fmt.Errorf("several apps keep a %s: name one with `app <appid>`, or name the upstream", kind)
+	}
+	endpoint := found[0].Endpoints[kind]
+	if endpoint == "" {
+		return tokensource.AppKindEndpoint(kind), nil
+	}
+	u, err := url.Parse(strings.TrimRight(endpoint, "/"))
+	if err != nil || u.Path != "" || u.RawQuery != "" {
+		return "", fmt.Errorf("app %s's %s endpoint %q has a path: name the upstream", found[0].AppID, kind, endpoint)
+	}
+	return u.String(), nil
 }

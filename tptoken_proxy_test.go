@@ -200,3 +200,49 @@ func TestProxyKnowsEveryHTTPTransportOption(t *testing.T) {
 		t.Fatalf("transport http's options are\n%v\nhttpTransportOptions has\n%v", caddys, ours)
 	}
 }
+
+// An app token route through the shortcut: the handler's app options pass
+// through, the app is fixed (no appid read from the token slot, where a
+// client sends its old token), and the default upstream is the host of the
+// app's token endpoint for the kind.
+func TestProxyAppTokenRoute(t *testing.T) {
+	apps := "app tt_app_1 {\n\t\t\tsecret {env.TP_COMPONENT_APPSECRET}\n\t\t\ttokens client_token app_access_token\n\t\t}"
+	tests := []struct {
+		name, global, block, dial string
+		handler                   map[string]string
+	}{
+		{"client_token", apps, "token client_token", "open.douyin.com:443",
+			map[string]string{"token": `"client_token"`, "appid": `null`, "app": `null`}},
+		{"app_access_token, placed", apps, "token app_access_token\n\t\tapp tt_app_1\n\t\tinject query access_token", "developer.toutiao.com:443",
+			map[string]string{"token": `"app_access_token"`, "app": `"tt_app_1"`, "inject": `{"in":"query","name":"access_token"}`}},
+		{"an endpoint of its own", strings.Replace(apps, "tokens client_token app_access_token", "tokens client_token\n\t\t\tendpoint client_token http://127.0.0.1:9102", 1),
+			"token client_token", "127.0.0.1:9102", map[string]string{"token": `"client_token"`}},
+		{"appid from the request, asked for", apps, "token client_token\n\t\tappid token", "open.douyin.com:443",
+			map[string]string{"appid": `{"from":"token"}`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			handler, proxy := proxyRoute(t, strings.Replace(proxyGlobal, "%s", tt.global, 1)+":8080 {\n\ttptoken_proxy {\n\t\t"+tt.block+"\n\t}\n}\n")
+			for field, want := range tt.handler {
+				if got := jsonOf(handler[field]); got != want {
+					t.Errorf("handler %s = %s, want %s", field, got, want)
+				}
+			}
+			if got := jsonOf(proxy["upstreams"]); got != `[{"dial":"`+tt.dial+`"}]` {
+				t.Errorf("upstreams %s, want %s", got, tt.dial)
+			}
+		})
+	}
+	two := apps + "\n\t\tapp tt_app_2 {\n\t\t\tsecret {env.TP_COMPONENT_APPSECRET}\n\t\t\ttokens client_token\n\t\t}"
+	for _, tt := range []struct{ name, global, block, mention string }{
+		{"several apps, none named", two, "token client_token", "several apps keep a client_token"},
+		{"an app without the kind", strings.Replace(two, "tokens client_token app_access_token", "tokens app_access_token", 1),
+			"token client_token\n\t\tapp tt_app_1", "tt_app_1 keeps no client_token"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("TP_COMPONENT_APPSECRET", "s")
+			_, err := adapt(t, []byte(strings.Replace(proxyGlobal, "%s", tt.global, 1)+":8080 {\n\ttptoken_proxy {\n\t\t"+tt.block+"\n\t}\n}\n"))
+			wantErr(t, err, tt.mention)
+		})
+	}
+}

@@ -94,6 +94,7 @@ func injectionOf(r *http.Request) *injection {
 type injection struct {
 	caddyhttp.ResponseWriterWrapper
 	comp          *component
+	app           *appTarget // an app token route (handler_apps.go); comp is nil
 	appid         string
 	tok           tokensource.Token
 	replayed      tokensource.Secret // the token of the replay, if any
@@ -127,12 +128,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (t *Transport) roundTrip(req *http.Request, inj *injection) (*http.Response, error) {
 	body, replay := inj.requestBody(req, t.logger)
 	resp, err := t.send(req, inj, inj.tok, body)
-	// A component route's answer matters only for a replay; an authorizer
-	// route's also when it says the authorization is gone, which needs none.
-	if err != nil || !replay && inj.component {
+	// A component or app token route's answer matters only for a replay; an
+	// authorizer route's also when it says the authorization is gone, which
+	// needs none.
+	if err != nil || !replay && (inj.component || inj.app != nil) {
 		return resp, err
 	}
-	code, kind := inspect(resp, inj.comp.family, inj.component)
+	code, kind := inj.rejection(resp)
 	if kind == answerGone {
 		acted := inj.comp.engine.ReportGone(inj.appid, inj.tok)
 		if c := t.logger.Check(zapcore.DebugLevel, "the platform answered that the authorization is gone; reported, not replayed"); c != nil {
@@ -146,7 +148,7 @@ func (t *Transport) roundTrip(req *http.Request, inj *injection) (*http.Response
 	dropped := inj.invalidate()
 	fresh, ferr := inj.token(req.Context())
 	if ferr != nil || fresh.Value == inj.tok.Value {
-		countReplay(inj.comp.appID, false)
+		countReplay(inj.owner(), inj.kind(), false)
 		// Once per token at most (tokensource/reject.go): an answer the engine
 		// did not act on is not worth a line each.
 		level := zapcore.DebugLevel
@@ -159,7 +161,7 @@ func (t *Transport) roundTrip(req *http.Request, inj *injection) (*http.Response
 		return resp, nil
 	}
 	_ = resp.Body.Close()
-	countReplay(inj.comp.appID, true)
+	countReplay(inj.owner(), inj.kind(), true)
 	t.logger.Info("the platform rejected the token; replaying once with a fresh one",
 		zap.String("appid", inj.appid), zap.Int("code", code), zap.Uint64("generation", fresh.Generation))
 	if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
@@ -208,7 +210,10 @@ func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *b
 	o.Request = *req
 	out := &o.Request
 	secret := tok.Value.Reveal()
-	if inj.comp.family == tokensource.V2 {
+	switch {
+	case inj.app != nil:
+		inj.app.place.put(o, req, secret)
+	case inj.comp.family == tokensource.V2:
 		h := make(http.Header, len(req.Header)+1)
 		for k, v := range req.Header {
 			h[k] = v
@@ -220,7 +225,7 @@ func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *b
 			o.url.RawQuery = q
 			out.URL = &o.url
 		}
-	} else {
+	default:
 		o.url = *req.URL
 		param := "authorizer_access_token"
 		if inj.component {
@@ -241,6 +246,9 @@ func (inj *injection) outgoing(req *http.Request, tok tokensource.Token, body *b
 			out.GetBody = func() (io.ReadCloser, error) { return body.reader(), nil }
 		}
 	}
+	if inj.app != nil && inj.app.place.in == injectBody {
+		putInBody(out, body, inj.app.place.name, secret)
+	}
 	return out
 }
 
@@ -255,6 +263,9 @@ func (inj *injection) String() string { return "tptoken" }
 // invalidate reports the token sent as rejected; the engine decides whether to
 // drop it (tokensource/reject.go). It reports whether it was dropped.
 func (inj *injection) invalidate() bool {
+	if inj.app != nil {
+		return inj.app.src.Invalidate(inj.tok)
+	}
 	if inj.component {
 		return inj.comp.engine.InvalidateComponent(inj.tok)
 	}
@@ -263,6 +274,9 @@ func (inj *injection) invalidate() bool {
 
 // token is the token to use now.
 func (inj *injection) token(ctx context.Context) (tokensource.Token, error) {
+	if inj.app != nil {
+		return inj.app.src.Token(ctx)
+	}
 	if inj.component {
 		return inj.comp.engine.ComponentToken(ctx)
 	}

@@ -39,17 +39,23 @@ func BenchmarkTransportRoundTrip(b *testing.B) {
 	ht.RegisterProtocol("stub", stubUpstream{answer})
 	post := bytes.Repeat([]byte("x"), 1024)
 	tok := tokensource.Token{Value: tokensource.Secret(strings.Repeat("0801121846735a4a", 4)), AppID: "tt01bench", Family: tokensource.V1}
+	jsonPost := []byte(`{"path":"pages/index","width":430,"data":"` + strings.Repeat("x", 990) + `"}`)
+	appTok := &appToken{appID: e2eApp, kind: tokensource.ClientToken}
 	for _, bc := range []struct {
 		name   string
 		plain  bool
 		replay int64 // max_replay_body; -1: off
 		body   []byte
+		app    *appTarget // an app token route
 	}{
-		{"plain_http_transport", true, 0, nil},
-		{"tptoken_replay_off", false, -1, nil},
-		{"tptoken_replay_on", false, defaultMaxReplayBody, nil},
-		{"plain_http_transport_post_1KiB", true, 0, post},
-		{"tptoken_replay_on_post_1KiB", false, defaultMaxReplayBody, post},
+		{"plain_http_transport", true, 0, nil, nil},
+		{"tptoken_replay_off", false, -1, nil, nil},
+		{"tptoken_replay_on", false, defaultMaxReplayBody, nil, nil},
+		{"plain_http_transport_post_1KiB", true, 0, post, nil},
+		{"tptoken_replay_on_post_1KiB", false, defaultMaxReplayBody, post, nil},
+		{"tptoken_app_header", false, defaultMaxReplayBody, nil, &appTarget{appToken: appTok, place: newPlacement(nil)}},
+		{"tptoken_app_query", false, defaultMaxReplayBody, nil, &appTarget{appToken: appTok, place: newPlacement(&InjectPlace{In: injectQuery, Name: "access_token"})}},
+		{"tptoken_app_body_post_1KiB", false, defaultMaxReplayBody, jsonPost, &appTarget{appToken: appTok, place: newPlacement(&InjectPlace{In: injectBody, Name: "access_token"})}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			var rt http.RoundTripper = &reverseproxy.HTTPTransport{Transport: ht}
@@ -69,6 +75,9 @@ func BenchmarkTransportRoundTrip(b *testing.B) {
 				// counted in BenchmarkHandlerCachedToken).
 				if !bc.plain {
 					inj = &injection{comp: comp, appid: "tt01bench", tok: tok, maxReplayBody: bc.replay}
+					if bc.app != nil {
+						inj.comp, inj.app = nil, bc.app
+					}
 					vars[injectionVar] = inj
 				}
 				if bc.body != nil {
@@ -155,6 +164,27 @@ func BenchmarkInspect(b *testing.B) {
 				rd.Reset(tc.body)
 				resp.Body = io.NopCloser(rd)
 				if code, _ := inspect(resp, tokensource.V1, false); code != 0 {
+					b.Fatal("a success answer looked like an invalid token")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkInspectApp is BenchmarkInspect's small JSON answer on an app
+// token route (its kind's codes, in every place they may be).
+func BenchmarkInspectApp(b *testing.B) {
+	small := []byte(`{"err_no":0,"err_msg":"","data":{"appid":"tt01bench","name":"demo"},"extra":{"logid":"20261125"}}`)
+	for _, kind := range []string{tokensource.ClientToken, tokensource.AppAccessToken} {
+		b.Run(kind, func(b *testing.B) {
+			inj := &injection{app: &appTarget{appToken: &appToken{kind: kind}}}
+			rd := bytes.NewReader(small)
+			resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"application/json"}}, ContentLength: int64(len(small))}
+			b.ReportAllocs()
+			for b.Loop() {
+				rd.Reset(small)
+				resp.Body = io.NopCloser(rd)
+				if code, _ := inj.rejection(resp); code != 0 {
 					b.Fatal("a success answer looked like an invalid token")
 				}
 			}

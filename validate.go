@@ -2,6 +2,7 @@ package tptoken
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -112,9 +113,9 @@ func checkPushKeys(messageToken, encodingAESKey string) error {
 }
 
 // encryptionKey reads an encryption key (encryption_key, an entry of
-// previous_encryption_keys): 32 bytes (tokensource.ParseEncryptionKey).
+// previous_encryption_keys): 32 bytes (parseEncryptionKey).
 func encryptionKey(option, v string) ([]byte, error) {
-	k, err := tokensource.ParseEncryptionKey(v)
+	k, err := parseEncryptionKey(v)
 	if err != nil {
 		return nil, fmt.Errorf("%s (%d characters): want 32 bytes, written as 64 hex digits or in base64 (make one with: openssl rand -base64 32), or as 32 characters", option, len(v))
 	}
@@ -182,12 +183,12 @@ func checkMaxReplayMemory(n int64) error {
 }
 
 // checkToken: a handler injects the authorizer or the component token, or
-// the one the API's path takes (auto).
+// the one the API's path takes (auto), or an app's own token (handler_apps.go).
 func checkToken(v string) error {
-	if v == "authorizer" || v == "component" || v == "auto" {
+	if v == "authorizer" || v == "component" || v == "auto" || isAppKind(v) {
 		return nil
 	}
-	return invalid("token", strconv.Quote(v), "use authorizer, component or auto")
+	return invalid("token", strconv.Quote(v), "use authorizer, component, auto, client_token or app_access_token")
 }
 
 // checkErrorResponse: failures are answered in the envelope (with an HTTP
@@ -242,4 +243,23 @@ func configError(logger *zap.Logger, err error) error {
 		logger.Error("configuration error: " + err.Error())
 	}
 	return err
+}
+
+// parseEncryptionKey accepts a 32-byte AES-256 key given as 32 raw characters,
+// 64 hex digits or base64 (standard or URL alphabet, padded or not).
+func parseEncryptionKey(s string) ([]byte, error) {
+	if len(s) == 32 {
+		return []byte(s), nil
+	}
+	if len(s) == 64 {
+		if b, err := hex.DecodeString(s); err == nil {
+			return b, nil
+		}
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil && len(b) == 32 {
+			return b, nil
+		}
+	}
+	return nil, errors.New("encryption_key must be 32 bytes: 32 characters, 64 hex digits, or base64 of 32 bytes (for example: openssl rand -base64 32)")
 }

@@ -56,6 +56,12 @@ type Handler struct {
 	// Authorize lists authorizer appids authorized at start; their AUTHORIZED
 	// pushes follow the first successful ticket push.
 	Authorize []string `json:"authorize,omitempty"`
+	// Apps are apps whose own tokens (app_access_token, client_token) are
+	// issued; secrets accept placeholders.
+	Apps            []AppCred      `json:"apps,omitempty"`
+	AppTokenTTL     caddy.Duration `json:"app_token_ttl,omitempty"`
+	AppGrace        caddy.Duration `json:"app_grace,omitempty"`
+	ClientTokenRate int            `json:"client_token_rate,omitempty"`
 
 	emu *Emulator
 	key string
@@ -86,7 +92,15 @@ func (p *pooled) Destruct() error {
 // config resolves placeholders and builds the emulator configuration.
 func (h *Handler) config(ctx caddy.Context) Config {
 	repl := caddy.NewReplacer()
+	apps := make([]AppCred, len(h.Apps))
+	for i, a := range h.Apps {
+		apps[i] = AppCred{AppID: repl.ReplaceAll(a.AppID, ""), Secret: repl.ReplaceAll(a.Secret, "")}
+	}
 	return Config{
+		Apps:               apps,
+		AppTokenTTL:        time.Duration(h.AppTokenTTL),
+		AppGrace:           time.Duration(h.AppGrace),
+		ClientTokenRate:    h.ClientTokenRate,
 		ComponentAppID:     repl.ReplaceAll(h.ComponentAppID, ""),
 		ComponentAppSecret: repl.ReplaceAll(h.ComponentAppSecret, ""),
 		MessageToken:       repl.ReplaceAll(h.MessageToken, ""),
@@ -149,9 +163,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		p.emu.SetLifetimes(Lifetimes{
 			AccessTokenTTL: cfg.AccessTokenTTL, RefreshTokenTTL: cfg.RefreshTokenTTL, ComponentTokenTTL: cfg.ComponentTokenTTL,
 			CodeTTL: cfg.CodeTTL, TicketTTL: cfg.TicketTTL, V1ReissueWindow: cfg.V1ReissueWindow, V2Grace: cfg.V2Grace,
+			AppTokenTTL: cfg.AppTokenTTL, AppGrace: cfg.AppGrace,
 		})
 		p.emu.SetTicketInterval(cfg.TicketInterval)
 		p.emu.ensureAuthorized(cfg.Authorize)
+		for _, a := range cfg.Apps {
+			if err := p.emu.AddApp(a.AppID, a.Secret); err != nil {
+				_, _ = emulators.Delete(key)
+				return fmt.Errorf("tptoken_emulator: %w", err)
+			}
+		}
 	}
 	h.emu, h.key = p.emu, key
 	return nil
@@ -206,6 +227,10 @@ func (e *Emulator) ensureAuthorized(appids []string) {
 //		v2_grace            <duration>   # default 5m
 //		seed                <integer>
 //		authorize           <appid...>
+//		app                 <appid> <secret>  # may repeat: an app whose own tokens are issued
+//		app_token_ttl       <duration>   # default 2h
+//		app_grace           <duration>   # default 5m: a fetch cuts the previous app token to this
+//		client_token_rate   <n>|off      # client_token fetches per client_key in 5 minutes; default 500
 //	}
 //
 // component_appid and component_appsecret are required; secrets may be
@@ -221,7 +246,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if seen[name] {
 			return d.Errf("duplicate subdirective %s", name)
 		}
-		seen[name] = true
+		seen[name] = name != "app"
 		if str := h.stringField(name); str != nil {
 			if !d.NextArg() {
 				return d.Errf("%s: expected one value", name)
@@ -266,6 +291,29 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			h.Authorize = ids
+		case "app":
+			var id, secret string
+			if !d.Args(&id, &secret) || d.NextArg() {
+				return d.Errf("app: expected <appid> <secret>")
+			}
+			if !strings.Contains(id, "{") && !tokensource.ValidAppID(id) {
+				return d.Errf("app: invalid appid %q", id)
+			}
+			h.Apps = append(h.Apps, AppCred{AppID: id, Secret: secret})
+		case "client_token_rate":
+			var s string
+			if !d.Args(&s) || d.NextArg() {
+				return d.Errf("client_token_rate: expected a positive integer or off")
+			}
+			if s == "off" {
+				h.ClientTokenRate = -1
+				break
+			}
+			v, err := strconv.Atoi(s)
+			if err != nil || v <= 0 {
+				return d.Errf("client_token_rate: %q is not a positive integer (or off)", s)
+			}
+			h.ClientTokenRate = v
 		default:
 			return d.Errf("unknown subdirective %s", name)
 		}
@@ -313,6 +361,10 @@ func (h *Handler) durationField(name string) *caddy.Duration {
 		return &h.V1ReissueWindow
 	case "v2_grace":
 		return &h.V2Grace
+	case "app_token_ttl":
+		return &h.AppTokenTTL
+	case "app_grace":
+		return &h.AppGrace
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
@@ -31,6 +32,8 @@ import (
 //	DELETE /_emulator/calls                                   → {"ok":true}
 //	GET    /_emulator/secrets                                 → {"secrets":[...]} (IssuedSecrets)
 //	GET    /_emulator/authorizers                             → {"<appid>": authorized}
+//	POST   /_emulator/apps         {"appid","secret"}        → {"ok":true} (an app whose own tokens are issued)
+//	POST   /_emulator/apps/<appid>/<kind>/revoke              → {"ok":true} (its newest app_access_token or client_token stops working)
 
 // LifetimesJSON is the control-surface form of Lifetimes: Go duration strings
 // ("90s", "2h"); empty fields are left unchanged.
@@ -42,6 +45,8 @@ type LifetimesJSON struct {
 	TicketTTL         string `json:"ticket_ttl,omitempty"`
 	V1ReissueWindow   string `json:"v1_reissue_window,omitempty"`
 	V2Grace           string `json:"v2_grace,omitempty"`
+	AppTokenTTL       string `json:"app_token_ttl,omitempty"`
+	AppGrace          string `json:"app_grace,omitempty"`
 }
 
 func (l LifetimesJSON) parse() (Lifetimes, error) {
@@ -54,7 +59,8 @@ func (l LifetimesJSON) parse() (Lifetimes, error) {
 		{"access_token_ttl", l.AccessTokenTTL, &out.AccessTokenTTL}, {"refresh_token_ttl", l.RefreshTokenTTL, &out.RefreshTokenTTL},
 		{"component_token_ttl", l.ComponentTokenTTL, &out.ComponentTokenTTL}, {"code_ttl", l.CodeTTL, &out.CodeTTL},
 		{"ticket_ttl", l.TicketTTL, &out.TicketTTL}, {"v1_reissue_window", l.V1ReissueWindow, &out.V1ReissueWindow},
-		{"v2_grace", l.V2Grace, &out.V2Grace},
+		{"v2_grace", l.V2Grace, &out.V2Grace}, {"app_token_ttl", l.AppTokenTTL, &out.AppTokenTTL},
+		{"app_grace", l.AppGrace, &out.AppGrace},
 	} {
 		if f.s == "" {
 			continue
@@ -73,6 +79,7 @@ func lifetimesJSON(l Lifetimes) LifetimesJSON {
 		AccessTokenTTL: l.AccessTokenTTL.String(), RefreshTokenTTL: l.RefreshTokenTTL.String(),
 		ComponentTokenTTL: l.ComponentTokenTTL.String(), CodeTTL: l.CodeTTL.String(), TicketTTL: l.TicketTTL.String(),
 		V1ReissueWindow: l.V1ReissueWindow.String(), V2Grace: l.V2Grace.String(),
+		AppTokenTTL: l.AppTokenTTL.String(), AppGrace: l.AppGrace.String(),
 	}
 }
 
@@ -84,6 +91,7 @@ type FaultsJSON struct {
 	HTTP5xx      int    `json:"http_5xx,omitempty"`
 	DropResponse int    `json:"drop_response,omitempty"`
 	Down         bool   `json:"down,omitempty"`
+	RateLimited  bool   `json:"rate_limited,omitempty"`
 	AppID        string `json:"appid,omitempty"`
 }
 
@@ -105,6 +113,10 @@ func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		AppID  string `json:"appid"`
 		Push   bool   `json:"push"`
 		Family string `json:"family"`
+	}
+	if strings.HasPrefix(r.URL.Path, "/_emulator/apps") {
+		e.appControl(w, r, fail, ok)
+		return
 	}
 	key := r.Method + " " + r.URL.Path
 	switch key {
@@ -184,7 +196,7 @@ func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		for _, op := range sortedOps(m) {
 			f := m[op]
 			out[op] = FaultsJSON{Latency: f.Latency.String(), Errno40045: f.Errno40045, HTTP5xx: f.HTTP5xx,
-				DropResponse: f.DropResponse, Down: f.Down, AppID: f.AppID}
+				DropResponse: f.DropResponse, Down: f.Down, RateLimited: f.RateLimited, AppID: f.AppID}
 		}
 		writeJSON(w, http.StatusOK, out)
 	case "POST /_emulator/faults":
@@ -192,7 +204,8 @@ func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		if !decode(&q) {
 			return
 		}
-		f := Faults{Errno40045: q.Errno40045, HTTP5xx: q.HTTP5xx, DropResponse: q.DropResponse, Down: q.Down, AppID: q.AppID}
+		f := Faults{Errno40045: q.Errno40045, HTTP5xx: q.HTTP5xx, DropResponse: q.DropResponse, Down: q.Down,
+			RateLimited: q.RateLimited, AppID: q.AppID}
 		if q.Latency != "" {
 			d, err := time.ParseDuration(q.Latency)
 			if err != nil {

@@ -105,6 +105,15 @@ type Config struct {
 	// answer for an app no longer authorized. 0 answers as for any dead token
 	// (v1 40020, v2 28001003). SetUnauthorizedDownstream changes it.
 	UnauthorizedDownstream int
+
+	// Apps are the apps whose own tokens (app_access_token, client_token) the
+	// emulator issues (apptoken.go); AddApp adds more.
+	Apps        []AppCred
+	AppTokenTTL time.Duration // app tokens' expires_in, default 2h
+	AppGrace    time.Duration // a fetch cuts the previous app token to this, default 5m
+	// ClientTokenRate: fetches of one client_key's client_token per 5
+	// minutes; more are refused with 10020. Default 500; negative: no limit.
+	ClientTokenRate int
 }
 
 // Lifetimes are the durations that can change at runtime. They apply to tokens,
@@ -118,6 +127,8 @@ type Lifetimes struct {
 	TicketTTL         time.Duration
 	V1ReissueWindow   time.Duration
 	V2Grace           time.Duration
+	AppTokenTTL       time.Duration
+	AppGrace          time.Duration
 }
 
 func (l *Lifetimes) merge(o Lifetimes) {
@@ -128,6 +139,7 @@ func (l *Lifetimes) merge(o Lifetimes) {
 		{&l.AccessTokenTTL, o.AccessTokenTTL}, {&l.RefreshTokenTTL, o.RefreshTokenTTL},
 		{&l.ComponentTokenTTL, o.ComponentTokenTTL}, {&l.CodeTTL, o.CodeTTL}, {&l.TicketTTL, o.TicketTTL},
 		{&l.V1ReissueWindow, o.V1ReissueWindow}, {&l.V2Grace, o.V2Grace},
+		{&l.AppTokenTTL, o.AppTokenTTL}, {&l.AppGrace, o.AppGrace},
 	} {
 		if p.src > 0 {
 			*p.dst = p.src
@@ -142,6 +154,8 @@ const (
 	kindComponent tokenKind = iota + 1
 	kindAccess
 	kindRefresh
+	kindAppAccess // an app's access_token (apptoken.go)
+	kindClient    // an app's client_token
 )
 
 // token is one issued token. A token is usable while !dead and now < expiry.
@@ -153,6 +167,7 @@ type token struct {
 	expiry time.Time
 	dead   bool   // rotated, revoked, superseded beyond the grace, or unauthorized
 	why    string // why it died (for logs and messages; never the value)
+	cut    bool   // app tokens: a newer fetch cut its life to the grace
 }
 
 func (t *token) usable(now time.Time) bool { return !t.dead && now.Before(t.expiry) }
@@ -219,6 +234,9 @@ type Emulator struct {
 	recent         []APICall // the last maxRecentCalls API calls
 	randCounter    uint64
 	goneCode       int // Config.UnauthorizedDownstream
+
+	apps            map[string]*appState // apptoken.go
+	clientTokenRate int
 }
 
 // New validates cfg and returns an emulator with no authorizers (other than
@@ -231,7 +249,7 @@ func New(cfg Config) (*Emulator, error) {
 		return nil, fmt.Errorf("emulator: invalid component_appid %q", cfg.ComponentAppID)
 	}
 	for _, d := range []time.Duration{cfg.AccessTokenTTL, cfg.RefreshTokenTTL, cfg.ComponentTokenTTL, cfg.CodeTTL,
-		cfg.TicketTTL, cfg.V1ReissueWindow, cfg.V2Grace, cfg.TicketInterval, cfg.PushRetryBackoff} {
+		cfg.TicketTTL, cfg.V1ReissueWindow, cfg.V2Grace, cfg.TicketInterval, cfg.PushRetryBackoff, cfg.AppTokenTTL, cfg.AppGrace} {
 		if d < 0 {
 			return nil, errors.New("emulator: durations must not be negative")
 		}
@@ -251,6 +269,11 @@ func New(cfg Config) (*Emulator, error) {
 		faults:       map[string]Faults{},
 		stats:        newStatsState(),
 		goneCode:     cfg.UnauthorizedDownstream,
+		apps:         map[string]*appState{},
+	}
+	e.clientTokenRate = cfg.ClientTokenRate
+	if e.clientTokenRate == 0 {
+		e.clientTokenRate = DefaultClientTokenRate
 	}
 	if cfg.MessageToken != "" || cfg.EncodingAESKey != "" {
 		pc, err := push.NewCrypto(cfg.MessageToken, cfg.EncodingAESKey, cfg.ComponentAppID)
@@ -278,11 +301,13 @@ func New(cfg Config) (*Emulator, error) {
 		AccessTokenTTL: DefaultAccessTokenTTL, RefreshTokenTTL: DefaultRefreshTokenTTL,
 		ComponentTokenTTL: DefaultComponentTokenTTL, CodeTTL: DefaultCodeTTL, TicketTTL: DefaultTicketTTL,
 		V1ReissueWindow: DefaultV1ReissueWindow, V2Grace: DefaultV2Grace,
+		AppTokenTTL: DefaultAppTokenTTL, AppGrace: DefaultAppGrace,
 	}
 	e.life.merge(Lifetimes{
 		AccessTokenTTL: cfg.AccessTokenTTL, RefreshTokenTTL: cfg.RefreshTokenTTL,
 		ComponentTokenTTL: cfg.ComponentTokenTTL, CodeTTL: cfg.CodeTTL, TicketTTL: cfg.TicketTTL,
 		V1ReissueWindow: cfg.V1ReissueWindow, V2Grace: cfg.V2Grace,
+		AppTokenTTL: cfg.AppTokenTTL, AppGrace: cfg.AppGrace,
 	})
 	e.pushURL = cfg.PushURL
 	e.ticketInterval = orDefault(cfg.TicketInterval, DefaultTicketInterval)
@@ -291,6 +316,12 @@ func New(cfg Config) (*Emulator, error) {
 		if s != "" {
 			e.issued = append(e.issued, s)
 		}
+	}
+	for _, a := range cfg.Apps {
+		if !tokensource.ValidAppID(a.AppID) || a.Secret == "" {
+			return nil, fmt.Errorf("emulator: app %q: want a valid appid and a secret", a.AppID)
+		}
+		e.addAppLocked(a.AppID, a.Secret)
 	}
 	now := e.now()
 	for _, a := range cfg.Authorize {
@@ -397,6 +428,10 @@ func (e *Emulator) mintLocked(kind string) string {
 		v = "isvact." + h
 	case "refresh.v2":
 		v = "isvrft." + h
+	case OpClientToken:
+		v = "clt." + h
+	case OpAppAccessToken:
+		v = "0801" + h
 	case "ticket":
 		v = h[:32]
 	case "code":

@@ -24,7 +24,7 @@ const (
 
 var knownOps = map[string]bool{
 	OpComponentToken: true, OpExchange: true, OpRefresh: true, OpRetrieve: true,
-	OpAppList: true, OpDownstream: true, OpAll: true,
+	OpAppList: true, OpDownstream: true, OpAppAccessToken: true, OpClientToken: true, OpAll: true,
 }
 
 // Faults are injected into the platform calls of one operation (or "*": all).
@@ -45,20 +45,24 @@ type Faults struct {
 	DropResponse int
 	// Down: every matching call fails at once with 503 until the faults are cleared.
 	Down bool
+	// RateLimited: every matching app token fetch is refused for rate until
+	// the faults are cleared: client_token 10020; app_access_token HTTP 429
+	// (its refusal is not documented: an emulator choice).
+	RateLimited bool
 	// AppID limits the faults to calls about this authorizer ("" = any call).
 	// Component-token and app-list calls have no authorizer, so they match only "".
 	AppID string
 }
 
 func (f Faults) empty() bool {
-	return f.Latency == 0 && f.Errno40045 == 0 && f.HTTP5xx == 0 && f.DropResponse == 0 && !f.Down
+	return f.Latency == 0 && f.Errno40045 == 0 && f.HTTP5xx == 0 && f.DropResponse == 0 && !f.Down && !f.RateLimited
 }
 
 // SetFaults sets (replaces) the faults of op: component_token, exchange,
 // refresh, retrieve, app_list, downstream, or "*" for every operation.
 func (e *Emulator) SetFaults(op string, f Faults) error {
 	if !knownOps[op] {
-		return fmt.Errorf("emulator: unknown fault op %q (component_token, exchange, refresh, retrieve, app_list, downstream or *)", op)
+		return fmt.Errorf("emulator: unknown fault op %q (component_token, exchange, refresh, retrieve, app_list, downstream, app_access_token, client_token or *)", op)
 	}
 	if f.Latency < 0 || f.Errno40045 < 0 || f.HTTP5xx < 0 || f.DropResponse < 0 {
 		return fmt.Errorf("emulator: fault counts and latency must not be negative")
@@ -71,7 +75,8 @@ func (e *Emulator) SetFaults(op string, f Faults) error {
 		e.faults[op] = f
 	}
 	e.log.Info("faults set", zap.String("op", op), zap.Duration("latency", f.Latency), zap.Int("errno_40045", f.Errno40045),
-		zap.Int("http_5xx", f.HTTP5xx), zap.Int("drop_response", f.DropResponse), zap.Bool("down", f.Down), zap.String("appid", f.AppID))
+		zap.Int("http_5xx", f.HTTP5xx), zap.Int("drop_response", f.DropResponse), zap.Bool("down", f.Down),
+		zap.Bool("rate_limited", f.RateLimited), zap.String("appid", f.AppID))
 	return nil
 }
 
@@ -103,6 +108,7 @@ const (
 	fault503
 	fault40045
 	faultDrop
+	faultRate
 )
 
 // takeFaultLocked picks the fault for a call of op about appid and consumes
@@ -120,6 +126,11 @@ func (e *Emulator) takeFaultLocked(op, appid string) (fault, time.Duration) {
 	for _, k := range keys {
 		if e.faults[k].Down {
 			return faultDown, 0
+		}
+	}
+	for _, k := range keys {
+		if e.faults[k].RateLimited && (op == OpAppAccessToken || op == OpClientToken) {
+			return faultRate, latency
 		}
 	}
 	take := func(get func(*Faults) *int) bool {
@@ -213,6 +224,8 @@ type Stats struct {
 	Calls map[string]int64 `json:"calls"`
 	// Faulted counts the calls answered by an injected fault, by op.
 	Faulted map[string]int64 `json:"faulted"`
+	// Apps counts apps' own tokens, by "<appid>/<kind>" (AppToken).
+	Apps map[string]AppCounters `json:"apps"`
 }
 
 type statsState struct {
@@ -221,10 +234,12 @@ type statsState struct {
 	calls    map[string]int64
 	faulted  map[string]int64
 	fault5xx int
+	apps     map[appCounterKey]*AppCounters
 }
 
 func newStatsState() statsState {
-	return statsState{perApp: map[string]*Counters{}, calls: map[string]int64{}, faulted: map[string]int64{}}
+	return statsState{perApp: map[string]*Counters{}, calls: map[string]int64{}, faulted: map[string]int64{},
+		apps: map[appCounterKey]*AppCounters{}}
 }
 
 // countLocked applies f to the total and, for a non-empty appid, to its counters.
@@ -245,7 +260,8 @@ func (e *Emulator) countLocked(appid string, f func(*Counters)) {
 func (e *Emulator) Stats() Stats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := Stats{Total: e.stats.total, PerApp: map[string]Counters{}, Calls: map[string]int64{}, Faulted: map[string]int64{}}
+	s := Stats{Total: e.stats.total, PerApp: map[string]Counters{}, Calls: map[string]int64{}, Faulted: map[string]int64{},
+		Apps: e.appStatsLocked()}
 	for k, v := range e.stats.perApp {
 		s.PerApp[k] = *v
 	}

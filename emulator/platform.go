@@ -76,6 +76,18 @@ const (
 	styleBare       style = iota // success: bare fields; error: {"errno","message"} (v1 token endpoints, v2 component token)
 	styleV1Envelope              // {"errno":0,"message":"success","data":{...}}
 	styleV2Envelope              // {"err_no","err_msg","log_id","data"}
+	styleAppToken                // {"err_no","err_tips","data"} (the app_access_token endpoint)
+	styleOAuth                   // {"data":{...,"error_code","description"},"message"} (open.douyin.com oauth)
+)
+
+// dialect is how an API answers a bad token, where it differs from its
+// endpoint's style (apptoken.go: appAPIs).
+type dialect int
+
+const (
+	dialectStyle         dialect = iota // the route's style
+	dialectErrcode                      // {"errcode","errmsg"} (old body-token APIs)
+	dialectDataErrorCode                // {"data":{"error_code","description"},"extra":{...},"message":"error"}
 )
 
 type route struct {
@@ -103,6 +115,11 @@ var routes = map[string]route{
 	PathV2AuthToken:      {tokensource.V2, styleV2Envelope, grantOp, (*Emulator).authToken},
 	PathV2Retrieve:       {tokensource.V2, styleV2Envelope, fixedOp(OpRetrieve), (*Emulator).retrieve},
 	PathV2AppList:        {tokensource.V2, styleV2Envelope, fixedOp(OpAppList), (*Emulator).appList},
+
+	PathAppToken:          {tokensource.V2, styleAppToken, fixedOp(OpAppAccessToken), (*Emulator).appAccessToken},
+	PathMiniGameAppToken:  {tokensource.V2, styleAppToken, fixedOp(OpAppAccessToken), (*Emulator).appAccessToken},
+	PathClientToken:       {tokensource.V2, styleOAuth, fixedOp(OpClientToken), (*Emulator).clientToken},
+	PathStableClientToken: {tokensource.V2, styleOAuth, fixedOp(OpClientToken), (*Emulator).clientToken},
 }
 
 // The APIs other than the token endpoints, by family and token kind.
@@ -133,7 +150,7 @@ func matchRoute(host, p string) (route, bool) {
 		switch {
 		case strings.HasPrefix(p, "/openapi/v1/"), strings.HasPrefix(p, "/openapi/v2/"):
 			f = tokensource.V1
-		case strings.HasPrefix(p, "/api/"):
+		case strings.HasPrefix(p, "/api/"), strings.HasPrefix(p, "/js/"):
 			f = tokensource.V2
 		default:
 			return route{}, false
@@ -149,8 +166,9 @@ func matchRoute(host, p string) (route, bool) {
 
 // apiError is a business error answered in the endpoint's envelope.
 type apiError struct {
-	code int
-	msg  string
+	code    int
+	msg     string
+	dialect dialect // how it is answered, when not in the route's style
 }
 
 func apiErr(code int, format string, args ...any) *apiError {
@@ -232,6 +250,10 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "503 Service Unavailable (emulated outage)", http.StatusServiceUnavailable)
 		return
 	}
+	if f == faultRate {
+		e.rateRefused(w, rt, op, r, body)
+		return
+	}
 	if sleepCtx(r.Context(), latency) != nil {
 		return
 	}
@@ -304,6 +326,10 @@ func (e *Emulator) subjectLocked(op string, f tokensource.Family, r *http.Reques
 		}
 		_ = json.Unmarshal(body, &b)
 		return b.AppID
+	case OpAppAccessToken, OpClientToken:
+		var b appTokenRequest
+		_ = json.Unmarshal(body, &b)
+		return b.AppID + b.ClientKey
 	case OpDownstream:
 		v := q.Get("authorizer_access_token")
 		if f == tokensource.V2 {
@@ -330,6 +356,33 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeAnswer writes data or aerr in the route's envelope. Business errors are
 // HTTP 200, as on the platform.
 func writeAnswer(w http.ResponseWriter, rt route, status int, data any, aerr *apiError, logID string) {
+	if aerr != nil && aerr.dialect != dialectStyle {
+		switch aerr.dialect {
+		case dialectErrcode:
+			writeJSON(w, status, map[string]any{"errcode": aerr.code, "errmsg": aerr.msg})
+		case dialectDataErrorCode:
+			writeJSON(w, status, map[string]any{"data": map[string]any{"error_code": aerr.code, "description": aerr.msg},
+				"extra": map[string]any{"error_code": aerr.code, "description": aerr.msg, "logid": logID}, "message": "error"})
+		}
+		return
+	}
+	switch rt.style {
+	case styleAppToken:
+		if aerr != nil {
+			writeJSON(w, status, map[string]any{"err_no": aerr.code, "err_tips": aerr.msg, "data": map[string]any{"access_token": "", "expires_in": 0}})
+			return
+		}
+		writeJSON(w, status, map[string]any{"err_no": 0, "err_tips": "success", "data": data})
+		return
+	case styleOAuth:
+		if aerr != nil {
+			writeJSON(w, status, map[string]any{"data": map[string]any{"error_code": aerr.code, "description": aerr.msg, "captcha": "", "desc_url": ""},
+				"extra": map[string]any{"error_code": aerr.code, "description": aerr.msg, "logid": logID}, "message": "error"})
+			return
+		}
+		writeJSON(w, status, map[string]any{"data": data, "message": "success"})
+		return
+	}
 	switch rt.style {
 	case styleV2Envelope:
 		if aerr != nil {
@@ -724,6 +777,9 @@ func (c *call) echo(owner string) DownstreamData {
 			carriers["query:"+k] = n
 		}
 	}
+	if n := bodyTokenFields(c.body); n > 0 {
+		carriers["body:access_token"] = n
+	}
 	sum := sha256.Sum256(c.body)
 	return DownstreamData{
 		AppID: owner, Family: string(c.family), Token: c.kind, Method: c.r.Method, Path: c.r.URL.EscapedPath(),
@@ -774,6 +830,9 @@ func (e *Emulator) downstream(c *call) (any, *apiError) {
 			return nil, apiErr(ErrnoMissing, "缺少参数 authorizer_access_token")
 		}
 	} else {
+		if data, aerr, handled := e.appDownstream(c); handled {
+			return data, aerr
+		}
 		v = v2APIToken(c.r.Header)
 		if v == "" {
 			return invalid("", false, false, "no access-token header")

@@ -72,6 +72,8 @@ type cluster struct {
 	handler string // the site's handler lines before reverse_proxy; default "tptoken"
 	level   string // log level; default INFO
 	admin   string // Caddy's admin endpoint (host:port); default off
+	bin     string // the Caddy binary; default caddyBin
+	storeM  string // the storage module; default file_system
 	// adminEach gives each instance an admin endpoint of its own (instance.admin).
 	adminEach bool
 	insts     []*instance
@@ -149,13 +151,19 @@ func (c *cluster) launch(in *instance) {
 	in.events = fmt.Sprintf("http://127.0.0.1:%d", freePort(c.t))
 	in.logPath = filepath.Join(dir, "caddy.log")
 	in.cfgPath = filepath.Join(dir, "Caddyfile")
-	handler, level, admin := c.handler, c.level, c.admin
+	handler, level, admin, bin, storeM := c.handler, c.level, c.admin, c.bin, c.storeM
 	if c.adminEach {
 		in.admin = fmt.Sprintf("127.0.0.1:%d", freePort(c.t))
 		admin = in.admin
 	}
 	if admin == "" {
 		admin = "off"
+	}
+	if bin == "" {
+		bin = caddyBin
+	}
+	if storeM == "" {
+		storeM = "file_system"
 	}
 	if handler == "" {
 		handler = "tptoken"
@@ -167,7 +175,7 @@ func (c *cluster) launch(in *instance) {
 	admin %s
 	persist_config off
 	auto_https off
-	storage file_system %s
+	storage %s %s
 	log {
 		output file %s
 		level %s
@@ -193,11 +201,11 @@ func (c *cluster) launch(in *instance) {
 %s {
 	tptoken_events
 }
-`, admin, c.storage, in.logPath, level, c.family, c.emuURL, c.global, in.proxy, handler, c.emuURL, in.events)
+`, admin, storeM, c.storage, in.logPath, level, c.family, c.emuURL, c.global, in.proxy, handler, c.emuURL, in.events)
 	if err := os.WriteFile(in.cfgPath, []byte(cfg), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
-	cmd := exec.Command(caddyBin, "run", "--config", in.cfgPath, "--adapter", "caddyfile")
+	cmd := exec.Command(bin, "run", "--config", in.cfgPath, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "TPT_APPID="+component, "TPT_SECRET="+secret, "TPT_MSG="+msgToken, "TPT_AES="+aesKey,
 		"HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 	out, err := os.Create(filepath.Join(dir, "stderr.log"))

@@ -31,6 +31,7 @@ export SANDBOX_TP1_ENCODING_AES_KEY=${SANDBOX_TP1_ENCODING_AES_KEY:-F5qdpIUZpxkE
 export SANDBOX_TP2_APPSECRET=${SANDBOX_TP2_APPSECRET:-sandbox-tp2-appsecret}
 export SANDBOX_TP2_MESSAGE_TOKEN=${SANDBOX_TP2_MESSAGE_TOKEN:-sandbox-tp2-message-token}
 export SANDBOX_TP2_ENCODING_AES_KEY=${SANDBOX_TP2_ENCODING_AES_KEY:-KYsc9J0HyFTX0dkUEIQIJMfSme3xHKT5gxwQR2m2szc}
+export SANDBOX_APP_SECRET=${SANDBOX_APP_SECRET:-sandbox-app-secret}
 export SANDBOX_STORAGE_KEY=${SANDBOX_STORAGE_KEY:-dbeaed43481a64ade3fd44d5720d67e5d53a02b40a404d6e5d69ce1e37f13467}
 
 V1=http://127.0.0.1:8081
@@ -42,6 +43,7 @@ V2_API=$V2/api/apps/v2/basic_info/get_info/
 HDR2='access-token: tt0000demo02'
 V1_LIST="$V1/openapi/v1/tp/auth_app_list?page=1&size=10"
 V1_NOBODY="$V1/openapi/v1/microapp/app/info?authorizer_access_token=tt0000nobody"
+APP_API=$V2/app/api/apps/v1/qrcode/create/
 
 # get URL [HEADER]: the body of a GET, or a failure.
 get() {
@@ -113,6 +115,7 @@ wait_for() { # URL HEADER APPID
 }
 wait_for "$V1_API" "" tt0000demo01
 wait_for "$V2_API" "$HDR2" tt0000demo02
+wait_for "$APP_API" "" tt0000demoapp1
 
 show() { # URL [HEADER]
 	echo
@@ -138,6 +141,9 @@ echo
 echo "a TP-level API gets the component token:"
 show "$V1_LIST"
 echo
+echo "an app's own client_token (token client_token; tptoken fetched it once, for every instance):"
+show "$APP_API"
+echo
 echo "an appid that never authorized gets a clear error in the v1 envelope, HTTP 200 as the platform answers"
 echo "(a value tptoken has no record of is named by its fingerprint: it could be a token):"
 show "$V1_NOBODY"
@@ -150,6 +156,10 @@ Try more:
     curl -s '$V1/openapi/v1/microapp/app/info?authorizer_access_token=tt0000demo03'
   make the platform drop the current token (tptoken refreshes and replays once):
     curl -s -X POST -d '{"appid":"tt0000demo01","family":"v1"}' http://127.0.0.1:8091/_emulator/revoke
+  make the platform drop the app's client_token (tptoken fetches a new one and replays once):
+    curl -s -X POST http://127.0.0.1:8092/_emulator/apps/tt0000demoapp1/client_token/revoke
+  the app tokens' state (never the token):
+    bin/caddy-sandbox tptoken apps
   what the platform saw:
     curl -s http://127.0.0.1:8091/_emulator/stats
 EOF

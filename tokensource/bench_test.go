@@ -49,3 +49,38 @@ func BenchmarkTokenHitParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkComponentTokenHit is the request path of a cached, fresh
+// component token (a single token, as an app's).
+func BenchmarkComponentTokenHit(b *testing.B) {
+	h := newHarness(b, tokensource.V2)
+	e := h.engine()
+	ctx := context.Background()
+	if _, err := e.ComponentToken(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := e.ComponentToken(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAppTokenHit is the request path of a cached, fresh app token.
+func BenchmarkAppTokenHit(b *testing.B) {
+	h := newHarness(b, tokensource.V2)
+	a := h.appSource(tokensource.ClientToken)
+	ctx := context.Background()
+	if _, err := a.Token(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := a.Token(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

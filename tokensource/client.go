@@ -35,10 +35,17 @@ const maxResponseBody = 1 << 20
 // Its errors never contain a URL query, a token or a secret. Its methods are
 // named after the platform operations they call.
 type client struct {
-	family    Family
+	caller
+	family Family
+	appID  string
+	secret Secret
+}
+
+// caller makes one HTTP call to a platform host and reads its answer, in any
+// of the platform's envelopes. The TP's token API (client) and the app token
+// endpoints (appClient) use it.
+type caller struct {
 	base      *url.URL
-	appID     string
-	secret    Secret
 	http      *http.Client
 	timeout   time.Duration
 	userAgent string
@@ -65,17 +72,22 @@ func newClient(cfg clientConfig) (*client, error) {
 	if cfg.ComponentSecret == "" {
 		return nil, errors.New("component_appsecret is empty: set it (for example {env.TP_COMPONENT_APPSECRET})")
 	}
-	hc := cfg.HTTPClient
+	return &client{
+		caller: newCaller(base, cfg.HTTPClient, cfg.Timeout),
+		family: cfg.Family, appID: cfg.ComponentAppID, secret: cfg.ComponentSecret,
+	}, nil
+}
+
+// newCaller is a caller of base; hc nil means a client with sane transport
+// timeouts, timeout 0 defaultCallTimeout.
+func newCaller(base *url.URL, hc *http.Client, timeout time.Duration) caller {
 	if hc == nil {
 		hc = &http.Client{Transport: defaultTransport()}
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = defaultCallTimeout
+	if timeout <= 0 {
+		timeout = defaultCallTimeout
 	}
-	return &client{
-		family: cfg.Family, base: base, appID: cfg.ComponentAppID, secret: cfg.ComponentSecret,
-		http: hc, timeout: cfg.Timeout, userAgent: "tptoken",
-	}, nil
+	return caller{base: base, http: hc, timeout: timeout, userAgent: "tptoken"}
 }
 
 func defaultTransport() *http.Transport {
@@ -258,20 +270,36 @@ func (c *client) AuthorizedApps(ctx context.Context, componentToken Secret, page
 	return apps, int(out.Total), nil
 }
 
-// envelope covers both error envelopes and the v2 data wrapper.
+// envelope covers the platform's error envelopes and its data wrapper
+// (docs/protocol.md §Envelopes, §App credentials): v1 errno/message; v2
+// err_no/err_msg (err_tips at the app token endpoint)/log_id; the older APIs'
+// errcode/errmsg; and, at open.douyin.com's oauth endpoints, a code inside
+// data (error_code/description) with an extra object.
 type envelope struct {
 	Errno   *flexInt        `json:"errno"`
 	Message string          `json:"message"`
 	ErrNo   *flexInt        `json:"err_no"`
 	ErrMsg  string          `json:"err_msg"`
+	ErrTips string          `json:"err_tips"`
+	Errcode *flexInt        `json:"errcode"`
+	Errmsg  string          `json:"errmsg"`
 	LogID   string          `json:"log_id"`
 	Data    json.RawMessage `json:"data"`
+	Extra   *struct {
+		LogID string `json:"logid"`
+	} `json:"extra"`
+}
+
+// dataError is the code an answer carries inside data.
+type dataError struct {
+	ErrorCode   *flexInt `json:"error_code"`
+	Description string   `json:"description"`
 }
 
 // do makes one call and decodes the answer into out. The answer may be bare
-// fields (v1 token endpoints) or wrapped in data (v2); either error envelope
+// fields (v1 token endpoints) or wrapped in data (v2); any error envelope
 // becomes a *PlatformError.
-func (c *client) do(ctx context.Context, op, method, path string, q url.Values, accessToken string, body []byte, out any) error {
+func (c *caller) do(ctx context.Context, op, method, path string, q url.Values, accessToken string, body []byte, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	u := *c.base
@@ -307,6 +335,9 @@ func (c *client) do(ctx context.Context, op, method, path string, q url.Values, 
 	}
 	var env envelope
 	jsonErr := json.Unmarshal(raw, &env)
+	if env.LogID == "" && env.Extra != nil {
+		env.LogID = env.Extra.LogID
+	}
 	if code, msg := env.code(); jsonErr == nil && code != 0 {
 		return &PlatformError{Op: op, Code: code, Message: truncate(msg, 200), LogID: env.LogID, HTTPStatus: resp.StatusCode}
 	}
@@ -327,11 +358,22 @@ func (c *client) do(ctx context.Context, op, method, path string, q url.Values, 
 }
 
 func (e *envelope) code() (int, string) {
-	if e.ErrNo != nil && *e.ErrNo != 0 {
+	switch {
+	case e.ErrNo != nil && *e.ErrNo != 0:
+		if e.ErrMsg == "" {
+			return int(*e.ErrNo), e.ErrTips
+		}
 		return int(*e.ErrNo), e.ErrMsg
-	}
-	if e.Errno != nil && *e.Errno != 0 {
+	case e.Errno != nil && *e.Errno != 0:
 		return int(*e.Errno), e.Message
+	case e.Errcode != nil && *e.Errcode != 0:
+		return int(*e.Errcode), e.Errmsg
+	}
+	if len(e.Data) > 0 && e.Data[0] == '{' && bytes.Contains(e.Data, []byte(`"error_code"`)) {
+		var d dataError
+		if json.Unmarshal(e.Data, &d) == nil && d.ErrorCode != nil && *d.ErrorCode != 0 {
+			return int(*d.ErrorCode), d.Description
+		}
 	}
 	return 0, ""
 }

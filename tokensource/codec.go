@@ -5,7 +5,6 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -37,25 +36,6 @@ type sealed struct {
 }
 
 const sealAlg = "A256GCM"
-
-// ParseEncryptionKey accepts a 32-byte AES-256 key given as 32 raw characters,
-// 64 hex digits or base64 (standard or URL alphabet, padded or not).
-func ParseEncryptionKey(s string) ([]byte, error) {
-	if len(s) == 32 {
-		return []byte(s), nil
-	}
-	if len(s) == 64 {
-		if b, err := hex.DecodeString(s); err == nil {
-			return b, nil
-		}
-	}
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if b, err := enc.DecodeString(s); err == nil && len(b) == 32 {
-			return b, nil
-		}
-	}
-	return nil, errors.New("encryption_key must be 32 bytes: 32 characters, 64 hex digits, or base64 of 32 bytes (for example: openssl rand -base64 32)")
-}
 
 // keyID names an encryption key in sealed records and in messages: the first
 // 4 bytes of a SHA-256 of the key, in hex. It reveals nothing of the key.

@@ -14,7 +14,9 @@
 // satisfies it), the platform's address and the TP's credentials, a clock and
 // a zap logger. A caller needs Token and Invalidate (ComponentToken and
 // InvalidateComponent for TP-level APIs), HandlePush for the platform's pushes
-// (opened by package push), and Run for the background work.
+// (opened by package push), and Run for the background work. An app's own
+// token (no TP involved) has an AppSource of the same shape: fetched at most
+// once per generation across the instances sharing the Store.
 //
 // Where things are:
 //
@@ -26,8 +28,14 @@
 //	pushes.go     what a push does to state: HandlePush, the replay window,
 //	              tickets, revocations ("how does a push change state?")
 //	exchange.go   code exchange and the index of exchanged codes
-//	engine.go     Engine, New, Token (the request path), the in-memory slots,
-//	              single-flight, platform call slots and retries
+//	engine.go     Engine, New, Token (the request path), the in-memory slots
+//	base.go       what every token source runs on: store, codec, clock,
+//	              single-flight, platform call slots, retries, lifecycle
+//	single.go     one stored token without a refresh token, fetched under the
+//	              cluster lock: the component token, an app's own token
+//	appsource.go  AppSource: an app's own access_token or client_token (a
+//	              single token), NewAppSource, AppConfig, AppInfo
+//	appclient.go  the app token endpoints, their codes (one HTTP call each)
 //	config.go     Config and its defaults
 //	component.go  the component token and the ticket it is fetched with
 //	maintain.go   Run: the background loop (maintain, sweep)

@@ -9,28 +9,20 @@ import (
 
 	gocache "github.com/patrickmn/go-cache"
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 )
 
 // Engine hands out tokens for the authorizers of one component (TP) appid and one
 // token family. Several engines (instances) may share one Store.
 type Engine struct {
+	*base
 	cfg    Config
 	family Family
 	client *client
-	store  Store
 	keys   keys
-	codec  codec
-	log    *zap.Logger
-	now    func() time.Time
-	obs    Observer
 
 	slots *gocache.Cache // appid -> *slot
-	comp  slot           // the component token
-	sf    singleflight.Group
-	local keyedMutex
-	calls chan struct{} // semaphore for platform calls
+	comp  *single        // the component token (component.go)
 
 	redirect redirectGate          // exchanges started by the authorization redirect
 	pushes   *recentSet[time.Time] // pushes handled recently (replay memory)
@@ -42,10 +34,6 @@ type Engine struct {
 
 	rebuilding  atomic.Pointer[rebuildRun] // the rebuild running (rebuild.go)
 	autoRunning atomic.Bool                // rebuild_on_empty runs in the cluster (autorebuild.go)
-
-	mu     sync.Mutex // guards closed
-	closed bool
-	wg     sync.WaitGroup // operations in flight
 }
 
 // New builds an Engine. It makes no I/O and starts no goroutine.
@@ -63,20 +51,20 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
+		base: newBase(cfg.Store, cd, cfg.Logger, cfg.Now, cfg.Observer, cfg.MaxConcurrentCalls, limits{
+			lockTimeout: cfg.LockTimeout, opTimeout: cfg.OpTimeout, attempts: cfg.Attempts,
+			retryBase: cfg.RetryBase, retryMax: cfg.RetryMax, allowUnlocked: cfg.AllowUnlocked,
+		}),
 		cfg:     cfg,
 		family:  cl.family,
 		client:  cl,
-		store:   cfg.Store,
 		keys:    newKeys(cfg.ComponentAppID),
-		codec:   cd,
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		obs:     cfg.Observer,
 		slots:   gocache.New(gocache.NoExpiration, 0), // no janitor goroutine: idle slots are swept by the engine
-		calls:   make(chan struct{}, cfg.MaxConcurrentCalls),
 		pushes:  newRecentSet[time.Time](pushesKept),
 		newApps: rate.NewLimiter(rate.Every(newAppRecoveryEvery), newAppRecoveryBurst),
 	}
+	e.lockName = e.lockField
+	e.comp = e.newComponentToken()
 	e.redirect = newRedirectGate(&e.cfg)
 	return e, nil
 }
@@ -84,25 +72,8 @@ func New(cfg Config) (*Engine, error) {
 // Close waits for operations in flight (each is bounded by OpTimeout) and makes
 // later operations fail. It never interrupts a refresh: that would lose its answer.
 func (e *Engine) Close() error {
-	e.mu.Lock()
-	e.closed = true
-	e.mu.Unlock()
-	e.wg.Wait()
+	e.close()
 	return nil
-}
-
-var errClosed = &Error{Kind: KindUnavailable, Msg: "token engine is shut down", RetryAfter: time.Second}
-
-// begin registers an operation; it fails once the engine is closed.
-func (e *Engine) begin() (context.Context, func(), error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return nil, nil, errClosed
-	}
-	e.wg.Add(1)
-	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.OpTimeout)
-	return ctx, func() { cancel(); e.wg.Done() }, nil
 }
 
 // slot is the in-memory state of one authorizer (or of the component token).
@@ -126,8 +97,9 @@ type entry struct {
 	checkedAt  time.Time // when storage last confirmed rec
 	retryAt    time.Time // no platform attempt before this (backoff)
 	failures   int
-	lastErr    error // why the last attempt failed
-	dirty      bool  // rec is newer than what storage holds (a write failed)
+	lastErr    error         // why the last attempt failed
+	dirty      bool          // rec is newer than what storage holds (a write failed)
+	syncEvery  time.Duration // a single token's: reloaded once checkedAt is older (policy.go)
 }
 
 func (e *Engine) newEntry(rec *record, now time.Time) *entry {
@@ -154,7 +126,7 @@ func (e *Engine) slotFor(appid string) *slot {
 // Token is an access token ready to be sent, with what is needed to send it.
 type Token struct {
 	Value      Secret
-	AppID      string // authorizer appid; "" for a component token
+	AppID      string // authorizer appid, or the app of an app token; "" for a component token
 	Family     Family
 	Expiry     time.Time
 	Generation uint64
@@ -221,27 +193,6 @@ func (e *Engine) stateError(appid string, en *entry) error {
 			Msg: "the authorization is gone (unauthorized or revoked): the mini-app must authorize the TP again"}
 	}
 	return nil
-}
-
-// wait runs fn once per key and waits for its token or for ctx.
-func (e *Engine) wait(ctx context.Context, key string, fn func() (any, error)) (Token, error) {
-	v, err := e.await(ctx, key, fn)
-	if err != nil {
-		return Token{}, err
-	}
-	return v.(Token), nil
-}
-
-// await runs fn once per key (single-flight) and waits for it or for ctx. fn
-// keeps running when ctx ends: a refresh must not lose its answer.
-func (e *Engine) await(ctx context.Context, key string, fn func() (any, error)) (any, error) {
-	ch := e.sf.DoChan(key, fn)
-	select {
-	case r := <-ch:
-		return r.Val, r.Err
-	case <-ctx.Done():
-		return nil, &Error{Kind: KindUnavailable, Msg: "gave up waiting (the operation continues)", RetryAfter: time.Second, Err: ctx.Err()}
-	}
 }
 
 // syncInBackground reloads a cached record from storage once, without blocking
@@ -315,51 +266,4 @@ func (e *Engine) adoptOver(s *slot, old *entry, rec *record, now time.Time) (*en
 		en.suspect, en.confirmed, en.retryAt, en.failures, en.lastErr = old.suspect, old.confirmed, old.retryAt, old.failures, old.lastErr
 	}
 	return en, s.cur.CompareAndSwap(old, en)
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// call runs one platform call inside the concurrency cap. An exchange started
-// by a redirect already holds a redirect slot, and takes none of these.
-func (e *Engine) call(ctx context.Context, fn func(context.Context) error) error {
-	if fromRedirect(ctx) {
-		return fn(ctx)
-	}
-	select {
-	case e.calls <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-e.calls }()
-	return fn(ctx)
-}
-
-// retry runs fn up to Attempts times while it fails with a retryable error
-// (once for an exchange started by a redirect: its budget counts calls).
-func (e *Engine) retry(ctx context.Context, fn func(context.Context) error) error {
-	attempts := e.cfg.Attempts
-	if fromRedirect(ctx) {
-		attempts = 1
-	}
-	var err error
-	for n := 1; n <= attempts; n++ {
-		err = e.call(ctx, fn)
-		if err == nil || !isRetryable(err) || n == attempts {
-			return err
-		}
-		if serr := sleep(ctx, e.backoff(n)); serr != nil {
-			return err
-		}
-	}
-	return err
 }

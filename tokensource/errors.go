@@ -19,6 +19,12 @@ type PlatformError struct {
 	Message    string // the platform's message (never holds a secret)
 	LogID      string // v2 log_id, for support tickets
 	HTTPStatus int    // HTTP status of the answer
+
+	// The class an endpoint's own code table gives the answer (app token
+	// endpoints: appclient.go), which classify reads before the global table:
+	// codes mean different things at different endpoints.
+	cls        class
+	classified bool
 }
 
 func (e *PlatformError) Error() string {
@@ -48,6 +54,8 @@ const (
 	classAuthorizationGone                   // the authorizer revoked us or is banned (40004, 40022, 28001016)
 	classCodeExpired                         // the authorization code expired or was used (40018)
 	classInvalidAuthorizerToken              // a downstream API rejected the authorizer token (40020, 28001003, 28001008)
+	classCredentialsRefused                  // an app token endpoint refused the app's credentials (40015, 40017; 10003, 10013)
+	classRateLimited                         // an app token endpoint refused for rate (10020; HTTP 429)
 )
 
 func (c class) String() string {
@@ -64,6 +72,10 @@ func (c class) String() string {
 		return "code_expired"
 	case classInvalidAuthorizerToken:
 		return "invalid_authorizer_token"
+	case classCredentialsRefused:
+		return "credentials_refused"
+	case classRateLimited:
+		return "rate_limited"
 	}
 	return "other"
 }
@@ -124,6 +136,9 @@ func classify(err error) class {
 	}
 	var pe *PlatformError
 	if errors.As(err, &pe) {
+		if pe.classified {
+			return pe.cls
+		}
 		if pe.Code != 0 {
 			return classifyCode(pe.Code)
 		}
@@ -141,6 +156,22 @@ func classify(err error) class {
 		return classRetryable
 	}
 	return classOther
+}
+
+// unknownOutcome reports a failed call that may have taken effect at the
+// platform without its answer reaching us: a timeout, or a connection that
+// broke once the request could have been sent. A refused connection (the
+// request never left) and any answer, 5xx included, are known outcomes.
+func unknownOutcome(err error) bool {
+	var pe *PlatformError
+	if err == nil || errors.As(err, &pe) {
+		return false
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return false
+	}
+	return classify(err) == classRetryable
 }
 
 // isTimeout reports whether err is a timeout of a platform call.

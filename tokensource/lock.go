@@ -65,33 +65,33 @@ var errLockTimeout = errors.New("timed out waiting for the storage lock (another
 // reason other than contention is skipped: the in-process lock alone then
 // guarantees one refresh at a time, which holds only if no other instance shares
 // the storage.
-func (e *Engine) acquire(ctx context.Context, name string) (release func(), err error) {
-	lctx, cancel := context.WithTimeout(ctx, e.cfg.LockTimeout)
+func (b *base) acquire(ctx context.Context, name string) (release func(), err error) {
+	lctx, cancel := context.WithTimeout(ctx, b.limits.lockTimeout)
 	defer cancel()
-	unlocal, err := e.local.lock(lctx, name)
+	unlocal, err := b.local.lock(lctx, name)
 	if err != nil {
 		return nil, errLockTimeout
 	}
-	err = e.lockStorage(lctx, name)
+	err = b.lockStorage(lctx, name)
 	if err != nil {
 		timedOut := lctx.Err() != nil
 		if timedOut {
 			unlocal()
 			return nil, errLockTimeout
 		}
-		if !e.cfg.AllowUnlocked {
+		if !b.limits.allowUnlocked {
 			unlocal()
 			return nil, err
 		}
-		e.log.Error("storage lock failed; continuing with the in-process lock only (single-instance mode)",
-			e.lockField(name), zapErr(err))
+		b.log.Error("storage lock failed; continuing with the in-process lock only (single-instance mode)",
+			b.lockName(name), zapErr(err))
 		return unlocal, nil
 	}
 	return func() {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if err := e.store.Unlock(uctx, name); err != nil {
-			e.log.Error("releasing storage lock failed; it expires when stale", e.lockField(name), zapErr(err))
+		if err := b.store.Unlock(uctx, name); err != nil {
+			b.log.Error("releasing storage lock failed; it expires when stale", b.lockName(name), zapErr(err))
 		}
 		unlocal()
 	}, nil
@@ -101,26 +101,26 @@ func (e *Engine) acquire(ctx context.Context, name string) (release func(), err 
 // abandoned lock (LockBreaker), the wait is cut into attempts of lockAttempt,
 // and after each the store is asked to break the lock if it was taken longer
 // ago than any engine holds one.
-func (e *Engine) lockStorage(ctx context.Context, name string) error {
-	lb, breaks := e.store.(LockBreaker)
+func (b *base) lockStorage(ctx context.Context, name string) error {
+	lb, breaks := b.store.(LockBreaker)
 	if !breaks {
-		return e.store.Lock(ctx, name)
+		return b.store.Lock(ctx, name)
 	}
 	for {
 		actx, cancel := context.WithTimeout(ctx, lockAttempt)
-		err := e.store.Lock(actx, name)
+		err := b.store.Lock(actx, name)
 		attemptTimedOut := actx.Err() != nil
 		cancel()
 		if err == nil || ctx.Err() != nil || !attemptTimedOut {
 			return err
 		}
-		heldFor, err := lb.BreakLock(ctx, name, e.abandonedAfter())
+		heldFor, err := lb.BreakLock(ctx, name, b.abandonedAfter())
 		switch {
 		case err != nil:
-			e.log.Error("cannot remove an abandoned storage lock", e.lockField(name), zapErr(err))
+			b.log.Error("cannot remove an abandoned storage lock", b.lockName(name), zapErr(err))
 		case heldFor > 0:
-			e.log.Error("removed an abandoned storage lock (its holder is gone but the lock was kept fresh)",
-				e.lockField(name), zap.Duration("held_for", heldFor))
+			b.log.Error("removed an abandoned storage lock (its holder is gone but the lock was kept fresh)",
+				b.lockName(name), zap.Duration("held_for", heldFor))
 		}
 	}
 }

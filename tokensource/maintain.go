@@ -124,7 +124,7 @@ func (e *Engine) runJob(ctx context.Context, j job) {
 	}
 	fn := func() (any, error) { return e.obtain(j.appid, j.m) }
 	if j.appid == "" {
-		fn = func() (any, error) { return e.obtainComponent(j.m) }
+		fn = func() (any, error) { return e.comp.obtain(j.m, 0) }
 	}
 	select {
 	case r := <-e.sf.DoChan(j.key(), fn):

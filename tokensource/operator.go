@@ -302,8 +302,8 @@ func (e *Engine) ComponentInfo(ctx context.Context) ComponentInfo {
 		ci.TicketAgeSeconds = e.now().Sub(t.ReceivedAt).Seconds()
 	}
 	en := e.comp.cur.Load()
-	if r, err := e.loadComponent(ctx); err == nil && (en == nil || en.rec == nil || r.Generation > en.rec.Generation) {
-		en = e.newComponentEntry(r, e.now())
+	if r, err := e.comp.load(ctx); err == nil && (en == nil || en.rec == nil || r.Generation > en.rec.Generation) {
+		en = e.comp.newEntry(r, e.now())
 	}
 	if en != nil && en.rec != nil {
 		ci.TokenExpiry, ci.TokenGeneration = en.rec.AccessExpiry, en.rec.Generation

@@ -49,6 +49,9 @@ const (
 	// defaultActiveWindow: an authorizer used within the hour is refreshed
 	// ahead of requests; an idle one is refreshed on its next request.
 	defaultActiveWindow = time.Hour
+	// defaultAppGrace: the platform keeps an app's previous token 5 minutes
+	// after a new one is fetched (docs/protocol.md §App credentials).
+	defaultAppGrace = 5 * time.Minute
 )
 
 // Access tokens: fresh, usable, and the margins that decide them.
@@ -262,17 +265,123 @@ const (
 	ticketStaleAfter = 3 * time.Hour
 )
 
+// Single tokens (single.go): the component token and app tokens.
+
+// due reports whether a single token needs fetching in mode m (onDemand,
+// ahead, forced); seen is the generation a forced caller saw before waiting:
+// an operator's fetch is made unless another instance fetched meanwhile.
+func (s *single) due(m mode, en *entry, now time.Time, seen uint64) bool {
+	switch m {
+	case ahead:
+		return en.dueAhead(now, 1)
+	case forced:
+		return en == nil || en.rec == nil || en.rec.Generation == seen || !en.usable(now)
+	}
+	return !en.fresh(now)
+}
+
+// syncDue: a cached single token still serves, but is reloaded from storage
+// (in the background) once older than syncEvery, so that every instance
+// moves to a token another one fetched well within the grace the platform
+// leaves the previous one.
+func (s *single) syncDue(en *entry, now time.Time) bool { return now.Sub(en.checkedAt) > en.syncEvery }
+
+// syncEvery is SyncInterval, at most half the grace and a tenth of the
+// token's life: with the defaults 30 s (a 2-hour token, 5 minutes of grace);
+// a 6-second test token with 2 s of grace is reloaded every 0.6 s. Each
+// entry keeps its own (newEntry), off the request path.
+func (s *single) syncEvery(en *entry) time.Duration {
+	d := s.syncInterval
+	if s.grace > 0 {
+		d = min(d, s.grace/2)
+	}
+	if life := tokenLife(en); life > 0 {
+		d = min(d, life/10)
+	}
+	return d
+}
+
+// tokenLife is the life of en's token as issued (0 when unknown).
+func tokenLife(en *entry) time.Duration {
+	if en == nil || en.rec == nil {
+		return 0
+	}
+	return en.rec.AccessExpiry.Sub(en.rec.AccessIssued)
+}
+
+// cutAt is when a token stops being sent after a fetch that may have taken
+// effect unseen (a timeout, a connection broken after sending) started at
+// attempt: the platform then keeps the previous token only grace longer, so
+// it is sent until that, less the skew of margins.
+func cutAt(attempt time.Time, grace time.Duration, rec *record) time.Time {
+	skew := 30 * time.Second
+	if rec != nil {
+		if life := rec.AccessExpiry.Sub(rec.AccessIssued); life > 0 {
+			skew = min(skew, life/10)
+		}
+	}
+	return attempt.Add(grace - skew)
+}
+
+// An app token's fetch refused for rate (10020: more than 500 fetches of the
+// client_key in 5 minutes, by every system fetching it) is not retried at
+// once: the next attempt waits a tenth of the token's life (at most a
+// minute), doubling up to the platform's window (5 minutes, at most half the
+// life). The current token serves meanwhile, until it may no longer be sent.
+const (
+	rateRetryFirst = time.Minute
+	rateWindow     = 5 * time.Minute
+)
+
+// retryIn is the backoff after the failures-th failed fetch of a single token.
+func (s *single) retryIn(en *entry, cause error) time.Duration {
+	if classify(cause) != classRateLimited {
+		return s.backoff(en.failures)
+	}
+	first, most := rateRetryFirst, rateWindow
+	if life := tokenLife(en); life > 0 {
+		first, most = min(first, life/10), min(most, life/2)
+	}
+	d := first
+	for i := 1; i < en.failures && d < most; i++ {
+		d *= 2
+	}
+	d = min(d, most)
+	return d - d/5 + time.Duration(rand.Int64N(int64(d)/5+1))*2
+}
+
+// queuesAhead reports whether an app token's background loop (Run) fetches
+// it now: a token known and sendable, used within activeWindow, within the
+// background lead u picks (as for authorizers), no backoff running; or one
+// only memory holds (written first).
+func (s *single) queuesAhead(en *entry, now, used time.Time, activeWindow time.Duration, u float64) bool {
+	if en == nil || en.rec == nil || now.Before(en.retryAt) {
+		return false
+	}
+	return en.dirty || en.tok.Value != "" && now.Sub(used) <= activeWindow && en.dueAhead(now, u)
+}
+
+// maintainEvery is how often an app token's background loop looks at it:
+// MaintainInterval, at most a tenth of the token's life, so that no lead is
+// missed.
+func maintainEvery(en *entry, interval time.Duration) time.Duration {
+	if life := tokenLife(en); life > 0 {
+		return min(interval, life/10)
+	}
+	return interval
+}
+
 // Failures.
 
 // backoff is the delay before attempt n (1-based) of a failing platform call,
 // and after a failed renewal before the next one for the same token:
 // RetryBase doubling up to RetryMax, jittered ±20% so instances spread out.
-func (e *Engine) backoff(n int) time.Duration {
-	d := e.cfg.RetryBase
-	for i := 1; i < n && d < e.cfg.RetryMax; i++ {
+func (b *base) backoff(n int) time.Duration {
+	d := b.limits.retryBase
+	for i := 1; i < n && d < b.limits.retryMax; i++ {
 		d *= 2
 	}
-	d = min(d, e.cfg.RetryMax)
+	d = min(d, b.limits.retryMax)
 	j := time.Duration(rand.Int64N(int64(d)/5+1)) * 2
 	return d - d/5 + j
 }
@@ -292,7 +401,7 @@ const lockAttempt = time.Second
 
 // abandonedAfter: no engine holds a lock longer than OpTimeout, so a lock
 // taken longer ago than that (plus one attempt) has no live holder.
-func (e *Engine) abandonedAfter() time.Duration { return e.cfg.OpTimeout + lockAttempt }
+func (b *base) abandonedAfter() time.Duration { return b.limits.opTimeout + lockAttempt }
 
 // Downstream rejections (reject.go applies them).
 const (

@@ -128,14 +128,6 @@ type diskTicket struct {
 	ReceivedAt time.Time `json:"received_at"`
 }
 
-// diskComponentToken is the stored component token of one family.
-type diskComponentToken struct {
-	Token      string    `json:"token"`
-	Issued     time.Time `json:"issued"`
-	Expiry     time.Time `json:"expiry"`
-	Generation uint64    `json:"generation"`
-}
-
 // diskCode remembers which authorizer an exchanged code belonged to, so the
 // authorization redirect (which names no appid) can be answered after the push
 // already used the code. Kept for codeMemory.

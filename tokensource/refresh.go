@@ -97,7 +97,7 @@ func (e *Engine) obtain(appid string, m mode) (any, error) {
 	var gone bool
 	if reported {
 		var allow bool
-		if allow, gone = e.mayRenewSuspect(s, appid, cur, now); !allow {
+		if allow, gone = e.mayRenewSuspect(s, appid, "this authorizer's token", cur, now); !allow {
 			return cur.tok, nil
 		}
 	}
@@ -189,7 +189,7 @@ func (e *Engine) withComponentToken(ctx context.Context, fn func(ct Secret) erro
 		return err
 	}
 	e.log.Warn("component token rejected; fetching a new one once", zapErr(err))
-	markSuspect(&e.comp, ct.Value, true) // the platform's own answer: not subject to the rejection policy
+	markSuspect(&e.comp.slot, ct.Value, true) // the platform's own answer: not subject to the rejection policy
 	if fromRedirect(ctx) {
 		return err // a redirect's budget is one call; the next one gets the new token
 	}

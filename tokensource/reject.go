@@ -86,7 +86,7 @@ func (e *Engine) Invalidate(appid string, sent Token) bool {
 
 // InvalidateComponent is Invalidate for the component token.
 func (e *Engine) InvalidateComponent(sent Token) bool {
-	return e.report(&e.comp, "", sent.Value, false)
+	return e.report(&e.comp.slot, "", sent.Value, false)
 }
 
 // ReportGone reports that a downstream answer to a request sent with the token
@@ -111,7 +111,7 @@ func (e *Engine) ReportGone(appid string, sent Token) bool {
 // report applies the policy to a downstream report of sent (appid "" for the
 // component token): a rejection of the token, or with gone an answer saying
 // the authorization is gone.
-func (e *Engine) report(s *slot, appid string, sent Secret, gone bool) bool {
+func (e *base) report(s *slot, appid string, sent Secret, gone bool) bool {
 	cur := s.cur.Load()
 	if cur == nil || cur.tok.Value == "" || cur.tok.Value != sent || cur.suspect == sent {
 		return false // stale, or already being handled
@@ -136,7 +136,7 @@ func (e *Engine) report(s *slot, appid string, sent Secret, gone bool) bool {
 }
 
 // observeReport hands the outcome of a report to the observer it belongs to.
-func (e *Engine) observeReport(appid string, gone bool, result string) {
+func (e *base) observeReport(appid string, gone bool, result string) {
 	if gone {
 		e.obs.GoneReport(appid, result)
 	} else {
@@ -178,9 +178,10 @@ func (en *entry) unsuspected() *entry {
 
 // mayRenewSuspect decides, under the lock and after the reload, whether a
 // reported rejection of cur's token (which needs no renewal otherwise) may
-// renew it, and whether the report said the authorization is gone. When it
-// may not, the suspicion is lifted: the token keeps being served.
-func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Time) (allow, gone bool) {
+// renew it, and whether the report said the authorization is gone; what
+// names the token in the log. When it may not, the suspicion is lifted: the
+// token keeps being served.
+func (e *base) mayRenewSuspect(s *slot, appid, what string, cur *entry, now time.Time) (allow, gone bool) {
 	r := s.rejections()
 	r.mu.Lock()
 	allow, tripped := r.onRenewal(cur.tok.Value, now)
@@ -193,10 +194,6 @@ func (e *Engine) mayRenewSuspect(s *slot, appid string, cur *entry, now time.Tim
 	}
 	if tripped {
 		e.observeReport(appid, gone, RejectBreakerTripped)
-		what := "the component token"
-		if appid != "" {
-			what = "this authorizer's token"
-		}
 		msg := "upstream answers rejected a token obtained less than a minute ago because of such an answer: " +
 			"they are not about the token (a client may be steering them through the path or query it chooses); " +
 			"for a while no such answer renews " + what + ", which keeps being sent"

@@ -91,3 +91,11 @@ func forgetExpired[T any](ctx context.Context, e *Engine, dir string, expired fu
 	}
 	return n
 }
+
+// appKeys are the storage key and lock of an app's token of one kind. They
+// live under tptoken/@apps/: '@' is never in an appid, so they cannot meet
+// the keys of a component (tptoken/<component_appid>/...), even one whose
+// appid is the app's.
+func appKeys(appid, kind string) (key, lock string) {
+	return "tptoken/@apps/" + appid + "/" + kind + ".json", "tptoken.@apps." + appid + "." + kind
+}

@@ -114,28 +114,34 @@ func (e *Engine) writeBackShared(ctx context.Context) {
 			e.writeBackTicket(ctx, t)
 		}
 	}
-	en := e.comp.cur.Load()
-	if en == nil || en.rec == nil || !en.usable(e.now()) {
+	e.comp.writeBack(ctx)
+}
+
+// writeBack restores the token this instance holds when storage lost it, so
+// that an instance without it sends the same token instead of fetching one
+// (a fetch cuts the previous token's life). Under the lock: an instance
+// fetching a new one now must not see it replaced by this one.
+func (s *single) writeBack(ctx context.Context) {
+	en := s.cur.Load()
+	if en == nil || en.rec == nil || !en.usable(s.now()) {
 		return
 	}
-	if _, err := e.loadComponent(ctx); !isNotExist(err) {
+	if _, err := s.load(ctx); !isNotExist(err) {
 		return
 	}
-	// Under its lock: an instance fetching a new one now (v2 fetches
-	// invalidate the previous token) must not see it replaced by this one.
-	release, err := e.acquire(ctx, e.keys.componentTokenLock(e.family))
+	release, err := s.acquire(ctx, s.lock)
 	if err != nil {
 		return
 	}
 	defer release()
-	if _, err := e.loadComponent(ctx); !isNotExist(err) {
+	if _, err := s.load(ctx); !isNotExist(err) {
 		return
 	}
-	if err := e.saveComponent(ctx, en.rec); err != nil {
-		e.log.Warn("the component token is missing from storage and writing back the one in memory failed", zapErr(err))
+	if err := s.save(ctx, en.rec); err != nil {
+		s.log.Warn(s.what+" is missing from storage and writing back the one in memory failed", s.subjectField(), zapErr(err))
 		return
 	}
-	e.log.Warn("the component token was missing from storage: wrote back the one this instance holds", zap.Time("expiry", en.rec.AccessExpiry))
+	s.log.Warn(s.what+" was missing from storage: wrote back the one this instance holds", s.subjectField(), zap.Time("expiry", en.rec.AccessExpiry))
 }
 
 // writeBackTicket stores the ticket this instance holds when storage has none
