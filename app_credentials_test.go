@@ -183,6 +183,39 @@ func TestAppTokenUnknownAppIsRefusedInTheV2Envelope(t *testing.T) {
 	}
 }
 
+// Drop-in for apps: the appid where the token goes (appid token) picks the
+// app; a value that names no configured app may be the client's old token,
+// so the answer names it by its fingerprint, never repeats it.
+func TestAppTokenSlotNamesTheAppAndNeverEchoesAnOldToken(t *testing.T) {
+	x := newAppE2E(t, "tptoken {\n\t\ttoken client_token\n\t\tappid token\n\t}")
+	a := x.call(http.MethodGet, "/api/apps/v1/qrcode/create/", http.Header{"Access-Token": {e2eApp}}, "")
+	if a.Status != 200 || a.Data.AppID != e2eApp || a.Data.Token != tokensource.ClientToken {
+		t.Fatalf("the app named in the token slot: %d %s", a.Status, a.Raw)
+	}
+	if got := x.tap.lastRequest().Header.Values("Access-Token"); len(got) != 1 || got[0] == e2eApp {
+		t.Fatalf("the platform got access-token %q, want the app's client_token only", got)
+	}
+	calls := x.emu.Stats().Calls[emulator.OpClientToken]
+	for _, tc := range []struct {
+		old, kind string
+		status    int
+	}{
+		{"clt.an-old-client-token-the-app-still-sends", "bad_appid", http.StatusBadRequest}, // not an appid's alphabet
+		{"clt_an_old_client_token_shaped_as_an_appid", "unknown_app", http.StatusForbidden},
+	} {
+		status, hdr, body := x.rawCall(http.MethodGet, "/api/apps/v1/qrcode/create/", http.Header{"Access-Token": {tc.old}}, "")
+		if status != tc.status || !strings.Contains(body, tc.kind) || !strings.Contains(body, "fingerprint") {
+			t.Fatalf("an old token in the slot: %d %s", status, body)
+		}
+		if strings.Contains(body, tc.old) || strings.Contains(fmt.Sprint(hdr), tc.old) || strings.Contains(x.debugLog(), tc.old) {
+			t.Fatal("the value sent where the token goes was echoed in the answer or the log")
+		}
+	}
+	if n := x.emu.Stats().Calls[emulator.OpClientToken]; n != calls {
+		t.Error("an unknown app cost a platform call")
+	}
+}
+
 // A token the platform rejects mid-traffic is replaced once and the request
 // replayed with the new one; metrics count it under the kind.
 func TestAppTokenRejectedIsReplacedAndTheRequestReplayed(t *testing.T) {

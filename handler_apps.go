@@ -108,6 +108,9 @@ func (h *Handler) appToken(r *http.Request, repl *caddy.Replacer, inj *injection
 		case !tokensource.ValidAppID(inj.appid):
 			return tokensource.CheckAppID(inj.appid)
 		}
+		if !h.slot { // a value from the token slot is shown once known (tokenslot.go)
+			h.showAppID(repl, inj.appid)
+		}
 		if t = h.appsByID[inj.appid]; t == nil {
 			// from the token slot, the value may be the client's old token: not echoed (tokenslot.go)
 			return h.unconfirmed(errUnknownApp{inj.appid, h.appKind}, inj.appid)
