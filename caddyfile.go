@@ -168,20 +168,11 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 		case "push_window":
 			err = durationArg(d, &c.PushWindow)
 		case "single_instance":
-			if d.NextArg() {
-				err = d.Errf("single_instance takes no arguments (got %q)", d.Val())
-			}
-			c.SingleInstance = true
+			err = flagArg(d, &c.SingleInstance)
 		case "rebuild_on_empty":
-			if d.NextArg() {
-				err = d.Errf("rebuild_on_empty takes no arguments (got %q)", d.Val())
-			}
-			c.RebuildOnEmpty = true
+			err = flagArg(d, &c.RebuildOnEmpty)
 		case "metrics_per_appid":
-			if d.NextArg() {
-				err = d.Errf("metrics_per_appid takes no arguments (got %q)", d.Val())
-			}
-			prev.MetricsPerAppID = true
+			err = flagArg(d, &prev.MetricsPerAppID)
 		case "max_replay_memory":
 			var v string
 			var n int64
@@ -524,6 +515,16 @@ func positiveIntArg(d *caddyfile.Dispenser, dst *int) error {
 		return at(d, err)
 	}
 	*dst = n
+	return nil
+}
+
+// flagArg reads an option that takes no argument: its presence sets dst.
+func flagArg(d *caddyfile.Dispenser, dst *bool) error {
+	name := d.Val()
+	if d.NextArg() {
+		return d.Errf("%s takes no arguments (got %q)", name, d.Val())
+	}
+	*dst = true
 	return nil
 }
 

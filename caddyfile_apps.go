@@ -79,10 +79,7 @@ func unmarshalApp(d *caddyfile.Dispenser, prev *App) error {
 		case "lock_timeout":
 			err = durationArg(d, &c.LockTimeout)
 		case "single_instance":
-			if d.NextArg() {
-				err = d.Errf("single_instance takes no arguments (got %q)", d.Val())
-			}
-			c.SingleInstance = true
+			err = flagArg(d, &c.SingleInstance)
 		default:
 			return d.Errf("app %s: unknown option %q", c.AppID, name)
 		}

@@ -71,6 +71,7 @@ func TestCaddyfileAppBlockErrorsNameTheOptionAndLine(t *testing.T) {
 		{"endpoint without kind", block("\t\tsecret {env.S}\n\t\tendpoint https://open.douyin.com"), "endpoint: want <kind> <url>", 4},
 		{"unknown option", block("\t\tsecret {env.S}\n\t\ttoken client_token"), `unknown option "token"`, 4},
 		{"option twice", block("\t\tsecret {env.S}\n\t\tsecret {env.T}"), "secret is set twice", 4},
+		{"a flag with an argument", block("\t\tsecret {env.S}\n\t\ttokens client_token\n\t\tsingle_instance yes"), `single_instance takes no arguments (got "yes")`, 5},
 		{"bad grace", block("\t\tsecret {env.S}\n\t\ttokens client_token\n\t\tgrace 0s"), "grace", 5},
 		{"same app and kind twice", "tptoken {\n\tapp tt_a {\n\t\tsecret {env.S}\n\t\ttokens client_token\n\t}\n\tapp tt_a {\n\t\tsecret {env.S}\n\t\ttokens client_token\n\t}\n}",
 			"client_token is configured twice", 6},
