@@ -365,3 +365,19 @@ func TestAppTokenSurvivesAConfigReload(t *testing.T) {
 		t.Fatalf("%d fetches across a reload, want 1", n)
 	}
 }
+
+// The shortcut in one site for both: a path-matched tptoken_proxy injecting
+// the app's client_token (its upstream: the app's endpoint for the kind),
+// and the catch-all one injecting authorizer tokens named in the token slot.
+func TestAppTokenAndAuthorizerShortcutsShareASite(t *testing.T) {
+	x := newAppE2E(t, "", withRoute("tptoken_proxy /api/apps/v1/qrcode/* {\n\t\ttoken client_token\n\t}\n\ttptoken_proxy"))
+	x.authorize("tt01app")
+	a := x.call(http.MethodGet, "/api/apps/v1/qrcode/create/", http.Header{"Access-Token": {"an-old-token"}}, "")
+	if a.Status != 200 || a.Data.AppID != e2eApp || a.Data.Token != tokensource.ClientToken {
+		t.Fatalf("the app route: %d %s", a.Status, a.Raw)
+	}
+	b := x.call(http.MethodGet, "/api/apps/v2/basic_info/get_info/", http.Header{"Access-Token": {"tt01app"}}, "")
+	if b.Status != 200 || b.Data.AppID != "tt01app" || b.Data.Token != "authorizer" {
+		t.Fatalf("the authorizer route: %d %s", b.Status, b.Raw)
+	}
+}
