@@ -188,17 +188,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		inj.appid = h.takeAppID(r, repl)
 	}
 	if h.slot || h.takeCarrier {
-		h.showAppID(repl, "") // set, and empty until the value is known to be an appid
+		// Set once, and empty unless the value is an appid; a value from the
+		// token slot may be a token: shown once storage knows it (tokenslot.go).
+		shown := ""
+		if !h.slot && tokensource.ValidAppID(inj.appid) {
+			shown = inj.appid
+		}
+		h.showAppID(repl, shown)
 	}
 	var err error
 	switch {
 	case h.appKind != "":
 		err = h.appToken(r, repl, inj)
 	case tpLevel:
-		// The appid is not used; it is shown only if it is one.
-		if tokensource.ValidAppID(inj.appid) {
-			h.showAppID(repl, inj.appid)
-		} else {
+		// The appid is not used; it is kept (and shown, above) only if it is one.
+		if !tokensource.ValidAppID(inj.appid) {
 			inj.appid = ""
 		}
 		inj.tok, err = h.comp.engine.ComponentToken(r.Context())
@@ -209,11 +213,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				Msg: "no authorizer appid in the request: send it " + h.carrierHint()})
 		case !tokensource.ValidAppID(inj.appid):
 			return h.fail(w, r, repl, tokensource.CheckAppID(inj.appid))
-		}
-		// A value from the token slot may be a token (an app sending its old
-		// one): it is shown once storage knows it as an appid (tokenslot.go).
-		if !h.slot {
-			h.showAppID(repl, inj.appid)
 		}
 		if h.allow != nil {
 			if _, ok := h.allow[inj.appid]; !ok {

@@ -108,9 +108,6 @@ func (h *Handler) appToken(r *http.Request, repl *caddy.Replacer, inj *injection
 		case !tokensource.ValidAppID(inj.appid):
 			return tokensource.CheckAppID(inj.appid)
 		}
-		if !h.slot { // a value from the token slot is shown once known (tokenslot.go)
-			h.showAppID(repl, inj.appid)
-		}
 		if t = h.appsByID[inj.appid]; t == nil {
 			// from the token slot, the value may be the client's old token: not echoed (tokenslot.go)
 			return h.unconfirmed(errUnknownApp{inj.appid, h.appKind}, inj.appid)
@@ -118,7 +115,9 @@ func (h *Handler) appToken(r *http.Request, repl *caddy.Replacer, inj *injection
 	} else {
 		inj.appid = t.appID
 	}
-	h.showAppID(repl, t.appID)
+	if h.slot || !h.takeCarrier { // a carrier's appid is shown already (ServeHTTP)
+		h.showAppID(repl, t.appID)
+	}
 	inj.app = t
 	if t.place.in == injectBody {
 		if err := inj.checkBody(r, h); err != nil {
