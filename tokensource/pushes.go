@@ -49,6 +49,12 @@ var ErrPushStale = errors.New("push: TimeStamp outside the accepted window")
 //   - nil otherwise, including a push whose action failed for good (an expired
 //     code): that failure is logged, and retrying could not help.
 func (e *Engine) HandlePush(ctx context.Context, m *push.Message) (duplicate bool, err error) {
+	// An operation in flight: Close waits for it to finish its writes.
+	done, err := e.beginUnbounded()
+	if err != nil {
+		return false, err
+	}
+	defer done()
 	duplicate, err = e.admitPush(ctx, m)
 	if err != nil || duplicate {
 		return duplicate, err

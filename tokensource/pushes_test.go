@@ -177,3 +177,26 @@ func TestEveryLocalAuthorizationOrdersLaterPushes(t *testing.T) {
 		t.Fatalf("a later UNAUTHORIZED did not revoke (%v)", err)
 	}
 }
+
+// A push is an operation like any other: once the engine is closed (a config
+// unloaded), it is refused with an error the platform retries (another
+// instance, or the next config, handles it), and nothing is written to a
+// storage the engine's owner may be removing.
+func TestPushToAClosedEngineIsRefusedAndWritesNothing(t *testing.T) {
+	h := newHarness(t, tokensource.V1)
+	e := h.engine()
+	_ = e.Close()
+	before := h.storedFiles()
+	err := h.deliver(e, push.Message{Kind: push.Ticket, Ticket: "a-ticket-after-close", CreateTime: h.clock.Now()})
+	if tokensource.KindOf(err) != tokensource.KindUnavailable {
+		t.Fatalf("push to a closed engine: %v, want unavailable (retried by the platform)", err)
+	}
+	if after := h.storedFiles(); len(after) != len(before) {
+		t.Fatalf("a closed engine wrote %d files", len(after)-len(before))
+	}
+	for name, body := range h.storedFiles() {
+		if before[name] != body {
+			t.Fatalf("a closed engine changed %s", name)
+		}
+	}
+}
