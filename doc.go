@@ -16,7 +16,7 @@
 //	handler.go         the tptoken handler: appid carriers, ServeHTTP, the failure envelope
 //	handler_apps.go    routes injecting an app's own token: which app, where it goes (inject)
 //	tokenslot.go       the appid where the token goes (appid token): read, every copy removed
-//	loop.go            request loops: the hop header, the start-up check of the upstreams
+//	loop.go            request loops: the hop mark in Via, the start-up check of the upstreams
 //	tptoken_proxy.go   the tptoken_proxy directive: the handler and reverse_proxy in one route
 //	transport.go       the tptoken transport: the token on the outgoing request, the replay
 //	transport_apps.go  an app token in a header, the query or a JSON body; its rejection codes

@@ -55,9 +55,11 @@ func TestTokenSlotCarrierReplacesTheAppidWithTheTokenAndLeavesNoCopy(t *testing.
 			if a.Data.Query != wantQuery {
 				t.Fatalf("query forwarded: %q", a.Data.Query)
 			}
-			// What tptoken sends carries the hop header (loop.go).
-			if got := x.tap.lastRequest().Header.Get(hopHeader); got != "1" {
-				t.Fatalf("%s = %q on the forwarded request", hopHeader, got)
+			// What tptoken sends carries the hop mark in Via, before
+			// reverse_proxy's own entry (loop.go), and no header of its own.
+			sent := x.tap.lastRequest().Header
+			if got := sent.Values("Via"); len(got) != 2 || got[0] != hopMark || !strings.HasSuffix(got[1], " Caddy") {
+				t.Fatalf("Via = %q on the forwarded request, want [%q, \"1.1 Caddy\"]", got, hopMark)
 			}
 
 			// Different values: refused, without repeating them.
@@ -218,11 +220,12 @@ func TestARequestLoopIsRefusedWithoutLeakingTheToken(t *testing.T) {
 				if x.emu.Stats().Calls["downstream"] != calls {
 					t.Fatal("the looped request reached the platform")
 				}
-				// A client's own hop header is refused the same way, before anything else.
+				// A client's own hop mark is refused the same way, before
+				// anything else, wherever it is in its Via.
 				h := slotHeader(fam, "tt01app")
-				h.Set(hopHeader, "1")
+				h.Set("Via", "1.0 corporate-proxy, 1.1 TPTOKEN, 1.1 Caddy")
 				if a := x.call("GET", x.apiPath(), h, ""); a.TPToken.Error != "loop" || x.emu.Stats().Calls["downstream"] != calls {
-					t.Fatalf("with a hop header: %+v", a)
+					t.Fatalf("with a hop mark: %+v", a)
 				}
 			})
 		}

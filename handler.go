@@ -167,7 +167,7 @@ func (h *Handler) provision(ctx caddy.Context) error {
 // token in the request context for the transport.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if _, ok := r.Header[hopHeader]; ok {
+	if via, ok := r.Header["Via"]; ok && marked(via) {
 		return h.refuseLoop(w, r, repl) // before anything is read (loop.go)
 	}
 	tpLevel := h.component || h.auto && h.comp.family.TakesComponentToken(r.URL.Path)
@@ -236,17 +236,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	// The guard makes any transport but tptoken's refuse to send the request
 	// (routecheck.go): a request never leaves without its token. The hop
-	// header marks what tptoken sends, so that it is refused if it comes back
-	// (loop.go). inj is the ResponseWriter of the rest of the route: it
+	// mark in Via marks what tptoken sends, so that it is refused if it comes
+	// back (loop.go). inj is the ResponseWriter of the rest of the route: it
 	// cleans the token from informational answers (transport.go). The request
 	// ends when next returns: what its body held of the replay memory is given
 	// back.
 	r.Header[guardHeader] = guardValue
-	r.Header[hopHeader] = hopValue
+	via := addHopMark(r.Header)
 	inj.ResponseWriter = w
 	err = next.ServeHTTP(inj, attach(r, inj))
 	delete(r.Header, guardHeader)
-	delete(r.Header, hopHeader)
+	removeHopMark(r.Header, via)
 	inj.release()
 	if !inj.used {
 		return h.notInjected(w, r, repl, inj, err)

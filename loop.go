@@ -21,31 +21,73 @@ import (
 // back to it with the token the first pass injected, in the very place the
 // `appid token` carrier reads. Two safety nets:
 //
-//   - The hop header. The handler puts hopHeader on every request it hands to
-//     the transport, so every request tptoken sends carries it (reverse_proxy
-//     copies the request's headers; the real platform ignores an unknown one).
-//     A tptoken handler refuses a request that carries it before reading any
-//     carrier: a loop ends at the second pass, answered without the token (the
-//     request is never read, echoed or forwarded again), 508 or, with
-//     error_response platform, HTTP 200 in the family's envelope.
+//   - The hop mark. The handler adds hopMark to the Via header of every
+//     request it hands to the transport, so every request tptoken sends
+//     carries it (reverse_proxy copies the request's headers and appends its
+//     own Via entry after ours). Via is the header HTTP has for this: every
+//     server accepts it, and reverse_proxy sends one anyway, so the mark adds
+//     no header to the request (a header of our own cost about 4,000
+//     instructions a request on the wire: BENCHMARKS.md). A tptoken handler
+//     refuses a request whose Via holds the mark before reading any carrier:
+//     a loop ends at the second pass, answered without the token (the request
+//     is never read, echoed or forwarded again), 508 or, with error_response
+//     platform, HTTP 200 in the family's envelope.
 //   - A check at start-up (loopCheck): in the background, each upstream of a
 //     `transport tptoken` reverse_proxy is resolved, as its transport resolves
 //     it; one that resolves to an address of this host on which a server of
 //     this Caddy with a tptoken handler listens is logged at ERROR, naming the
 //     upstream and the fix.
 
-// hopHeader marks a request sent by a tptoken transport. No underscore: Caddy
-// drops such header names on the next pass.
-const hopHeader = "Tptoken-Hop"
+// hopMark is the Via entry that marks a request sent by a tptoken transport
+// (received-protocol 1.1, received-by the pseudonym tptoken: RFC 9110 §7.6.3).
+const hopMark = "1.1 tptoken"
 
-// hopValue is shared by every request: nobody modifies a header's values in place.
-var hopValue = []string{"1"}
+// hopValue is the Via of a request that had none, shared by every request:
+// nobody modifies a header's values in place (reverse_proxy appends its own
+// entry to a copy: the slice has no room left).
+var hopValue = []string{hopMark}
+
+// marked reports whether a request's Via entries hold the hop mark. An entry
+// may list several hops ("1.1 tptoken, 1.1 Caddy").
+func marked(via []string) bool {
+	for _, v := range via {
+		for len(v) > 0 {
+			entry, rest, _ := strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(entry), hopMark) {
+				return true
+			}
+			v = rest
+		}
+	}
+	return false
+}
+
+// addHopMark adds the mark to h's Via and returns what to restore once the
+// request is done with (h is the client's request, which Caddy logs).
+func addHopMark(h http.Header) (restore []string) {
+	restore = h["Via"]
+	if len(restore) == 0 {
+		h["Via"] = hopValue
+	} else {
+		h["Via"] = append(restore[:len(restore):len(restore)], hopMark)
+	}
+	return restore
+}
+
+// removeHopMark puts back the Via that addHopMark found.
+func removeHopMark(h http.Header, restore []string) {
+	if restore == nil {
+		delete(h, "Via")
+	} else {
+		h["Via"] = restore
+	}
+}
 
 // errLoop: the request was sent by a tptoken transport, to this sidecar.
 type errLoop struct{ host string }
 
 func (e errLoop) Error() string {
-	return "request loop: this request was already sent once by a tptoken sidecar (header " + hopHeader + "), so the platform host " +
+	return "request loop: this request was already sent once by a tptoken sidecar (Via: " + hopMark + "), so the platform host " +
 		strconv.Quote(e.host) + " resolves to this sidecar for Caddy itself; resolve the platform's names to the sidecar for the apps only " +
 		"(README: Drop-in)"
 }
@@ -57,7 +99,7 @@ func (errTwoHandlers) Error() string {
 	return "two tptoken handlers serve this request: the Caddy configuration must be fixed (remove one; tptoken_proxy has its own)"
 }
 
-// refuseLoop answers a request that carries the hop header. It is answered
+// refuseLoop answers a request whose Via holds the hop mark. It is answered
 // here even with error_response handle_errors: a handler error makes Caddy log
 // the request's headers, and a looped request carries the token injected
 // before.

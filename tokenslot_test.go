@@ -143,7 +143,7 @@ func TestLoopIsAnsweredEvenInHandleErrorsMode(t *testing.T) {
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest("GET", "/api/x", nil)
 	r.Header.Set("Access-Token", "isvact.the-injected-token")
-	r.Header[hopHeader] = hopValue
+	r.Header["Via"] = hopValue
 	if err := h.ServeHTTP(w, r, nil); err != nil {
 		t.Fatalf("the loop was handed to Caddy's error handling: %v", err)
 	}
