@@ -187,11 +187,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	} else if h.takeCarrier {
 		inj.appid = h.takeAppID(r, repl)
 	}
-	if h.slot || h.takeCarrier {
-		// Set once, and empty unless the value is an appid; a value from the
-		// token slot may be a token: shown once storage knows it (tokenslot.go).
+	// {http.tptoken.appid} is set once: empty unless the value is an appid.
+	// A value from the token slot may be a token: it is shown once storage
+	// knows it (tokenslot.go), and a failure before that shows none (outcome).
+	if h.takeCarrier && !h.slot {
 		shown := ""
-		if !h.slot && tokensource.ValidAppID(inj.appid) {
+		if tokensource.ValidAppID(inj.appid) {
 			shown = inj.appid
 		}
 		h.showAppID(repl, shown)
@@ -204,6 +205,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// The appid is not used; it is kept (and shown, above) only if it is one.
 		if !tokensource.ValidAppID(inj.appid) {
 			inj.appid = ""
+		}
+		if h.slot {
+			h.showAppID(repl, "") // the slot's value was dropped
 		}
 		inj.tok, err = h.comp.engine.ComponentToken(r.Context())
 	default:
@@ -519,6 +523,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, repl *caddy.Repla
 func (h *Handler) outcome(repl *caddy.Replacer, err error) failure {
 	f := failureOf(err)
 	if repl != nil {
+		if _, ok := repl.Get("http.tptoken.appid"); !ok && h.slot {
+			repl.Set("http.tptoken.appid", "") // a token slot's value, not known as an appid
+		}
 		repl.Set("http.tptoken.error", f.kind)
 		repl.Set("http.tptoken.errno", f.errno)
 		repl.Set("http.tptoken.message", clientMessage(err))
