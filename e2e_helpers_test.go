@@ -257,7 +257,16 @@ func (x *e2e) load() error {
 			x.t.Logf("caddyfile warning: %s", w.String())
 		}
 	}
-	return caddy.Load(cfg, true)
+	if err := caddy.Load(cfg, true); err != nil {
+		return err
+	}
+	// A reload shuts the previous servers down, closing their keep-alive
+	// connections: a request on one the client still holds would fail with
+	// a reset or EOF that no user of a reloaded Caddy sees twice.
+	if x.client != nil {
+		x.client.CloseIdleConnections()
+	}
+	return nil
 }
 
 // authorize authorizes appid on the platform, which pushes AUTHORIZED to
