@@ -106,10 +106,7 @@ func unmarshalComponent(d *caddyfile.Dispenser, prev *App) (*Component, json.Raw
 			err = unmarshalApp(d, prev)
 			apps++
 		case "component_appid":
-			err = oneArg(d, &c.ComponentAppID)
-			if err == nil && !isPlaceholder(c.ComponentAppID) {
-				err = at(d, checkAppID(name, c.ComponentAppID))
-			}
+			err = appIDArg(d, &c.ComponentAppID)
 			for _, o := range prev.Components {
 				if err == nil && o.ComponentAppID == c.ComponentAppID {
 					err = at(d, duplicateComponent(c.ComponentAppID))
@@ -237,6 +234,24 @@ func onlyAppWide(seen map[string]bool) bool {
 		}
 	}
 	return true
+}
+
+// appIDArg reads an option's one appid (checked unless a placeholder,
+// resolved at provision).
+func appIDArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if err := oneArg(d, dst); err != nil {
+		return err
+	}
+	return checkAppIDAt(d, name, *dst)
+}
+
+// checkAppIDAt checks an appid read at d's line, unless it is a placeholder.
+func checkAppIDAt(d *caddyfile.Dispenser, option, v string) error {
+	if isPlaceholder(v) {
+		return nil
+	}
+	return at(d, checkAppID(option, v))
 }
 
 // encryptionKeyArg reads `encryption_key <key>` (checked unless a placeholder).
@@ -377,15 +392,10 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			m.Allow = append(m.Allow, args...)
 		case "component":
-			if err := oneArg(d, &m.Component); err != nil {
-				return err
-			}
 			// Components are looked up by their appid (placeholders such as
 			// {env.TP_COMPONENT_APPID} are resolved at provision).
-			if !isPlaceholder(m.Component) {
-				if err := checkAppID(name, m.Component); err != nil {
-					return at(d, err)
-				}
+			if err := appIDArg(d, &m.Component); err != nil {
+				return err
 			}
 		case "max_replay_body":
 			var s string
@@ -412,13 +422,8 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return at(d, err)
 			}
 		case "app":
-			if err := oneArg(d, &m.App); err != nil {
+			if err := appIDArg(d, &m.App); err != nil {
 				return err
-			}
-			if !isPlaceholder(m.App) {
-				if err := checkAppID(name, m.App); err != nil {
-					return at(d, err)
-				}
 			}
 		case "inject":
 			args := d.RemainingArgs()
@@ -461,10 +466,8 @@ func (m *Events) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
 		m.Component = d.Val()
-		if !isPlaceholder(m.Component) {
-			if err := checkAppID("tptoken_events component", m.Component); err != nil {
-				return at(d, err)
-			}
+		if err := checkAppIDAt(d, "tptoken_events component", m.Component); err != nil {
+			return err
 		}
 	}
 	if d.NextArg() {

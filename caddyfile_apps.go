@@ -31,10 +31,8 @@ func unmarshalApp(d *caddyfile.Dispenser, prev *App) error {
 		return d.Errf("app: want the app's appid (client_key): app <appid> { secret ... tokens ... }")
 	}
 	c.AppID = d.Val()
-	if !isPlaceholder(c.AppID) {
-		if err := checkAppID("app", c.AppID); err != nil {
-			return at(d, err)
-		}
+	if err := checkAppIDAt(d, "app", c.AppID); err != nil {
+		return err
 	}
 	if d.NextArg() {
 		return d.Errf("app: want one appid, got more (%q); put the options in a block", d.Val())
