@@ -160,13 +160,12 @@ func synthetic(at caddyfile.Token, text string, n int) caddyfile.Token {
 // `tptoken` global option of this Caddyfile sets it (component names it, or
 // is "" for the only one).
 func defaultUpstream(h httpcaddyfile.Helper, component string) (string, error) {
-	opt, _ := h.Option("tptoken").(httpcaddyfile.App)
-	if opt.Value == nil {
-		return "", fmt.Errorf("no upstream: name one (tptoken_proxy https://open.douyin.com), or configure the TP in a tptoken global option, whose endpoint is the default")
-	}
-	var app App
-	if err := json.Unmarshal(opt.Value, &app); err != nil {
+	app, err := globalApp(h)
+	if err != nil {
 		return "", err
+	}
+	if app == nil {
+		return "", fmt.Errorf("no upstream: name one (tptoken_proxy https://open.douyin.com), or configure the TP in a tptoken global option, whose endpoint is the default")
 	}
 	var c *Component
 	for _, o := range app.Components {
@@ -187,9 +186,60 @@ func defaultUpstream(h httpcaddyfile.Helper, component string) (string, error) {
 	if c.Endpoint == "" {
 		return family.DefaultEndpoint(), nil
 	}
-	u, err := url.Parse(strings.TrimRight(c.Endpoint, "/"))
+	return upstreamOf(c.Endpoint, "component "+c.ComponentAppID+"'s endpoint")
+}
+
+// defaultAppUpstream is the base URL of the token endpoint of kind of the
+// app named (or the only one keeping kind), as the `tptoken` global option
+// of this Caddyfile sets it: the platform host whose APIs take that token.
+func defaultAppUpstream(h httpcaddyfile.Helper, kind, appid string) (string, error) {
+	app, err := globalApp(h)
+	if err != nil {
+		return "", err
+	}
+	if app == nil {
+		return "", fmt.Errorf("no upstream: name one (tptoken_proxy https://open.douyin.com), or configure the app in a tptoken global option")
+	}
+	var found []*AppCredential
+	for _, c := range app.AppCredentials {
+		if slices.Contains(c.Tokens, kind) && (appid == "" || c.AppID == appid) {
+			found = append(found, c)
+		}
+	}
+	switch {
+	case len(found) == 0 && appid != "":
+		return "", fmt.Errorf("app %s keeps no %s in a tptoken global option: name the upstream", appid, kind)
+	case len(found) == 0:
+		return "", fmt.Errorf("no app keeps a %s in a tptoken global option: name the upstream", kind)
+	case len(found) > 1:
+		return "", fmt.Errorf("several apps keep a %s: name one with `app <appid>`, or name the upstream", kind)
+	}
+	endpoint := found[0].Endpoints[kind]
+	if endpoint == "" {
+		return tokensource.AppKindEndpoint(kind), nil
+	}
+	return upstreamOf(endpoint, "app "+found[0].AppID+"'s "+kind+" endpoint")
+}
+
+// globalApp is the tptoken global option of this Caddyfile, or nil.
+func globalApp(h httpcaddyfile.Helper) (*App, error) {
+	opt, _ := h.Option("tptoken").(httpcaddyfile.App)
+	if opt.Value == nil {
+		return nil, nil
+	}
+	app := new(App)
+	if err := json.Unmarshal(opt.Value, app); err != nil {
+		return nil, err
+	}
+	return app, nil
+}
+
+// upstreamOf is an endpoint (what names it) as an upstream: its base URL,
+// which must have no path (reverse_proxy upstreams are addresses).
+func upstreamOf(endpoint, what string) (string, error) {
+	u, err := url.Parse(strings.TrimRight(endpoint, "/"))
 	if err != nil || u.Path != "" || u.RawQuery != "" {
-		return "", fmt.Errorf("component %s's endpoint %q has a path: name the upstream", c.ComponentAppID, c.Endpoint)
+		return "", fmt.Errorf("%s %q has a path: name the upstream", what, endpoint)
 	}
 	return u.String(), nil
 }
@@ -212,41 +262,4 @@ var httpTransportOptions = map[string]bool{
 	"tls_trusted_ca_certs": true, "tls_server_name": true, "tls_renegotiation": true, "tls_except_ports": true,
 	"keepalive": true, "keepalive_interval": true, "keepalive_idle_conns": true, "keepalive_idle_conns_per_host": true,
 	"versions": true, "compression": true, "max_conns_per_host": true, "tls_trust_pool": true, "local_address": true,
-}
-
-// defaultAppUpstream is the base URL of the token endpoint of kind of the
-// app named (or the only one keeping kind), as the `tptoken` global option
-// of this Caddyfile sets it: the platform host whose APIs take that token.
-func defaultAppUpstream(h httpcaddyfile.Helper, kind, appid string) (string, error) {
-	opt, _ := h.Option("tptoken").(httpcaddyfile.App)
-	if opt.Value == nil {
-		return "", fmt.Errorf("no upstream: name one (tptoken_proxy https://open.douyin.com), or configure the app in a tptoken global option")
-	}
-	var app App
-	if err := json.Unmarshal(opt.Value, &app); err != nil {
-		return "", err
-	}
-	var found []*AppCredential
-	for _, c := range app.AppCredentials {
-		if slices.Contains(c.Tokens, kind) && (appid == "" || c.AppID == appid) {
-			found = append(found, c)
-		}
-	}
-	switch {
-	case len(found) == 0 && appid != "":
-		return "", fmt.Errorf("app %s keeps no %s in a tptoken global option: name the upstream", appid, kind)
-	case len(found) == 0:
-		return "", fmt.Errorf("no app keeps a %s in a tptoken global option: name the upstream", kind)
-	case len(found) > 1:
-		return "", fmt.Errorf("several apps keep a %s: name one with `app <appid>`, or name the upstream", kind)
-	}
-	endpoint := found[0].Endpoints[kind]
-	if endpoint == "" {
-		return tokensource.AppKindEndpoint(kind), nil
-	}
-	u, err := url.Parse(strings.TrimRight(endpoint, "/"))
-	if err != nil || u.Path != "" || u.RawQuery != "" {
-		return "", fmt.Errorf("app %s's %s endpoint %q has a path: name the upstream", found[0].AppID, kind, endpoint)
-	}
-	return u.String(), nil
 }
