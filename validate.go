@@ -83,11 +83,17 @@ func apiFamily(v string) (tokensource.Family, error) {
 // checkEndpoint: the platform base URL is an absolute http(s) URL (the
 // check tokensource.New makes too).
 func checkEndpoint(v string) error {
-	u, err := url.Parse(strings.TrimRight(v, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if _, ok := httpBase(v); !ok {
 		return invalid("endpoint", strconv.Quote(v), "want an absolute http(s) URL such as https://open.douyin.com")
 	}
 	return nil
+}
+
+// httpBase parses an endpoint, trailing slashes dropped, and reports whether
+// it is an absolute http(s) URL.
+func httpBase(v string) (*url.URL, bool) {
+	u, err := url.Parse(strings.TrimRight(v, "/"))
+	return u, err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 // encodingAESKeyLen is the length of the console's 消息加密解密 KEY.

@@ -3,7 +3,6 @@ package tptoken
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,8 +43,7 @@ func checkAppEndpoint(kind, v string, tokens []string) error {
 	if !slices.Contains(tokens, kind) {
 		return fmt.Errorf("endpoint %s: the app does not keep a %s (tokens)", kind, kind)
 	}
-	u, err := url.Parse(strings.TrimRight(v, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
+	if u, ok := httpBase(v); !ok || u.RawQuery != "" {
 		return invalid("endpoint "+kind, strconv.Quote(v), "want an absolute http(s) URL such as https://open.douyin.com")
 	}
 	return nil
