@@ -322,33 +322,9 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 			return nil, err
 		}
 	}
-	encKeyRaw, err := resolve("encryption_key", c.EncryptionKey)
+	encKey, prevKeys, rawKey, err := storageKeys(resolve, c.EncryptionKey, c.PreviousEncryptionKeys)
 	if err != nil {
 		return nil, err
-	}
-	var encKey []byte
-	if encKeyRaw != "" {
-		if encKey, err = encryptionKey("encryption_key", encKeyRaw); err != nil {
-			return nil, err
-		}
-	}
-	if err := checkPreviousKeys(encKeyRaw, c.PreviousEncryptionKeys); err != nil {
-		return nil, err
-	}
-	rawKey := len(encKeyRaw) == 32
-	var prevKeys [][]byte
-	for i, raw := range c.PreviousEncryptionKeys {
-		option := fmt.Sprintf("previous_encryption_keys[%d]", i)
-		v, err := resolve(option, raw)
-		if err != nil {
-			return nil, err
-		}
-		k, err := encryptionKey(option, v)
-		if err != nil {
-			return nil, err
-		}
-		prevKeys = append(prevKeys, k)
-		rawKey = rawKey || len(v) == 32
 	}
 	rc := &component{appID: appID, family: family, rawKey: rawKey, state: newStateSigner(secret, appID)}
 	if msgToken != "" {
@@ -356,7 +332,7 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 			return nil, err
 		}
 	}
-	if rc.poolKey, err = poolKey(appID, c, secrets, a.storage); err != nil {
+	if rc.poolKey, err = poolKey("tptoken/"+appID, c, a.storage, secrets...); err != nil {
 		return nil, err
 	}
 	logger := a.logger.With(zap.String("component_appid", appID), zap.String("api", string(family)))
@@ -392,22 +368,56 @@ func (a *App) provisionComponent(repl *caddy.Replacer, c *Component) (*component
 	return rc, nil
 }
 
-// poolKey names the engine of a component config: an unchanged config gets
-// the engine it had (a reload keeps the token cache and the background work),
-// any change a new one. It covers the whole config as JSON, so an option added
-// later needs no line here; the values its placeholders resolved to (a changed
+// poolKey names, under prefix, the engine of a component config (or the
+// token source of an app's kind): an unchanged config gets the one it had (a
+// reload keeps the token cache and the background work), any change a new
+// one. It covers the whole config as JSON, so an option added later needs no
+// line here; parts, the values its placeholders resolved to (a changed
 // {env.*} is a change); and the storage (storageIdentity). Secrets enter it
 // only through a SHA-256: the key, which the pool holds, reveals none.
-func poolKey(appID string, c *Component, secrets []string, storage certmagic.Storage) (string, error) {
-	cfg, err := json.Marshal(c)
+func poolKey(prefix string, cfg any, storage certmagic.Storage, parts ...string) (string, error) {
+	b, err := json.Marshal(cfg)
 	if err != nil {
 		return "", err
 	}
 	h := sha256.New()
-	for _, s := range append([]string{string(cfg), storageIdentity(storage)}, secrets...) {
+	for _, s := range append([]string{string(b), storageIdentity(storage)}, parts...) {
 		fmt.Fprintf(h, "%d:%s;", len(s), s)
 	}
-	return "tptoken/" + appID + "/" + hex.EncodeToString(h.Sum(nil)), nil
+	return prefix + "/" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// storageKeys resolves (through resolve) and reads encryption_key and
+// previous_encryption_keys; raw reports a key given as 32 characters taken
+// as the key bytes (a passphrase: warnRiskySetup).
+func storageKeys(resolve func(option, raw string) (string, error), encryptionKeyRaw string, previous []string) (key []byte, prev [][]byte, raw bool, err error) {
+	v, err := resolve("encryption_key", encryptionKeyRaw)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if v != "" {
+		if key, err = encryptionKey("encryption_key", v); err != nil {
+			return nil, nil, false, err
+		}
+	}
+	if err := checkPreviousKeys(v, previous); err != nil {
+		return nil, nil, false, err
+	}
+	raw = len(v) == 32
+	for i, r := range previous {
+		option := fmt.Sprintf("previous_encryption_keys[%d]", i)
+		pv, err := resolve(option, r)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		k, err := encryptionKey(option, pv)
+		if err != nil {
+			return nil, nil, false, err
+		}
+		prev = append(prev, k)
+		raw = raw || len(pv) == 32
+	}
+	return key, prev, raw, nil
 }
 
 // storageIdentity names the storage for the pool key (hashed, never logged):

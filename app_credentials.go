@@ -1,16 +1,12 @@
 package tptoken
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/tptoken/caddy-tptoken/tokensource"
@@ -154,28 +150,9 @@ func (a *App) provisionApp(repl *caddy.Replacer, c *AppCredential) error {
 	if secret == "" {
 		return errAppRequired
 	}
-	encKeyRaw, err := resolve("encryption_key", c.EncryptionKey)
+	encKey, prevKeys, _, err := storageKeys(resolve, c.EncryptionKey, c.PreviousEncryptionKeys)
 	if err != nil {
 		return err
-	}
-	var encKey []byte
-	if encKeyRaw != "" {
-		if encKey, err = encryptionKey("encryption_key", encKeyRaw); err != nil {
-			return err
-		}
-	}
-	var prevKeys [][]byte
-	for i, raw := range c.PreviousEncryptionKeys {
-		option := fmt.Sprintf("previous_encryption_keys[%d]", i)
-		v, err := resolve(option, raw)
-		if err != nil {
-			return err
-		}
-		k, err := encryptionKey(option, v)
-		if err != nil {
-			return err
-		}
-		prevKeys = append(prevKeys, k)
 	}
 	warnRiskyApp(a.logger.With(zap.String("app", appID)), c)
 	for _, kind := range c.Tokens {
@@ -187,7 +164,7 @@ func (a *App) provisionApp(repl *caddy.Replacer, c *AppCredential) error {
 		if t.grace == 0 {
 			t.grace = 5 * time.Minute
 		}
-		if t.poolKey, err = appPoolKey(appID, kind, c, secrets, a.storage); err != nil {
+		if t.poolKey, err = poolKey("tptoken/@apps/"+appID+"/"+kind, c, a.storage, append([]string{kind}, secrets...)...); err != nil {
 			return err
 		}
 		val, loaded, err := appSources.LoadOrNew(t.poolKey, func() (caddy.Destructor, error) {
@@ -221,21 +198,6 @@ func (a *App) provisionApp(repl *caddy.Replacer, c *AppCredential) error {
 		a.appOrder = append(a.appOrder, key)
 	}
 	return nil
-}
-
-// appPoolKey names the source of an (app, kind) config, as poolKey does a
-// component's engine: the whole config as JSON, the kind, the resolved
-// secrets (hashed) and the storage.
-func appPoolKey(appID, kind string, c *AppCredential, secrets []string, storage certmagic.Storage) (string, error) {
-	cfg, err := json.Marshal(c)
-	if err != nil {
-		return "", err
-	}
-	h := sha256.New()
-	for _, s := range append([]string{string(cfg), kind, storageIdentity(storage)}, secrets...) {
-		fmt.Fprintf(h, "%d:%s;", len(s), s)
-	}
-	return "tptoken/@apps/" + appID + "/" + kind + "/" + hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // releaseApps drops this config's references to the app token sources.
