@@ -102,6 +102,12 @@ type entry struct {
 	syncEvery  time.Duration // a single token's: reloaded once checkedAt is older (policy.go)
 }
 
+// keepLearned carries over to en what this instance learned about the same
+// token in old: a rejection, a backoff, the last failure.
+func (en *entry) keepLearned(old *entry) {
+	en.suspect, en.confirmed, en.retryAt, en.failures, en.lastErr = old.suspect, old.confirmed, old.retryAt, old.failures, old.lastErr
+}
+
 func (e *Engine) newEntry(rec *record, now time.Time) *entry {
 	en := &entry{rec: rec, checkedAt: now}
 	if rec != nil && rec.State == StateActive && rec.AccessToken != "" {
@@ -263,7 +269,7 @@ func (e *Engine) adoptOver(s *slot, old *entry, rec *record, now time.Time) (*en
 	if old != nil && old.rec != nil && rec != nil &&
 		(old.rec.Generation == rec.Generation || (en.tok.Value != "" && en.tok.Value == old.tok.Value)) {
 		// same token: keep what this instance learned about it
-		en.suspect, en.confirmed, en.retryAt, en.failures, en.lastErr = old.suspect, old.confirmed, old.retryAt, old.failures, old.lastErr
+		en.keepLearned(old)
 	}
 	return en, s.cur.CompareAndSwap(old, en)
 }

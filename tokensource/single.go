@@ -196,7 +196,7 @@ func (s *single) adopt(r *record, now time.Time) *entry {
 		}
 		en := s.newEntry(r, now)
 		if old != nil && en.tok.Value != "" && en.tok.Value == old.tok.Value {
-			en.suspect, en.confirmed, en.retryAt, en.failures, en.lastErr = old.suspect, old.confirmed, old.retryAt, old.failures, old.lastErr
+			en.keepLearned(old)
 			en.unusableAt = minTime(en.unusableAt, old.unusableAt)
 		}
 		if s.cur.CompareAndSwap(old, en) {
